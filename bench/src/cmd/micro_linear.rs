@@ -1,0 +1,12 @@
+//! Placeholder replaced by the crate owner in this session.
+
+use clap::Args;
+
+/// Arguments.
+#[derive(Debug, Args)]
+pub struct LinearArgs {}
+
+/// Runs the command.
+pub fn run(_args: LinearArgs) -> anyhow::Result<()> {
+    anyhow::bail!("not built yet")
+}

@@ -1,0 +1,511 @@
+//! Transport: framed, size-limited, metered channels between the two parties.
+//!
+//! Protocol cores never touch sockets: they produce and consume typed
+//! messages (one enum per protocol, implementing [`Wire`]) and a [`Channel`]
+//! moves them over TCP (tokio) or an in-memory duplex (tests, `pibench run`
+//! in one process). Every frame is a little-endian `u32` length followed by
+//! the payload; a length above the channel's limit is refused before any
+//! allocation. Bytes, messages and rounds are counted per phase.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+
+/// Default largest frame a channel accepts (256 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
+
+/// Transport and framing errors.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// The socket failed.
+    #[error("i/o error while {context}: {source}")]
+    Io {
+        /// What the channel was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer closed the connection.
+    #[error("peer closed the connection while {context}")]
+    Closed {
+        /// What the channel was doing.
+        context: String,
+    },
+    /// A frame exceeds the channel's limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes while {context}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+        /// What the channel was doing.
+        context: String,
+    },
+    /// A message did not decode.
+    #[error("malformed {message} message: {source}")]
+    Malformed {
+        /// Which message was expected.
+        message: &'static str,
+        /// What was wrong.
+        #[source]
+        source: WireError,
+    },
+}
+
+/// A message that failed to decode: what was wrong and at which byte offset.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{what} at byte offset {offset}")]
+pub struct WireError {
+    /// What was wrong.
+    pub what: String,
+    /// Byte offset in the payload.
+    pub offset: usize,
+}
+
+/// A typed protocol message: encodes to bytes and decodes without panicking.
+pub trait Wire: Sized {
+    /// Name used in error messages.
+    const NAME: &'static str;
+    /// Appends the encoding to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Decodes a whole payload.
+    fn decode(bytes: &[u8]) -> Result<Self, WireError>;
+}
+
+/// Raw bytes are a message too.
+impl Wire for Vec<u8> {
+    const NAME: &'static str = "raw";
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+/// Cursor for decoding payloads; every read is bounds-checked and reports its offset.
+#[derive(Debug)]
+pub struct WireReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> WireReader<'a> {
+    /// Starts reading at offset 0.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    /// Current offset.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes left.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    /// An error at the current offset.
+    pub fn error(&self, what: impl Into<String>) -> WireError {
+        WireError {
+            what: what.into(),
+            offset: self.pos,
+        }
+    }
+
+    /// Reads `n` bytes.
+    pub fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], WireError> {
+        if self.remaining() < n {
+            return Err(self.error(format!(
+                "truncated {what}: need {n} bytes, {} left",
+                self.remaining()
+            )));
+        }
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// Reads one byte.
+    pub fn u8(&mut self, what: &str) -> Result<u8, WireError> {
+        Ok(self.bytes(1, what)?[0])
+    }
+
+    /// Reads a little-endian `u32`.
+    pub fn u32(&mut self, what: &str) -> Result<u32, WireError> {
+        let b = self.bytes(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Reads a little-endian `u64`.
+    pub fn u64(&mut self, what: &str) -> Result<u64, WireError> {
+        let b = self.bytes(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// Reads a `u32` length and checks it against what is left (`elem` bytes per item),
+    /// so a peer cannot make us allocate more than it sent.
+    pub fn len_prefix(&mut self, elem: usize, what: &str) -> Result<usize, WireError> {
+        let n = self.u32(what)? as usize;
+        let need = n.checked_mul(elem.max(1));
+        match need {
+            Some(need) if need <= self.remaining() => Ok(n),
+            _ => Err(self.error(format!(
+                "{what}: length {n} × {elem} bytes exceeds the {} bytes left",
+                self.remaining()
+            ))),
+        }
+    }
+
+    /// Fails unless the payload is fully consumed.
+    pub fn finish(&self, what: &str) -> Result<(), WireError> {
+        if self.remaining() != 0 {
+            return Err(self.error(format!("{} trailing bytes after {what}", self.remaining())));
+        }
+        Ok(())
+    }
+}
+
+/// Traffic of one phase, as seen by one party.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PhaseTraffic {
+    /// Payload plus framing bytes sent.
+    pub bytes_sent: u64,
+    /// Payload plus framing bytes received.
+    pub bytes_received: u64,
+    /// Frames sent.
+    pub messages_sent: u64,
+    /// Frames received.
+    pub messages_received: u64,
+    /// Direction changes from receiving to sending (one per round trip).
+    pub rounds: u64,
+}
+
+/// Per-phase byte, message and round counters.
+#[derive(Debug, Clone, Default)]
+pub struct Meter {
+    phase: String,
+    phases: BTreeMap<String, PhaseTraffic>,
+    last_was_receive: bool,
+}
+
+impl Meter {
+    /// Phase that new traffic is attributed to.
+    pub fn set_phase(&mut self, phase: impl Into<String>) {
+        self.phase = phase.into();
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> &str {
+        &self.phase
+    }
+
+    fn entry(&mut self) -> &mut PhaseTraffic {
+        self.phases.entry(self.phase.clone()).or_default()
+    }
+
+    fn on_send(&mut self, bytes: u64) {
+        let round = self.last_was_receive;
+        self.last_was_receive = false;
+        let e = self.entry();
+        e.bytes_sent += bytes;
+        e.messages_sent += 1;
+        if round {
+            e.rounds += 1;
+        }
+    }
+
+    fn on_receive(&mut self, bytes: u64) {
+        self.last_was_receive = true;
+        let e = self.entry();
+        e.bytes_received += bytes;
+        e.messages_received += 1;
+    }
+
+    /// Traffic of every phase seen so far.
+    pub fn phases(&self) -> &BTreeMap<String, PhaseTraffic> {
+        &self.phases
+    }
+
+    /// Traffic of one phase (zero if none).
+    pub fn get(&self, phase: &str) -> PhaseTraffic {
+        self.phases.get(phase).copied().unwrap_or_default()
+    }
+
+    /// Sum over the phases whose name starts with `prefix` (`""` for all).
+    pub fn total(&self, prefix: &str) -> PhaseTraffic {
+        let mut t = PhaseTraffic::default();
+        for (k, v) in &self.phases {
+            if k.starts_with(prefix) {
+                t.bytes_sent += v.bytes_sent;
+                t.bytes_received += v.bytes_received;
+                t.messages_sent += v.messages_sent;
+                t.messages_received += v.messages_received;
+                t.rounds += v.rounds;
+            }
+        }
+        t
+    }
+}
+
+type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A framed, metered, size-limited connection to the other party.
+pub struct Channel {
+    reader: BufReader<BoxRead>,
+    writer: BufWriter<BoxWrite>,
+    meter: Meter,
+    max_frame: usize,
+    scratch: Vec<u8>,
+    dirty: bool,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("phase", &self.meter.phase)
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Wraps a reader and a writer.
+    pub fn new(
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        writer: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Self {
+        Self {
+            reader: BufReader::with_capacity(1 << 16, Box::new(reader)),
+            writer: BufWriter::with_capacity(1 << 16, Box::new(writer)),
+            meter: Meter::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+            scratch: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    /// Sets the largest frame this side accepts.
+    pub fn with_max_frame(mut self, max_frame: usize) -> Self {
+        self.max_frame = max_frame;
+        self
+    }
+
+    /// The largest frame this side accepts.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Attributes subsequent traffic to `phase` (e.g. `"offline/gc"`).
+    pub fn set_phase(&mut self, phase: impl Into<String>) {
+        self.meter.set_phase(phase);
+    }
+
+    /// The traffic counters.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    /// Sends a typed message (buffered; flushed before the next receive or by [`Channel::flush`]).
+    pub async fn send<M: Wire>(&mut self, msg: &M) -> Result<(), NetError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        msg.encode(&mut buf);
+        let res = self.send_bytes(&buf, M::NAME).await;
+        self.scratch = buf;
+        res
+    }
+
+    /// Sends one raw frame.
+    pub async fn send_bytes(&mut self, payload: &[u8], what: &str) -> Result<(), NetError> {
+        if payload.len() > u32::MAX as usize {
+            return Err(NetError::FrameTooLarge {
+                len: payload.len() as u64,
+                max: u32::MAX as usize,
+                context: format!("sending {what}"),
+            });
+        }
+        let ctx = || format!("sending {what}");
+        self.writer
+            .write_all(&(payload.len() as u32).to_le_bytes())
+            .await
+            .map_err(|e| io_err(e, ctx()))?;
+        self.writer
+            .write_all(payload)
+            .await
+            .map_err(|e| io_err(e, ctx()))?;
+        self.dirty = true;
+        self.meter.on_send(payload.len() as u64 + 4);
+        Ok(())
+    }
+
+    /// Flushes buffered frames to the peer.
+    pub async fn flush(&mut self) -> Result<(), NetError> {
+        if self.dirty {
+            self.writer
+                .flush()
+                .await
+                .map_err(|e| io_err(e, "flushing".into()))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Receives a typed message.
+    pub async fn recv<M: Wire>(&mut self) -> Result<M, NetError> {
+        let bytes = self.recv_bytes(M::NAME).await?;
+        M::decode(&bytes).map_err(|source| NetError::Malformed {
+            message: M::NAME,
+            source,
+        })
+    }
+
+    /// Receives one raw frame (flushing pending sends first, so two parties never wait on each other).
+    pub async fn recv_bytes(&mut self, what: &str) -> Result<Vec<u8>, NetError> {
+        self.flush().await?;
+        let ctx = || format!("receiving {what}");
+        let mut len = [0u8; 4];
+        self.reader
+            .read_exact(&mut len)
+            .await
+            .map_err(|e| io_err(e, ctx()))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > self.max_frame {
+            return Err(NetError::FrameTooLarge {
+                len: len as u64,
+                max: self.max_frame,
+                context: ctx(),
+            });
+        }
+        let mut buf = vec![0u8; len];
+        self.reader
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| io_err(e, ctx()))?;
+        self.meter.on_receive(len as u64 + 4);
+        Ok(buf)
+    }
+}
+
+fn io_err(source: std::io::Error, context: String) -> NetError {
+    if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        NetError::Closed { context }
+    } else {
+        NetError::Io { context, source }
+    }
+}
+
+/// Two connected in-memory channels (for tests and single-process runs).
+pub fn duplex_pair() -> (Channel, Channel) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    (Channel::new(ar, aw), Channel::new(br, bw))
+}
+
+fn from_tcp(stream: TcpStream) -> Result<Channel, NetError> {
+    stream
+        .set_nodelay(true)
+        .map_err(|e| io_err(e, "setting TCP_NODELAY".into()))?;
+    let (r, w) = stream.into_split();
+    Ok(Channel::new(r, w))
+}
+
+/// Connects to a listening party.
+pub async fn tcp_connect(addr: impl ToSocketAddrs + fmt::Display) -> Result<Channel, NetError> {
+    let ctx = format!("connecting to {addr}");
+    let stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| io_err(e, ctx))?;
+    from_tcp(stream)
+}
+
+/// Accepts one connection on a listener.
+pub async fn tcp_accept(listener: &TcpListener) -> Result<Channel, NetError> {
+    let (stream, _) = listener
+        .accept()
+        .await
+        .map_err(|e| io_err(e, "accepting a connection".into()))?;
+    from_tcp(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Ping(u64);
+
+    impl Wire for Ping {
+        const NAME: &'static str = "ping";
+        fn encode(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0.to_le_bytes());
+        }
+        fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+            let mut r = WireReader::new(bytes);
+            let v = r.u64("value")?;
+            r.finish("ping")?;
+            Ok(Ping(v))
+        }
+    }
+
+    #[tokio::test]
+    async fn duplex_round_trip_and_meter() {
+        let (mut a, mut b) = duplex_pair();
+        a.set_phase("online");
+        b.set_phase("online");
+        a.send(&Ping(7)).await.unwrap();
+        a.flush().await.unwrap();
+        assert_eq!(b.recv::<Ping>().await.unwrap(), Ping(7));
+        b.send(&Ping(8)).await.unwrap();
+        b.flush().await.unwrap();
+        assert_eq!(a.recv::<Ping>().await.unwrap(), Ping(8));
+        assert_eq!(a.meter().get("online").bytes_sent, 12);
+        assert_eq!(a.meter().get("online").bytes_received, 12);
+        assert_eq!(b.meter().get("online").rounds, 1);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_frames_are_errors() {
+        let (mut a, b) = duplex_pair();
+        let mut b = b.with_max_frame(16);
+        a.send_bytes(&[0u8; 32], "blob").await.unwrap();
+        a.flush().await.unwrap();
+        assert!(matches!(
+            b.recv_bytes("blob").await,
+            Err(NetError::FrameTooLarge { len: 32, .. })
+        ));
+        let (mut a, mut b) = duplex_pair();
+        a.send_bytes(&[1, 2, 3], "short").await.unwrap();
+        a.flush().await.unwrap();
+        assert!(matches!(
+            b.recv::<Ping>().await,
+            Err(NetError::Malformed {
+                message: "ping",
+                ..
+            })
+        ));
+        drop(a);
+        assert!(matches!(
+            b.recv_bytes("x").await,
+            Err(NetError::Closed { .. })
+        ));
+    }
+
+    #[test]
+    fn length_prefix_cannot_over_allocate() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&u32::MAX.to_le_bytes());
+        let mut r = WireReader::new(&payload);
+        let err = r.len_prefix(16, "labels").unwrap_err();
+        assert_eq!(err.offset, 4);
+    }
+}
