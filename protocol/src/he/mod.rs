@@ -1,0 +1,1 @@
+//! Homomorphic linear layers (BFV via SEAL) for the offline phase.
