@@ -3,4 +3,11 @@
 //! Data flows prune → models → protocol → bench; this crate is the middle of
 //! that chain and depends on none of the others.
 
+pub mod arch;
+pub mod count;
+pub mod error;
+pub mod file;
 pub mod fixed;
+pub mod graph;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,436 @@
+//! Architectures: CIFAR ResNets, HybReNets, wide ResNets, VGG-16, and
+//! DeepReDuce's transformations.
+//!
+//! Names follow the PyTorch CIFAR code the pruning papers use:
+//! * ResNet / HRN (kuangliu-style, as in SNL/AutoReP): `conv1`+`bn1` stem with
+//!   site `relu0`; blocks `layer{s}.{b}.conv1/bn1`, site `layer{s}.{b}.relu1`,
+//!   `conv2/bn2`, shortcut `layer{s}.{b}.shortcut.0` (1×1 conv) and
+//!   `shortcut.1` (BN), residual add `layer{s}.{b}.add`, site
+//!   `layer{s}.{b}.relu2` after the add; then `avgpool` (global), `flatten`,
+//!   `linear`.
+//! * WRN (pre-activation, xternalz-style): stem `conv1` (no BN/ReLU); blocks
+//!   `block{s}.layer.{b}.bn1`, site `.relu1`, `.conv1`+`.bn2`, site `.relu2`,
+//!   `.conv2`, `.convShortcut`; final `bn1`, site `relu`, `fc`.
+//! * VGG-16 (kuangliu-style): `features.{i}` indices as in `nn.Sequential`
+//!   (conv, BN, ReLU triples; pools take one index); site names are the ReLU
+//!   indices (`features.2`, …); max pools are replaced by 2×2 average pools
+//!   (the last one by a global average pool), as PI networks do; `classifier`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::graph::{FeatureShape, GraphBuilder, Init, Network, SiteRole};
+
+/// An architecture with all its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum ArchSpec {
+    /// CIFAR ResNet with BasicBlocks (ResNet-18/34, HybReNets, DeepReDuce-reshaped ResNets).
+    Resnet {
+        /// Display name, e.g. `resnet18` or `hrn-5x5x3x-m16`.
+        name: String,
+        /// Stem output channels.
+        stem: usize,
+        /// Blocks per stage.
+        blocks: Vec<usize>,
+        /// Output channels per stage.
+        widths: Vec<usize>,
+    },
+    /// Pre-activation wide ResNet WRN-depth-k.
+    Wrn {
+        /// Display name, e.g. `wrn22_8`.
+        name: String,
+        /// Depth (`6n + 4`).
+        depth: usize,
+        /// Stem output channels (16).
+        stem: usize,
+        /// Output channels of the three stages (`16k, 32k, 64k`).
+        widths: Vec<usize>,
+    },
+    /// VGG with the given conv widths per stage (VGG-16: 2,2,3,3,3 convs).
+    Vgg {
+        /// Display name, e.g. `vgg16`.
+        name: String,
+        /// Convs per stage.
+        convs: Vec<usize>,
+        /// Channels per stage.
+        widths: Vec<usize>,
+    },
+}
+
+impl ArchSpec {
+    /// CIFAR ResNet-18.
+    pub fn resnet18() -> Self {
+        Self::Resnet {
+            name: "resnet18".into(),
+            stem: 64,
+            blocks: vec![2, 2, 2, 2],
+            widths: vec![64, 128, 256, 512],
+        }
+    }
+
+    /// CIFAR ResNet-34.
+    pub fn resnet34() -> Self {
+        Self::Resnet {
+            name: "resnet34".into(),
+            stem: 64,
+            blocks: vec![3, 4, 6, 3],
+            widths: vec![64, 128, 256, 512],
+        }
+    }
+
+    /// HybReNet `HRN-αxβxγx` with base channels `m` (DeepReShape, Table 16):
+    /// ResNet-18 layout with stem `m` and stage channels `[m, αm, αβm, αβγm]`.
+    pub fn hrn(alpha: usize, beta: usize, gamma: usize, m: usize) -> Result<Self> {
+        for (what, v) in [
+            ("alpha", alpha),
+            ("beta", beta),
+            ("gamma", gamma),
+            ("base channels m", m),
+        ] {
+            positive(what, v)?;
+        }
+        Ok(Self::Resnet {
+            name: format!("hrn-{alpha}x{beta}x{gamma}x-m{m}"),
+            stem: m,
+            blocks: vec![2, 2, 2, 2],
+            widths: vec![m, alpha * m, alpha * beta * m, alpha * beta * gamma * m],
+        })
+    }
+
+    /// Wide ResNet WRN-`depth`-`k` (depth = 6n+4).
+    pub fn wrn(depth: usize, k: usize) -> Result<Self> {
+        positive("WRN widen factor k", k)?;
+        if depth < 10 || (depth - 4) % 6 != 0 {
+            return Err(ModelError::InvalidSize {
+                what: "WRN depth".into(),
+                value: depth.to_string(),
+                expected: "6n + 4 with n ≥ 1 (10, 16, 22, 28, …)".into(),
+            });
+        }
+        Ok(Self::Wrn {
+            name: format!("wrn{depth}_{k}"),
+            depth,
+            stem: 16,
+            widths: vec![16 * k, 32 * k, 64 * k],
+        })
+    }
+
+    /// VGG-16 (13 conv ReLUs, one linear head).
+    pub fn vgg16() -> Self {
+        Self::Vgg {
+            name: "vgg16".into(),
+            convs: vec![2, 2, 3, 3, 3],
+            widths: vec![64, 128, 256, 512, 512],
+        }
+    }
+
+    /// Parses `resnet18`, `resnet34`, `vgg16`, `wrn22_8` / `wrnD_K` (also `wrn-22-8`),
+    /// `hrn-5x5x3x-m16` (HRN with base channels in the name).
+    pub fn parse(name: &str) -> Result<Self> {
+        let lower = name.trim().to_ascii_lowercase();
+        let unknown = || {
+            ModelError::UnknownArch {
+            name: name.to_string(),
+            expected: "resnet18, resnet34, vgg16, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (e.g. hrn-5x5x3x-m16)".into(),
+        }
+        };
+        match lower.as_str() {
+            "resnet18" => return Ok(Self::resnet18()),
+            "resnet34" => return Ok(Self::resnet34()),
+            "vgg16" => return Ok(Self::vgg16()),
+            _ => {}
+        }
+        if let Some(rest) = lower.strip_prefix("wrn") {
+            let parts: Vec<&str> = rest
+                .trim_start_matches('-')
+                .split(['_', '-', 'x'])
+                .collect();
+            if parts.len() != 2 {
+                return Err(unknown());
+            }
+            let d = parts[0].parse().map_err(|_| unknown())?;
+            let k = parts[1].parse().map_err(|_| unknown())?;
+            return Self::wrn(d, k);
+        }
+        if let Some(rest) = lower.strip_prefix("hrn") {
+            let rest = rest.trim_start_matches('-');
+            let (factors, m) = match rest.split_once("-m") {
+                Some((f, m)) => (f, m.parse().map_err(|_| unknown())?),
+                None => return Err(unknown()),
+            };
+            let (a, b, c) = parse_hrn_factors(factors).ok_or_else(unknown)?;
+            return Self::hrn(a, b, c, m);
+        }
+        Err(unknown())
+    }
+
+    /// Display name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Resnet { name, .. } | Self::Wrn { name, .. } | Self::Vgg { name, .. } => name,
+        }
+    }
+
+    /// Builds the network for an input shape and class count.
+    pub fn build(&self, input: FeatureShape, num_classes: usize, init: Init) -> Result<Network> {
+        positive("input channels", input.c)?;
+        positive("input height", input.h)?;
+        positive("input width", input.w)?;
+        positive("number of classes", num_classes)?;
+        match self {
+            Self::Resnet {
+                stem,
+                blocks,
+                widths,
+                ..
+            } => build_resnet(self, *stem, blocks, widths, input, num_classes, init),
+            Self::Wrn {
+                depth,
+                stem,
+                widths,
+                ..
+            } => build_wrn(self, *depth, *stem, widths, input, num_classes, init),
+            Self::Vgg { convs, widths, .. } => {
+                build_vgg(self, convs, widths, input, num_classes, init)
+            }
+        }
+    }
+}
+
+/// Parses `5x5x3x` or `5x5x3` into `(α, β, γ)`.
+pub fn parse_hrn_factors(s: &str) -> Option<(usize, usize, usize)> {
+    let t = s.trim().trim_end_matches('x');
+    let v: Vec<usize> = t
+        .split('x')
+        .map(|p| p.parse().ok())
+        .collect::<Option<Vec<_>>>()?;
+    match v.as_slice() {
+        [a, b, c] if *a > 0 && *b > 0 && *c > 0 => Some((*a, *b, *c)),
+        _ => None,
+    }
+}
+
+fn positive(what: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(ModelError::InvalidSize {
+            what: what.into(),
+            value: "0".into(),
+            expected: "a positive number".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_spatial(what: &str, input: FeatureShape, downsample: usize) -> Result<()> {
+    if input.h < downsample || input.w < downsample {
+        return Err(ModelError::InvalidSize {
+            what: format!("input of {what}"),
+            value: input.to_string(),
+            expected: format!("height and width at least {downsample}"),
+        });
+    }
+    Ok(())
+}
+
+fn build_resnet(
+    spec: &ArchSpec,
+    stem: usize,
+    blocks: &[usize],
+    widths: &[usize],
+    input: FeatureShape,
+    num_classes: usize,
+    init: Init,
+) -> Result<Network> {
+    positive("stem channels", stem)?;
+    if blocks.is_empty() || blocks.len() != widths.len() {
+        return Err(ModelError::InvalidSize {
+            what: "ResNet stages".into(),
+            value: format!("{} block counts, {} widths", blocks.len(), widths.len()),
+            expected: "the same non-zero number of stages".into(),
+        });
+    }
+    for (s, (&b, &w)) in blocks.iter().zip(widths).enumerate() {
+        positive(&format!("blocks of stage {}", s + 1), b)?;
+        positive(&format!("channels of stage {}", s + 1), w)?;
+    }
+    check_spatial(spec.name(), input, 1 << (blocks.len() - 1))?;
+    let mut g = GraphBuilder::new(input, init);
+    let c = g.conv("conv1", g.input(), stem, 3, 1, 1, 1, Some("bn1"));
+    let mut x = g.site("relu0", c, Some(0), None, SiteRole::Stem);
+    for (si, (&nb, &width)) in blocks.iter().zip(widths).enumerate() {
+        let s = si + 1;
+        for b in 0..nb {
+            let stride = if si > 0 && b == 0 { 2 } else { 1 };
+            let p = format!("layer{s}.{b}");
+            let cin = g.shape(x).c;
+            let c1 = g.conv(
+                &format!("{p}.conv1"),
+                x,
+                width,
+                3,
+                stride,
+                1,
+                1,
+                Some(&format!("{p}.bn1")),
+            );
+            let r1 = g.site(&format!("{p}.relu1"), c1, Some(s), Some(b), SiteRole::Body);
+            let c2 = g.conv(
+                &format!("{p}.conv2"),
+                r1,
+                width,
+                3,
+                1,
+                1,
+                1,
+                Some(&format!("{p}.bn2")),
+            );
+            let short = if stride != 1 || cin != width {
+                g.conv(
+                    &format!("{p}.shortcut.0"),
+                    x,
+                    width,
+                    1,
+                    stride,
+                    0,
+                    1,
+                    Some(&format!("{p}.shortcut.1")),
+                )
+            } else {
+                x
+            };
+            let sum = g.add(&format!("{p}.add"), c2, short);
+            x = g.site(&format!("{p}.relu2"), sum, Some(s), Some(b), SiteRole::Body);
+        }
+    }
+    let pool = g.global_avgpool("avgpool", x);
+    let flat = g.flatten("flatten", pool);
+    g.linear("linear", flat, num_classes);
+    g.finish(spec.name(), spec.clone(), num_classes)
+}
+
+fn build_wrn(
+    spec: &ArchSpec,
+    depth: usize,
+    stem: usize,
+    widths: &[usize],
+    input: FeatureShape,
+    num_classes: usize,
+    init: Init,
+) -> Result<Network> {
+    positive("stem channels", stem)?;
+    if depth < 10 || (depth - 4) % 6 != 0 || widths.len() != 3 {
+        return Err(ModelError::InvalidSize {
+            what: "WRN depth/widths".into(),
+            value: format!("depth {depth}, {} widths", widths.len()),
+            expected: "depth 6n+4 and 3 stage widths".into(),
+        });
+    }
+    for (s, &w) in widths.iter().enumerate() {
+        positive(&format!("channels of stage {}", s + 1), w)?;
+    }
+    check_spatial(spec.name(), input, 4)?;
+    let n = (depth - 4) / 6;
+    let mut g = GraphBuilder::new(input, init);
+    let mut x = g.conv("conv1", g.input(), stem, 3, 1, 1, 1, None);
+    for (si, &width) in widths.iter().enumerate() {
+        let s = si + 1;
+        for b in 0..n {
+            let stride = if si > 0 && b == 0 { 2 } else { 1 };
+            let p = format!("block{s}.layer.{b}");
+            let equal_in_out = g.shape(x).c == width;
+            let bn1 = g.batchnorm(&format!("{p}.bn1"), x);
+            let r1 = g.site(&format!("{p}.relu1"), bn1, Some(s), Some(b), SiteRole::Body);
+            let c1 = g.conv(
+                &format!("{p}.conv1"),
+                r1,
+                width,
+                3,
+                stride,
+                1,
+                1,
+                Some(&format!("{p}.bn2")),
+            );
+            let r2 = g.site(&format!("{p}.relu2"), c1, Some(s), Some(b), SiteRole::Body);
+            let c2 = g.conv(&format!("{p}.conv2"), r2, width, 3, 1, 1, 1, None);
+            let short = if equal_in_out && stride == 1 {
+                x
+            } else {
+                g.conv(
+                    &format!("{p}.convShortcut"),
+                    r1,
+                    width,
+                    1,
+                    stride,
+                    0,
+                    1,
+                    None,
+                )
+            };
+            x = g.add(&format!("{p}.add"), c2, short);
+        }
+    }
+    let bn = g.batchnorm("bn1", x);
+    let r = g.site("relu", bn, None, None, SiteRole::Final);
+    let pool = g.global_avgpool("avgpool", r);
+    let flat = g.flatten("flatten", pool);
+    g.linear("fc", flat, num_classes);
+    g.finish(spec.name(), spec.clone(), num_classes)
+}
+
+fn build_vgg(
+    spec: &ArchSpec,
+    convs: &[usize],
+    widths: &[usize],
+    input: FeatureShape,
+    num_classes: usize,
+    init: Init,
+) -> Result<Network> {
+    if convs.is_empty() || convs.len() != widths.len() {
+        return Err(ModelError::InvalidSize {
+            what: "VGG stages".into(),
+            value: format!("{} conv counts, {} widths", convs.len(), widths.len()),
+            expected: "the same non-zero number of stages".into(),
+        });
+    }
+    for (s, (&n, &w)) in convs.iter().zip(widths).enumerate() {
+        positive(&format!("convs of stage {}", s + 1), n)?;
+        positive(&format!("channels of stage {}", s + 1), w)?;
+    }
+    check_spatial(spec.name(), input, 1 << (convs.len() - 1))?;
+    let mut g = GraphBuilder::new(input, init);
+    let mut x = g.input();
+    let mut idx = 0usize;
+    for (si, (&n, &width)) in convs.iter().zip(widths).enumerate() {
+        for _ in 0..n {
+            let c = g.conv(
+                &format!("features.{idx}"),
+                x,
+                width,
+                3,
+                1,
+                1,
+                1,
+                Some(&format!("features.{}", idx + 1)),
+            );
+            g.add_conv_bias(c);
+            x = g.site(
+                &format!("features.{}", idx + 2),
+                c,
+                Some(si + 1),
+                None,
+                SiteRole::Body,
+            );
+            idx += 3;
+        }
+        x = if si + 1 == convs.len() {
+            g.global_avgpool(&format!("features.{idx}"), x)
+        } else {
+            g.avgpool(&format!("features.{idx}"), x, 2, 2)
+        };
+        idx += 1;
+    }
+    let flat = g.flatten("flatten", x);
+    g.linear("classifier", flat, num_classes);
+    g.finish(spec.name(), spec.clone(), num_classes)
+}

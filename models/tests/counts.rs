@@ -1,0 +1,71 @@
+//! Exact ReLU counts of the reference architectures.
+
+use pibench_models::arch::ArchSpec;
+use pibench_models::count::{count, relu_count, Convention};
+use pibench_models::graph::{FeatureShape, Init};
+
+const CIFAR: FeatureShape = FeatureShape::new(3, 32, 32);
+const TINY: FeatureShape = FeatureShape::new(3, 64, 64);
+
+fn conv(stem_relu: bool, final_relu: bool) -> Convention {
+    Convention {
+        stem_relu,
+        final_relu,
+    }
+}
+
+fn relus(spec: &ArchSpec, input: FeatureShape, c: Convention) -> u64 {
+    let net = spec.build(input, 100, Init::Zeros).unwrap();
+    relu_count(&net, c)
+}
+
+#[test]
+fn resnet18_counts() {
+    let r18 = ArchSpec::resnet18();
+    assert_eq!(relus(&r18, CIFAR, conv(true, false)), 557_056);
+    assert_eq!(relus(&r18, CIFAR, conv(false, false)), 491_520);
+    assert_eq!(relus(&r18, TINY, conv(true, false)), 2_228_224);
+    assert_eq!(relus(&r18, TINY, conv(false, false)), 1_966_080);
+}
+
+#[test]
+fn wrn22_8_counts() {
+    let wrn = ArchSpec::wrn(22, 8).unwrap();
+    assert_eq!(relus(&wrn, CIFAR, conv(true, false)), 1_359_872);
+    assert_eq!(relus(&wrn, CIFAR, conv(true, true)), 1_392_640);
+    assert_eq!(relus(&wrn, TINY, conv(true, false)), 5_439_488);
+}
+
+#[test]
+fn vgg16_and_hrn_counts() {
+    assert_eq!(relus(&ArchSpec::vgg16(), CIFAR, conv(true, false)), 276_480);
+    let hrn = ArchSpec::hrn(5, 5, 3, 16).unwrap();
+    assert_eq!(relus(&hrn, CIFAR, conv(true, false)), 343_040);
+}
+
+#[test]
+fn resnet18_flops_and_params() {
+    let net = ArchSpec::resnet18().build(CIFAR, 10, Init::Zeros).unwrap();
+    let c = count(&net, Convention::default());
+    // Conv/FC MACs by hand: stem 1,769,472; layer1 4 x 37,748,736; layers 2-4
+    // 134,217,728 each (shortcut included); FC 5,120. Parameters: the
+    // well-known 11,173,962 of CIFAR ResNet-18 (BN gamma/beta included).
+    assert_eq!(c.flops, 555_422_720);
+    assert_eq!(c.params, 11_173_962);
+    assert_eq!(c.sites.len(), 17);
+    assert_eq!(
+        c.sites.iter().map(|s| s.flops).sum::<u64>() + c.head_flops,
+        c.flops
+    );
+}
+
+#[test]
+fn masks_reduce_counts() {
+    let mut net = ArchSpec::resnet18().build(CIFAR, 10, Init::Zeros).unwrap();
+    let site = net.site_mut("layer2.1.relu1").unwrap();
+    let n = site.mask.len() as u64;
+    for m in site.mask.iter_mut().step_by(2) {
+        *m = 0;
+    }
+    assert_eq!(relu_count(&net, Convention::default()), 557_056 - n / 2);
+}
