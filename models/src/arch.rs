@@ -16,6 +16,8 @@
 //!   indices (`features.2`, …); max pools are replaced by 2×2 average pools
 //!   (the last one by a global average pool), as PI networks do; `classifier`.
 
+pub mod deepreduce;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};

@@ -457,8 +457,8 @@ fn fill(net: &mut Network, st: &SafeTensors<'_>, file: &str, strict: bool) -> Re
                         let mut mask = Vec::with_capacity(vals.len());
                         for (i, v) in vals.iter().enumerate() {
                             mask.push(match *v {
-                                x if x == 0.0 => 0,
-                                x if x == 1.0 => 1,
+                                0.0 => 0,
+                                1.0 => 1,
                                 other => {
                                     return Err(ModelError::Site {
                                         site: s.name.clone(),

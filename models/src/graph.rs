@@ -752,7 +752,7 @@ fn check_bn(bn: &BatchNorm, channels: usize) -> std::result::Result<(), String> 
             ));
         }
     }
-    if bn.running_var.iter().any(|&v| !(v >= 0.0)) || !(bn.eps > 0.0) {
+    if bn.running_var.iter().any(|&v| v.is_nan() || v < 0.0) || bn.eps.is_nan() || bn.eps <= 0.0 {
         return Err(format!(
             "batch norm {} has a negative/NaN running_var or eps",
             bn.name

@@ -9,5 +9,6 @@ pub mod error;
 pub mod file;
 pub mod fixed;
 pub mod graph;
+pub mod reference;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,154 @@
+//! The fixed-point reference against the float reference.
+
+use pibench_models::arch::ArchSpec;
+use pibench_models::fixed::FixedPoint;
+use pibench_models::graph::{FeatureShape, Init, Network, PolyCoeffs};
+use pibench_models::reference::{argmax, forward_fixed, forward_float};
+use pibench_models::ModelError;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha12Rng;
+
+fn small_nets(seed: u64) -> Vec<Network> {
+    let input = FeatureShape::new(3, 8, 8);
+    let specs = [
+        ArchSpec::Resnet {
+            name: "resnet-tiny".into(),
+            stem: 8,
+            blocks: vec![1, 1],
+            widths: vec![8, 16],
+        },
+        ArchSpec::Wrn {
+            name: "wrn10-tiny".into(),
+            depth: 10,
+            stem: 4,
+            widths: vec![8, 8, 16],
+        },
+        ArchSpec::Vgg {
+            name: "vgg-tiny".into(),
+            convs: vec![1, 2],
+            widths: vec![8, 16],
+        },
+    ];
+    specs
+        .iter()
+        .map(|s| s.build(input, 10, Init::Seeded(seed)).unwrap())
+        .collect()
+}
+
+fn random_input(rng: &mut ChaCha12Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
+}
+
+/// Documented bound (docs/MODELS.md): with fa = 8, fw = 12 the decoded
+/// fixed-point logits of these small random nets stay within
+/// `0.02 · (1 + max |logit|)` of the float logits (measured: below 0.007).
+fn bound(float: &[f64]) -> f64 {
+    0.02 * (1.0 + float.iter().fold(0.0f64, |m, v| m.max(v.abs())))
+}
+
+fn check(net: &Network, rng: &mut ChaCha12Rng, fp: FixedPoint) -> (usize, usize, f64) {
+    let mut agree = 0;
+    let mut total = 0;
+    let mut worst = 0.0f64;
+    for _ in 0..8 {
+        let x = random_input(rng, net.input.len());
+        let f = forward_float(net, &x).unwrap();
+        let q = forward_fixed(net, fp, &x).unwrap();
+        let err = f
+            .iter()
+            .zip(&q.logits)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= bound(&f),
+            "{}: error {err} beyond bound {}",
+            net.name,
+            bound(&f)
+        );
+        worst = worst.max(err / (1.0 + f.iter().fold(0.0f64, |m, v| m.max(v.abs()))));
+        // Argmax must agree unless the top two float logits are closer than the error.
+        let mut sorted = f.clone();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        if sorted[0] - sorted[1] > 2.0 * err {
+            assert_eq!(argmax(&f), argmax(&q.logits), "{}", net.name);
+        }
+        if argmax(&f) == argmax(&q.logits) {
+            agree += 1;
+        }
+        total += 1;
+        assert_eq!(
+            q.truncations.iter().filter(|t| t.kind == "site").count(),
+            net.sites().count()
+        );
+    }
+    (agree, total, worst)
+}
+
+#[test]
+fn fixed_point_tracks_float_on_random_nets() {
+    let mut rng = ChaCha12Rng::seed_from_u64(11);
+    let fp = FixedPoint::default();
+    for seed in 0..3 {
+        for net in small_nets(seed) {
+            let (agree, total, worst) = check(&net, &mut rng, fp);
+            eprintln!(
+                "{}: argmax agree {agree}/{total}, worst relative error {worst:.5}",
+                net.name
+            );
+            assert!(agree * 10 >= total * 9, "{}: {agree}/{total}", net.name);
+        }
+    }
+}
+
+#[test]
+fn fixed_point_with_masks_and_polynomials() {
+    let mut rng = ChaCha12Rng::seed_from_u64(5);
+    let fp = FixedPoint::default();
+    for mut net in small_nets(7) {
+        for (k, site) in net.sites_mut().enumerate() {
+            for m in site.mask.iter_mut() {
+                *m = rng.gen_range(0..2);
+            }
+            if k % 2 == 0 {
+                let c = site.shape.c;
+                site.poly = Some(PolyCoeffs {
+                    a2: (0..c).map(|_| rng.gen_range(0.05..0.2)).collect(),
+                    a1: (0..c).map(|_| rng.gen_range(0.3..0.7)).collect(),
+                    a0: (0..c).map(|_| rng.gen_range(-0.1..0.1)).collect(),
+                });
+            }
+        }
+        let (agree, total, worst) = check(&net, &mut rng, fp);
+        eprintln!(
+            "{} masked: argmax agree {agree}/{total}, worst {worst:.5}",
+            net.name
+        );
+    }
+}
+
+#[test]
+fn overflow_is_an_error_not_a_panic() {
+    let mut net = small_nets(1).remove(0);
+    for node in &mut net.nodes {
+        if let pibench_models::graph::Op::Conv2d(c) = &mut node.op {
+            c.weight.data.iter_mut().for_each(|w| *w *= 4000.0);
+        }
+    }
+    let x = vec![1.0f32; net.input.len()];
+    match forward_fixed(&net, FixedPoint::default(), &x) {
+        Err(ModelError::Overflow { name, .. }) => assert!(!name.is_empty()),
+        other => panic!("expected overflow, got {other:?}"),
+    }
+}
+
+#[test]
+fn wrong_input_size_is_an_error() {
+    let net = small_nets(1).remove(0);
+    assert!(matches!(
+        forward_float(&net, &[0.0; 5]),
+        Err(ModelError::InputSize { .. })
+    ));
+    assert!(matches!(
+        forward_fixed(&net, FixedPoint::default(), &[0.0; 5]),
+        Err(ModelError::InputSize { .. })
+    ));
+}
