@@ -1,0 +1,235 @@
+//! The activation circuits: truncated ReLU and truncate-only (identity), on
+//! the high parts of the two shares, written once over [`Backend`].
+//!
+//! Inputs are `a_h = a >> f` (garbler) and `b_h = b >> f` (evaluator), both
+//! in `[0, P_f]` with `P_f = (P − 1) / 2^f = 2^n − k` (`n = 43`, `k = 368`
+//! for `f = 12`). They are shares modulo `P_f` of `floor(y / 2^f) + e`,
+//! `e ∈ {−1, 0, 1, 2}` (see `models::fixed::truncate_shares`). The circuit:
+//! 1. `s = a_h + b_h` (`n + 1` bits, `n` ANDs);
+//! 2. `t = s + k`; `s ≥ P_f` iff bit `n` of `t` is set (a constant adder:
+//!    one AND per carry that is not constant);
+//! 3. `x' = s mod P_f` = low `n` bits of `t` if `s ≥ P_f`, else `s`
+//!    (a multiplexer, free on the bits where `k` has no carry);
+//! 4. `neg = x' > (P_f − 1) / 2`, the top bit of `x' + o` with
+//!    `o = 2^(n−1) − (P_f − 1) / 2 − 1` (again a constant adder);
+//! 5. ReLU: `v_i = x'_i ∧ ¬neg` for the `n − 1` low bits (`v < 2^(n−1)`);
+//!    identity: the bits of `x'` plus `neg` with weight `−P_f`.
+//!
+//! Outputs are bits with field weights; the engine turns them into an
+//! arithmetic share `Σ wᵢ·bitᵢ + ρ` without revealing them (see `engine`).
+
+use pibench_models::fixed::{self, truncated_modulus, P};
+
+use super::backend::{and, carry, not, xor, Backend, Bit};
+
+/// Which function an activation element applies after truncation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ActivationKind {
+    /// `max(0, trunc(y))` (plain ReLU, not ReLU6).
+    Relu,
+    /// `trunc(y)` only (identity elements routed through the GC in strict-privacy mode).
+    Truncate,
+}
+
+impl ActivationKind {
+    /// Stable one-byte code for messages.
+    pub fn code(self) -> u8 {
+        match self {
+            ActivationKind::Relu => 0,
+            ActivationKind::Truncate => 1,
+        }
+    }
+
+    /// Inverse of [`ActivationKind::code`].
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(ActivationKind::Relu),
+            1 => Some(ActivationKind::Truncate),
+            _ => None,
+        }
+    }
+}
+
+/// Constants of the circuit for one truncation amount `f`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitSpec {
+    /// Truncation amount `f` (`fw`).
+    pub trunc_bits: u32,
+    /// `P_f = (P − 1) / 2^f`.
+    pub modulus: u64,
+    /// Input width `n`: the bit length of `P_f`.
+    pub input_bits: usize,
+    /// `k = 2^n − P_f`.
+    pub wrap_offset: u64,
+    /// `o = 2^(n−1) − (P_f − 1)/2 − 1`: `x' + o` has its top bit set iff `x'` is negative.
+    pub sign_offset: u64,
+}
+
+impl CircuitSpec {
+    /// The constants for truncation by `trunc_bits` (`1..=16`).
+    pub fn new(trunc_bits: u32) -> Result<Self, super::GcError> {
+        if trunc_bits == 0 || trunc_bits > fixed::TWO_ADICITY {
+            return Err(super::GcError::Parameters {
+                reason: format!(
+                    "truncation by {trunc_bits} bits: must be in 1..={}",
+                    fixed::TWO_ADICITY
+                ),
+            });
+        }
+        let modulus = truncated_modulus(trunc_bits);
+        let input_bits = (64 - modulus.leading_zeros()) as usize;
+        let wrap_offset = (1u64 << input_bits) - modulus;
+        let half = (modulus - 1) / 2;
+        let sign_offset = (1u64 << (input_bits - 1)) - half - 1;
+        Ok(Self {
+            trunc_bits,
+            modulus,
+            input_bits,
+            wrap_offset,
+            sign_offset,
+        })
+    }
+
+    /// The default `f = 12` (`P_12 = 2^43 − 368`).
+    pub fn default_fixed_point() -> Self {
+        match Self::new(pibench_models::fixed::FixedPoint::default().weight_frac_bits) {
+            Ok(s) => s,
+            Err(_) => unreachable!("the default truncation amount is valid"),
+        }
+    }
+
+    /// Number of output wires of `kind`.
+    pub fn output_bits(&self, kind: ActivationKind) -> usize {
+        match kind {
+            ActivationKind::Relu => self.input_bits - 1,
+            ActivationKind::Truncate => self.input_bits + 1,
+        }
+    }
+
+    /// The field weight of each output wire.
+    pub fn output_weights(&self, kind: ActivationKind) -> Vec<u64> {
+        let mut w: Vec<u64> = (0..self.input_bits).map(|i| 1u64 << i).collect();
+        match kind {
+            ActivationKind::Relu => w.truncate(self.input_bits - 1),
+            ActivationKind::Truncate => w.push(P - self.modulus),
+        }
+        w
+    }
+
+    /// The plaintext twin, in integers: the signed value the circuit's
+    /// outputs encode, as a field element. `a_h, b_h ≤ P_f`.
+    pub fn reference(&self, kind: ActivationKind, a_h: u64, b_h: u64) -> u64 {
+        let x = (a_h + b_h) % self.modulus;
+        let signed = fixed::centred_mod(x, self.modulus);
+        match kind {
+            ActivationKind::Relu => signed.max(0) as u64,
+            ActivationKind::Truncate => fixed::from_i64(signed),
+        }
+    }
+}
+
+/// Sum bits, difference bits and carry out of [`add_constant`].
+type ConstantSum<W> = (Vec<Bit<W>>, Vec<Bit<W>>, Bit<W>);
+
+/// Adds the public constant `k` to `x` (little-endian bits).
+///
+/// Returns the sum bits, the "difference" bits `sum_i ⊕ x_i = k_i ⊕ c_i`
+/// (constant where the carry is), and the carry out (computed only when
+/// `carry_out`, as it costs an AND).
+fn add_constant<B: Backend>(
+    b: &mut B,
+    x: &[Bit<B::Wire>],
+    k: u64,
+    carry_out: bool,
+) -> ConstantSum<B::Wire> {
+    let mut c = Bit::Const(false);
+    let mut sum = Vec::with_capacity(x.len());
+    let mut diff = Vec::with_capacity(x.len());
+    for (i, &xi) in x.iter().enumerate() {
+        let ki = Bit::Const(i < 64 && (k >> i) & 1 == 1);
+        let d = xor(b, ki, c);
+        sum.push(xor(b, xi, d));
+        diff.push(d);
+        if carry_out || i + 1 < x.len() {
+            c = carry(b, xi, ki, c);
+        }
+    }
+    (sum, diff, c)
+}
+
+/// The activation circuit on the truncated shares' bits (little-endian,
+/// `spec.input_bits` each). Returns the output bits, matching
+/// [`CircuitSpec::output_weights`].
+pub fn activation_circuit<B: Backend>(
+    b: &mut B,
+    spec: &CircuitSpec,
+    kind: ActivationKind,
+    a: &[Bit<B::Wire>],
+    y: &[Bit<B::Wire>],
+) -> Vec<Bit<B::Wire>> {
+    let n = spec.input_bits;
+    debug_assert_eq!(a.len(), n);
+    debug_assert_eq!(y.len(), n);
+    // 1. s = a + y, n + 1 bits.
+    let mut s = Vec::with_capacity(n + 1);
+    let mut c = Bit::Const(false);
+    for i in 0..n {
+        let t = xor(b, a[i], y[i]);
+        s.push(xor(b, t, c));
+        c = carry(b, a[i], y[i], c);
+    }
+    s.push(c);
+    // 2. t = s + k over n bits; s + k < 2^(n+1), so bit n of t is s_n ⊕ carry.
+    let (_, diff, carry_n) = add_constant(b, &s[..n], spec.wrap_offset, true);
+    let wrapped = xor(b, s[n], carry_n);
+    // 3. x' = wrapped ? t : s, i.e. x'_i = s_i ⊕ (wrapped ∧ diff_i).
+    let mut x = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = and(b, wrapped, diff[i]);
+        x.push(xor(b, s[i], m));
+    }
+    // 4. neg = top bit of x' + o (x' + o < 2^n).
+    let (shifted, _, _) = add_constant(b, &x, spec.sign_offset, false);
+    let neg = shifted[n - 1];
+    match kind {
+        ActivationKind::Relu => {
+            let pos = not(b, neg);
+            x[..n - 1].iter().map(|&xi| and(b, xi, pos)).collect()
+        }
+        ActivationKind::Truncate => {
+            x.push(neg);
+            x
+        }
+    }
+}
+
+/// Evaluates the circuit in plaintext (the [`super::backend::PlainBackend`]
+/// oracle) and recombines the outputs with their weights, mod `P`.
+pub fn evaluate_plain(spec: &CircuitSpec, kind: ActivationKind, a_h: u64, b_h: u64) -> u64 {
+    let mut be = super::backend::PlainBackend;
+    let bits = |v: u64| -> Vec<Bit<bool>> {
+        (0..spec.input_bits)
+            .map(|i| Bit::Wire((v >> i) & 1 == 1))
+            .collect()
+    };
+    let out = activation_circuit(&mut be, spec, kind, &bits(a_h), &bits(b_h));
+    let weights = spec.output_weights(kind);
+    let mut acc = 0u64;
+    for (bit, w) in out.iter().zip(weights) {
+        let on = match bit {
+            Bit::Const(v) | Bit::Wire(v) => *v,
+        };
+        if on {
+            acc = fixed::add(acc, w);
+        }
+    }
+    acc
+}
+
+/// Gate counts of one activation circuit.
+pub fn count_gates(spec: &CircuitSpec, kind: ActivationKind) -> super::backend::CountingBackend {
+    let mut be = super::backend::CountingBackend::default();
+    let inputs = vec![Bit::Wire(()); spec.input_bits];
+    let _ = activation_circuit(&mut be, spec, kind, &inputs, &inputs);
+    be
+}

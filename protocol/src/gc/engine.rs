@@ -1,0 +1,459 @@
+//! Batch garbling and evaluation of activation circuits, garbler input
+//! encoding, and arithmetic output decoding.
+//!
+//! # Output decoding (garbled arithmetic output)
+//! For output wire `i` with field weight `wᵢ`, let `L⁰ᵢ` be its label of
+//! colour 0 and `b₀ᵢ` the value that label encodes. The garbler draws
+//! `ρᵢ = −H'(L⁰ᵢ) − wᵢ·b₀ᵢ` and sends one field element
+//! `ctᵢ = H'(L⁰ᵢ ⊕ Δ) + wᵢ·(1 − b₀ᵢ) + ρᵢ` (8 bytes). The evaluator holding
+//! label `L` of colour `c` computes `mᵢ = c·ctᵢ − H'(L) = wᵢ·vᵢ + ρᵢ`, and
+//! `z = Σ mᵢ = v + ρ (mod P)` with `ρ = Σ ρᵢ` known only to the garbler.
+//! `H'(L) = H(L, τᵢ) mod P` with a tweak `τᵢ` unique per circuit and wire
+//! (statistical distance of the 128→55-bit reduction: 2^-73). The evaluator
+//! learns nothing but `v + ρ`: the label it does not hold stays hidden behind
+//! the correlation-robust hash.
+
+use pibench_models::fixed::{self, P};
+
+use super::backend::{Bit, CountingBackend};
+use super::circuit::{activation_circuit, ActivationKind, CircuitSpec};
+use super::garble::{
+    color, GarbledTables, HalfGatesEvaluator, HalfGatesGarbler, Lanes, ThreeHalvesEvaluator,
+    ThreeHalvesGarbler, LANES,
+};
+use super::hash::{AesPrg, Block, FixedKeyHash};
+use super::{GcError, Scheme};
+
+/// `x mod P` for a 128-bit hash output (`2^55 ≡ 1507327 (mod P)`).
+#[inline(always)]
+pub fn reduce_block(x: Block) -> u64 {
+    const C: u128 = (1u128 << 55) - P as u128;
+    const MASK: u128 = (1u128 << 55) - 1;
+    let x = (x >> 55) * C + (x & MASK); // < 2^94
+    let x = (x >> 55) * C + (x & MASK); // < 2^61
+    let x = (x >> 55) * C + (x & MASK); // < 2^55 + 2^27 < 2P
+    let x = x as u64;
+    if x >= P {
+        x - P
+    } else {
+        x
+    }
+}
+
+/// What one activation circuit looks like to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitShape {
+    /// Truncation constants.
+    pub spec: CircuitSpec,
+    /// Relu or truncate-only.
+    pub kind: ActivationKind,
+    /// Garbling scheme.
+    pub scheme: Scheme,
+    /// AND gates per circuit.
+    pub ands: usize,
+    /// XOR and NOT gates per circuit (free).
+    pub free_gates: usize,
+    /// Field weights of the output wires that need decoding information.
+    pub wire_weights: Vec<u64>,
+    /// Sum of the weights of outputs that are public constant ones.
+    pub constant_term: u64,
+}
+
+impl CircuitShape {
+    /// Shape of the activation circuit (counted once with the counting backend).
+    pub fn new(spec: CircuitSpec, kind: ActivationKind, scheme: Scheme) -> Self {
+        let mut counter = CountingBackend::default();
+        let inputs = vec![Bit::Wire(()); spec.input_bits];
+        let out = activation_circuit(&mut counter, &spec, kind, &inputs, &inputs);
+        let mut wire_weights = Vec::new();
+        let mut constant_term = 0;
+        for (bit, w) in out.iter().zip(spec.output_weights(kind)) {
+            match bit {
+                Bit::Wire(()) => wire_weights.push(w),
+                Bit::Const(true) => constant_term = fixed::add(constant_term, w),
+                Bit::Const(false) => {}
+            }
+        }
+        Self {
+            spec,
+            kind,
+            scheme,
+            ands: counter.ands as usize,
+            free_gates: (counter.xors + counter.nots) as usize,
+            wire_weights,
+            constant_term,
+        }
+    }
+
+    /// Input bits per party per circuit.
+    pub fn input_bits(&self) -> usize {
+        self.spec.input_bits
+    }
+
+    /// Table words (`u64`) for `count` circuits.
+    pub fn table_words(&self, count: usize) -> usize {
+        count * self.ands * self.scheme.words_per_and()
+    }
+
+    /// Control bytes held in memory (one per gate) for `count` circuits.
+    pub fn control_len(&self, count: usize) -> usize {
+        if self.scheme.control_bits_per_and() == 0 {
+            0
+        } else {
+            count * self.ands
+        }
+    }
+
+    /// Decoding field elements for `count` circuits.
+    pub fn decoding_len(&self, count: usize) -> usize {
+        count * self.wire_weights.len()
+    }
+
+    /// Bytes of tables plus decoding information per circuit, as sent.
+    pub fn offline_gc_bytes_per_circuit(&self) -> f64 {
+        self.scheme.table_bytes(self.ands) as f64 + 8.0 * self.wire_weights.len() as f64
+    }
+}
+
+/// The garbled material the evaluator receives offline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Garbling {
+    /// Garbled tables of all AND gates.
+    pub tables: GarbledTables,
+    /// One field element per decoded output wire (`ctᵢ`).
+    pub decoding: Vec<u64>,
+}
+
+/// What the garbler keeps: its input zero labels and its output shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GarblerKeys {
+    /// Global free-XOR offset (colour bit 1).
+    pub delta: Block,
+    /// Zero labels of the garbler's input wires, circuit-major.
+    pub input_zero_labels: Vec<Block>,
+    /// `ρ` per circuit: the evaluator learns `v + ρ`, so the garbler's share of `v` is `−ρ`.
+    pub output_masks: Vec<u64>,
+}
+
+#[inline(always)]
+fn out_tweak(batch: u64, circuit: usize, wire: usize) -> Block {
+    ((batch as u128) << 64) | (1u128 << 63) | ((circuit as u128) << 8) | wire as u128
+}
+
+fn length_check(
+    site: &str,
+    what: &'static str,
+    unit: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), GcError> {
+    if expected != got {
+        return Err(GcError::Length {
+            site: site.to_string(),
+            what,
+            expected,
+            got,
+            unit,
+        });
+    }
+    Ok(())
+}
+
+fn lanes_of(labels: &[Block], n: usize, start: usize, active: usize, bit: usize) -> Lanes {
+    core::array::from_fn(|l| {
+        if l < active {
+            labels[(start + l) * n + bit]
+        } else {
+            0
+        }
+    })
+}
+
+/// Garbles `evaluator_zero_labels.len() / input_bits` circuits.
+///
+/// `evaluator_zero_labels` are the zero labels of the evaluator's input
+/// wires (from correlated OT, circuit-major); `delta` must have colour bit 1;
+/// `batch` is a tweak unique per garbling under the same `delta`.
+pub fn garble(
+    shape: &CircuitShape,
+    delta: Block,
+    batch: u64,
+    evaluator_zero_labels: &[Block],
+    prg: &mut AesPrg,
+    site: &str,
+) -> Result<(Garbling, GarblerKeys), GcError> {
+    if !color(delta) {
+        return Err(GcError::Parameters {
+            reason: format!("{site}: Δ must have colour bit 1"),
+        });
+    }
+    let n = shape.input_bits();
+    if evaluator_zero_labels.len() % n != 0 {
+        return Err(GcError::Length {
+            site: site.to_string(),
+            what: "evaluator input labels",
+            expected: evaluator_zero_labels.len().div_ceil(n) * n,
+            got: evaluator_zero_labels.len(),
+            unit: "labels",
+        });
+    }
+    let count = evaluator_zero_labels.len() / n;
+    let mut garbler_zero = vec![0u128; count * n];
+    prg.fill(&mut garbler_zero);
+    let mut coins = AesPrg::new(prg.next_block());
+    let hash = FixedKeyHash::new();
+    let mut out_hash = FixedKeyHash::new();
+    let mut garbling = Garbling {
+        tables: GarbledTables {
+            words: Vec::with_capacity(shape.table_words(count)),
+            control: Vec::with_capacity(shape.control_len(count)),
+        },
+        decoding: Vec::with_capacity(shape.decoding_len(count)),
+    };
+    let mut masks = vec![0u64; count];
+    let mut hin = Vec::new();
+    let mut htw = Vec::new();
+    for (chunk, start) in (0..count).step_by(LANES).enumerate() {
+        let active = LANES.min(count - start);
+        let a: Vec<Bit<Lanes>> = (0..n)
+            .map(|i| Bit::Wire(lanes_of(&garbler_zero, n, start, active, i)))
+            .collect();
+        let y: Vec<Bit<Lanes>> = (0..n)
+            .map(|i| Bit::Wire(lanes_of(evaluator_zero_labels, n, start, active, i)))
+            .collect();
+        let gate = (chunk * shape.ands) as u64;
+        let out = match shape.scheme {
+            Scheme::HalfGates => {
+                let mut g =
+                    HalfGatesGarbler::new(&hash, delta, batch, gate, active, &mut garbling.tables);
+                activation_circuit(&mut g, &shape.spec, shape.kind, &a, &y)
+            }
+            Scheme::ThreeHalves => {
+                let mut g = ThreeHalvesGarbler::new(
+                    &hash,
+                    delta,
+                    batch,
+                    gate,
+                    active,
+                    &mut garbling.tables,
+                    &mut coins,
+                );
+                activation_circuit(&mut g, &shape.spec, shape.kind, &a, &y)
+            }
+        };
+        let wires: Vec<Lanes> = out
+            .iter()
+            .filter_map(|b| match b {
+                Bit::Wire(w) => Some(*w),
+                Bit::Const(_) => None,
+            })
+            .collect();
+        // Hash both colour labels of every decoded output wire in one call.
+        hin.clear();
+        htw.clear();
+        for l in 0..active {
+            for (k, w) in wires.iter().enumerate() {
+                let c0 = w[l] ^ ((color(w[l]) as u128).wrapping_neg() & delta);
+                let tw = out_tweak(batch, start + l, k);
+                hin.extend_from_slice(&[c0, c0 ^ delta]);
+                htw.extend_from_slice(&[tw, tw]);
+            }
+        }
+        out_hash.hash_many(&mut hin, &htw);
+        let mut pos = 0;
+        for l in 0..active {
+            let mut rho_sum = 0u64;
+            for (k, w) in wires.iter().enumerate() {
+                let weight = shape.wire_weights[k];
+                let b0 = color(w[l]);
+                let h0 = reduce_block(hin[pos]);
+                let h1 = reduce_block(hin[pos + 1]);
+                pos += 2;
+                let (v0, v1) = if b0 { (weight, 0) } else { (0, weight) };
+                let rho = fixed::neg(fixed::add(h0, v0));
+                garbling.decoding.push(fixed::add(fixed::add(h1, v1), rho));
+                rho_sum = fixed::add(rho_sum, rho);
+            }
+            masks[start + l] = rho_sum;
+        }
+    }
+    Ok((
+        garbling,
+        GarblerKeys {
+            delta,
+            input_zero_labels: garbler_zero,
+            output_masks: masks,
+        },
+    ))
+}
+
+/// The garbler's online message: the labels of its input bits `a_h ≤ P_f`.
+pub fn encode_garbler_inputs(
+    shape: &CircuitShape,
+    keys: &GarblerKeys,
+    a_h: &[u64],
+    site: &str,
+) -> Result<Vec<Block>, GcError> {
+    let n = shape.input_bits();
+    length_check(
+        site,
+        "garbler inputs",
+        "values",
+        keys.input_zero_labels.len() / n,
+        a_h.len(),
+    )?;
+    let mut labels = Vec::with_capacity(a_h.len() * n);
+    for (idx, &v) in a_h.iter().enumerate() {
+        if v > shape.spec.modulus {
+            return Err(GcError::Range {
+                site: site.to_string(),
+                what: "garbler input a_h",
+                index: idx,
+                value: v,
+                max: shape.spec.modulus,
+            });
+        }
+        for i in 0..n {
+            let bit = (v >> i) & 1 == 1;
+            labels.push(
+                keys.input_zero_labels[idx * n + i] ^ ((bit as u128).wrapping_neg() & keys.delta),
+            );
+        }
+    }
+    Ok(labels)
+}
+
+/// Evaluates the garbled circuits; returns `z = v + ρ (mod P)` per circuit.
+pub fn evaluate(
+    shape: &CircuitShape,
+    batch: u64,
+    garbling: &Garbling,
+    garbler_labels: &[Block],
+    evaluator_labels: &[Block],
+    site: &str,
+) -> Result<Vec<u64>, GcError> {
+    let n = shape.input_bits();
+    if evaluator_labels.len() % n != 0 {
+        return Err(GcError::Length {
+            site: site.to_string(),
+            what: "evaluator input labels",
+            expected: evaluator_labels.len().div_ceil(n) * n,
+            got: evaluator_labels.len(),
+            unit: "labels",
+        });
+    }
+    let count = evaluator_labels.len() / n;
+    length_check(
+        site,
+        "garbler input labels",
+        "labels",
+        count * n,
+        garbler_labels.len(),
+    )?;
+    length_check(
+        site,
+        "garbled tables",
+        "words",
+        shape.table_words(count),
+        garbling.tables.words.len(),
+    )?;
+    length_check(
+        site,
+        "control bits",
+        "gates",
+        shape.control_len(count),
+        garbling.tables.control.len(),
+    )?;
+    length_check(
+        site,
+        "output decoding",
+        "field elements",
+        shape.decoding_len(count),
+        garbling.decoding.len(),
+    )?;
+    if let Some((idx, &v)) = garbling.decoding.iter().enumerate().find(|(_, &v)| v >= P) {
+        return Err(GcError::Range {
+            site: site.to_string(),
+            what: "output decoding element",
+            index: idx,
+            value: v,
+            max: P - 1,
+        });
+    }
+    let hash = FixedKeyHash::new();
+    let mut out_hash = FixedKeyHash::new();
+    let wpa = shape.scheme.words_per_and();
+    let outs = shape.wire_weights.len();
+    let mut result = vec![0u64; count];
+    let mut hin = Vec::new();
+    let mut htw = Vec::new();
+    for (chunk, start) in (0..count).step_by(LANES).enumerate() {
+        let active = LANES.min(count - start);
+        let a: Vec<Bit<Lanes>> = (0..n)
+            .map(|i| Bit::Wire(lanes_of(garbler_labels, n, start, active, i)))
+            .collect();
+        let y: Vec<Bit<Lanes>> = (0..n)
+            .map(|i| Bit::Wire(lanes_of(evaluator_labels, n, start, active, i)))
+            .collect();
+        let gate = (chunk * shape.ands) as u64;
+        let g0 = start * shape.ands;
+        let g1 = (start + active) * shape.ands;
+        let out = match shape.scheme {
+            Scheme::HalfGates => {
+                let words = &garbling.tables.words[g0 * wpa..g1 * wpa];
+                let mut e = HalfGatesEvaluator::new(&hash, batch, gate, active, words);
+                activation_circuit(&mut e, &shape.spec, shape.kind, &a, &y)
+            }
+            Scheme::ThreeHalves => {
+                let words = &garbling.tables.words[g0 * wpa..g1 * wpa];
+                let control = &garbling.tables.control[g0..g1];
+                let mut e = ThreeHalvesEvaluator::new(&hash, batch, gate, active, words, control);
+                activation_circuit(&mut e, &shape.spec, shape.kind, &a, &y)
+            }
+        };
+        let wires: Vec<Lanes> = out
+            .iter()
+            .filter_map(|b| match b {
+                Bit::Wire(w) => Some(*w),
+                Bit::Const(_) => None,
+            })
+            .collect();
+        hin.clear();
+        htw.clear();
+        for l in 0..active {
+            for (k, w) in wires.iter().enumerate() {
+                hin.push(w[l]);
+                htw.push(out_tweak(batch, start + l, k));
+            }
+        }
+        out_hash.hash_many(&mut hin, &htw);
+        for l in 0..active {
+            let mut z = shape.constant_term;
+            for (k, w) in wires.iter().enumerate() {
+                let h = reduce_block(hin[l * outs + k]);
+                let ct = if color(w[l]) {
+                    garbling.decoding[(start + l) * outs + k]
+                } else {
+                    0
+                };
+                z = fixed::add(z, fixed::sub(ct, h));
+            }
+            result[start + l] = z;
+        }
+    }
+    Ok(result)
+}
+
+/// Plaintext evaluation of a whole batch through the [`super::PlainBackend`]
+/// oracle (for tests and benchmarks' self-checks).
+pub fn evaluate_plain_batch(shape: &CircuitShape, a_h: &[u64], b_h: &[u64]) -> Vec<u64> {
+    a_h.iter()
+        .zip(b_h)
+        .map(|(&a, &b)| super::circuit::evaluate_plain(&shape.spec, shape.kind, a, b))
+        .collect()
+}
+
+/// A fresh free-XOR offset with colour bit 1.
+pub fn random_delta(prg: &mut AesPrg) -> Block {
+    prg.next_block() | 1
+}
