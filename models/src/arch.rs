@@ -436,3 +436,61 @@ fn build_vgg(
     g.linear("classifier", flat, num_classes);
     g.finish(spec.name(), spec.clone(), num_classes)
 }
+
+/// The datasets pibench knows: input shape and class count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataset {
+    /// CIFAR-10: 3×32×32, 10 classes.
+    Cifar10,
+    /// CIFAR-100: 3×32×32, 100 classes.
+    Cifar100,
+    /// Tiny-ImageNet: 3×64×64, 200 classes.
+    TinyImageNet,
+}
+
+impl Dataset {
+    /// Parses `cifar10`, `cifar100`, `tinyimagenet` (also `tiny-imagenet`, `tiny_imagenet`).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name
+            .trim()
+            .to_ascii_lowercase()
+            .replace(['-', '_'], "")
+            .as_str()
+        {
+            "cifar10" => Ok(Self::Cifar10),
+            "cifar100" => Ok(Self::Cifar100),
+            "tinyimagenet" => Ok(Self::TinyImageNet),
+            _ => Err(ModelError::UnknownArch {
+                name: name.to_string(),
+                expected: "a dataset: cifar10, cifar100, tinyimagenet".into(),
+            }),
+        }
+    }
+
+    /// Canonical name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar10",
+            Self::Cifar100 => "cifar100",
+            Self::TinyImageNet => "tinyimagenet",
+        }
+    }
+
+    /// Input shape.
+    pub fn input(&self) -> FeatureShape {
+        match self {
+            Self::Cifar10 | Self::Cifar100 => FeatureShape::new(3, 32, 32),
+            Self::TinyImageNet => FeatureShape::new(3, 64, 64),
+        }
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::Cifar10 => 10,
+            Self::Cifar100 => 100,
+            Self::TinyImageNet => 200,
+        }
+    }
+}

@@ -85,7 +85,7 @@ pub enum ModelError {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("{file}: {source}")]
+    #[error("{file}: cannot read or write the file")]
     Io {
         /// File.
         file: String,
