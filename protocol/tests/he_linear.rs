@@ -205,3 +205,42 @@ fn real_parameters_largest_layers() {
         assert!(budget >= 2);
     }
 }
+
+/// Every linear layer of ResNet-18 (CIFAR 32×32 and Tiny-ImageNet 64×64)
+/// has a packing under the real parameters; prints the plan totals.
+#[test]
+fn resnet18_layers_plan_under_real_parameters() {
+    use pibench_models::arch::ArchSpec;
+    use pibench_models::graph::{FeatureShape, Init};
+    let ctx = HeParams::linear().context().unwrap();
+    for (input, classes) in [
+        (FeatureShape::new(3, 32, 32), 100),
+        (FeatureShape::new(3, 64, 64), 200),
+    ] {
+        let net = ArchSpec::resnet18()
+            .build(input, classes, Init::Zeros)
+            .unwrap();
+        let (mut cin, mut cout, mut mults) = (0, 0, 0);
+        for info in net.linear_layers() {
+            let plan = LinearPlan::new(&ctx, &info.name, LayerShape::from_info(&info)).unwrap();
+            assert_eq!(plan.shape.hout(), info.out_h, "{}", info.name);
+            assert_eq!(plan.rotations(), 0);
+            println!(
+                "{:<24} cb={:<3} m={:<3} tiles={} in={} out={} mults={} noise={:.1} flood={}",
+                info.name,
+                plan.cb,
+                plan.m,
+                plan.tiles.len(),
+                plan.input_ciphertexts(),
+                plan.output_ciphertexts(),
+                plan.multiplications(),
+                plan.noise_bound_bits,
+                plan.flood_bits
+            );
+            cin += plan.input_ciphertexts();
+            cout += plan.output_ciphertexts();
+            mults += plan.multiplications();
+        }
+        println!("{input:?}: {cin} input cts, {cout} output cts, {mults} multiplications");
+    }
+}
