@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use pibench_models::fixed::{self, P};
-use pibench_protocol::gc::engine::{self, CircuitShape};
+use pibench_protocol::gc::engine::{self, CircuitShape, GarblerKeys, Garbling};
 use pibench_protocol::gc::hash::{AesPrg, FixedKeyHash};
 use pibench_protocol::gc::protocol::{phase, EvaluatorSession, GarblerSession};
 use pibench_protocol::gc::{ActivationKind, CircuitSpec, Scheme};
@@ -76,6 +76,8 @@ struct ReluReport {
     aes_blocks_per_s: f64,
     garble_ns_per_relu: f64,
     evaluate_ns_per_relu: f64,
+    garble_cpu_ns_per_relu: Option<f64>,
+    evaluate_cpu_ns_per_relu: Option<f64>,
     ot_extension_ns_per_relu: f64,
     and_gates_per_relu: usize,
     free_gates_per_relu: usize,
@@ -91,6 +93,27 @@ struct ReluReport {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// CPU time of the calling thread (Linux `schedstat`), to separate the work
+/// from time lost to other processes on a shared machine.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Wall and CPU time of `f`.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Option<Duration>) {
+    let c0 = thread_cpu();
+    let t0 = Instant::now();
+    let out = f();
+    let wall = t0.elapsed();
+    let cpu = match (c0, thread_cpu()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    (out, wall, cpu)
 }
 
 /// Runs the command.
@@ -144,21 +167,48 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
     let delta = sender.delta();
     let mut garble_times = Vec::new();
     let mut eval_times = Vec::new();
-    for rep in 0..args.repeat.max(1) {
-        let t = Instant::now();
-        let (garbling, keys) = engine::garble(&shape, delta, rep as u64, &q, &mut prg, "micro")?;
-        garble_times.push(t.elapsed());
+    let mut garble_cpu = Vec::new();
+    let mut eval_cpu = Vec::new();
+    let mut garbling = Garbling::default();
+    let mut keys = GarblerKeys {
+        delta,
+        input_zero_labels: Vec::new(),
+        output_masks: Vec::new(),
+    };
+    // One untimed warm-up fills the reused buffers (as a streaming garbler would).
+    engine::garble_into(
+        &shape,
+        delta,
+        0,
+        &q,
+        &mut prg,
+        "micro",
+        &mut garbling,
+        &mut keys,
+    )?;
+    for rep in 1..=args.repeat.max(1) {
+        let batch = rep as u64;
+        let (res, wall, cpu) = timed(|| {
+            engine::garble_into(
+                &shape,
+                delta,
+                batch,
+                &q,
+                &mut prg,
+                "micro",
+                &mut garbling,
+                &mut keys,
+            )
+        });
+        res?;
+        garble_times.push(wall);
+        garble_cpu.extend(cpu);
         let labels = engine::encode_garbler_inputs(&shape, &keys, &a_h, "micro")?;
-        let t = Instant::now();
-        let z = engine::evaluate(
-            &shape,
-            rep as u64,
-            &garbling,
-            &labels,
-            &eval_labels,
-            "micro",
-        )?;
-        eval_times.push(t.elapsed());
+        let (z, wall, cpu) =
+            timed(|| engine::evaluate(&shape, batch, &garbling, &labels, &eval_labels, "micro"));
+        let z = z?;
+        eval_times.push(wall);
+        eval_cpu.extend(cpu);
         for (i, ((z, rho), want)) in z.iter().zip(&keys.output_masks).zip(&expected).enumerate() {
             if fixed::sub(*z, *rho) != *want {
                 bail!(
@@ -167,6 +217,8 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let per_relu = |d: Duration| d.as_nanos() as f64 / count as f64;
+    let cpu_median = |v: Vec<Duration>| (!v.is_empty()).then(|| per_relu(median(v)));
 
     // Bytes: a real two-party run over an in-memory duplex, on one thread.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -222,8 +274,10 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
         },
         count,
         aes_blocks_per_s,
-        garble_ns_per_relu: median(garble_times).as_nanos() as f64 / count as f64,
-        evaluate_ns_per_relu: median(eval_times).as_nanos() as f64 / count as f64,
+        garble_ns_per_relu: per_relu(median(garble_times)),
+        evaluate_ns_per_relu: per_relu(median(eval_times)),
+        garble_cpu_ns_per_relu: cpu_median(garble_cpu),
+        evaluate_cpu_ns_per_relu: cpu_median(eval_cpu),
         ot_extension_ns_per_relu: ot_time.as_nanos() as f64 / count as f64,
         and_gates_per_relu: shape.ands,
         free_gates_per_relu: shape.free_gates,
@@ -247,13 +301,16 @@ fn print_table(r: &ReluReport) {
         "garbled {} ({}), {} per batch, 1 core",
         r.kind, r.scheme, r.count
     );
-    let rows: [(&str, String); 14] = [
+    let cpu = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
+    let rows: [(&str, String); 16] = [
         (
             "AES blocks/s (fixed key)",
             format!("{:.3e}", r.aes_blocks_per_s),
         ),
         ("garble ns/ReLU", format!("{:.0}", r.garble_ns_per_relu)),
         ("evaluate ns/ReLU", format!("{:.0}", r.evaluate_ns_per_relu)),
+        ("garble CPU ns/ReLU", cpu(r.garble_cpu_ns_per_relu)),
+        ("evaluate CPU ns/ReLU", cpu(r.evaluate_cpu_ns_per_relu)),
         (
             "OT extension ns/ReLU",
             format!("{:.0}", r.ot_extension_ns_per_relu),

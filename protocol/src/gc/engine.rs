@@ -182,6 +182,38 @@ pub fn garble(
     prg: &mut AesPrg,
     site: &str,
 ) -> Result<(Garbling, GarblerKeys), GcError> {
+    let mut garbling = Garbling::default();
+    let mut keys = GarblerKeys {
+        delta,
+        input_zero_labels: Vec::new(),
+        output_masks: Vec::new(),
+    };
+    garble_into(
+        shape,
+        delta,
+        batch,
+        evaluator_zero_labels,
+        prg,
+        site,
+        &mut garbling,
+        &mut keys,
+    )?;
+    Ok((garbling, keys))
+}
+
+/// [`garble`] into caller-owned buffers, reusing their capacity (a garbler
+/// streaming many batches avoids touching fresh memory for each).
+#[allow(clippy::too_many_arguments)]
+pub fn garble_into(
+    shape: &CircuitShape,
+    delta: Block,
+    batch: u64,
+    evaluator_zero_labels: &[Block],
+    prg: &mut AesPrg,
+    site: &str,
+    garbling: &mut Garbling,
+    keys: &mut GarblerKeys,
+) -> Result<(), GcError> {
     if !color(delta) {
         return Err(GcError::Parameters {
             reason: format!("{site}: Δ must have colour bit 1"),
@@ -198,25 +230,30 @@ pub fn garble(
         });
     }
     let count = evaluator_zero_labels.len() / n;
-    let mut garbler_zero = vec![0u128; count * n];
-    prg.fill(&mut garbler_zero);
+    keys.delta = delta;
+    let garbler_zero = &mut keys.input_zero_labels;
+    garbler_zero.clear();
+    garbler_zero.resize(count * n, 0);
+    prg.fill(garbler_zero);
+    let garbler_zero = &keys.input_zero_labels;
     let mut coins = AesPrg::new(prg.next_block());
     let hash = FixedKeyHash::new();
     let mut out_hash = FixedKeyHash::new();
-    let mut garbling = Garbling {
-        tables: GarbledTables {
-            words: Vec::with_capacity(shape.table_words(count)),
-            control: Vec::with_capacity(shape.control_len(count)),
-        },
-        decoding: Vec::with_capacity(shape.decoding_len(count)),
-    };
-    let mut masks = vec![0u64; count];
+    garbling.tables.words.clear();
+    garbling.tables.words.reserve(shape.table_words(count));
+    garbling.tables.control.clear();
+    garbling.tables.control.reserve(shape.control_len(count));
+    garbling.decoding.clear();
+    garbling.decoding.reserve(shape.decoding_len(count));
+    let masks = &mut keys.output_masks;
+    masks.clear();
+    masks.resize(count, 0);
     let mut hin = Vec::new();
     let mut htw = Vec::new();
     for (chunk, start) in (0..count).step_by(LANES).enumerate() {
         let active = LANES.min(count - start);
         let a: Vec<Bit<Lanes>> = (0..n)
-            .map(|i| Bit::Wire(lanes_of(&garbler_zero, n, start, active, i)))
+            .map(|i| Bit::Wire(lanes_of(garbler_zero, n, start, active, i)))
             .collect();
         let y: Vec<Bit<Lanes>> = (0..n)
             .map(|i| Bit::Wire(lanes_of(evaluator_zero_labels, n, start, active, i)))
@@ -277,14 +314,7 @@ pub fn garble(
             masks[start + l] = rho_sum;
         }
     }
-    Ok((
-        garbling,
-        GarblerKeys {
-            delta,
-            input_zero_labels: garbler_zero,
-            output_masks: masks,
-        },
-    ))
+    Ok(())
 }
 
 /// The garbler's online message: the labels of its input bits `a_h ≤ P_f`.
