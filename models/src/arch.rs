@@ -180,6 +180,7 @@ impl ArchSpec {
         positive("input height", input.h)?;
         positive("input width", input.w)?;
         positive("number of classes", num_classes)?;
+        self.check_limits(input, num_classes)?;
         match self {
             Self::Resnet {
                 stem,
@@ -197,6 +198,60 @@ impl ArchSpec {
                 build_vgg(self, convs, widths, input, num_classes, init)
             }
         }
+    }
+}
+
+impl ArchSpec {
+    /// Rejects sizes that could only come from a corrupt file or a typo and
+    /// would otherwise exhaust memory: more than 2^31 weights or activations.
+    fn check_limits(&self, input: FeatureShape, num_classes: usize) -> Result<()> {
+        let (stem, stages): (usize, Vec<(usize, usize)>) = match self {
+            Self::Resnet {
+                stem,
+                blocks,
+                widths,
+                ..
+            } => (
+                *stem,
+                blocks.iter().copied().zip(widths.iter().copied()).collect(),
+            ),
+            Self::Wrn {
+                depth,
+                stem,
+                widths,
+                ..
+            } => (*stem, widths.iter().map(|&w| (depth / 6 + 1, w)).collect()),
+            Self::Vgg { convs, widths, .. } => (
+                3,
+                convs.iter().copied().zip(widths.iter().copied()).collect(),
+            ),
+        };
+        let too_big = |what: &str, v: u128| -> Result<()> {
+            if v > 1u128 << 31 {
+                return Err(ModelError::InvalidSize {
+                    what: format!("{what} of {}", self.name()),
+                    value: v.to_string(),
+                    expected: "at most 2^31".into(),
+                });
+            }
+            Ok(())
+        };
+        let mut weights = 9 * input.c as u128 * stem as u128;
+        let mut prev = stem as u128;
+        let mut widest = stem as u128;
+        for &(n, w) in &stages {
+            weights = weights
+                .saturating_add(2 * 9 * n as u128 * w as u128 * w.max(prev as usize) as u128);
+            prev = w as u128;
+            widest = widest.max(w as u128);
+        }
+        weights = weights.saturating_add(prev * num_classes as u128);
+        too_big("weights", weights)?;
+        too_big(
+            "activations per site",
+            widest * input.h as u128 * input.w as u128,
+        )?;
+        too_big("input elements", input.len() as u128)
     }
 }
 

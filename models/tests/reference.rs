@@ -152,3 +152,44 @@ fn wrong_input_size_is_an_error() {
         Err(ModelError::InputSize { .. })
     ));
 }
+
+/// Full-size ResNet-18 (CIFAR): fixed-point vs float, and the per-site
+/// pre-truncation magnitudes that set the statistical-masking σ.
+#[test]
+#[ignore = "full-size model: run with `make bench-long`"]
+fn resnet18_full_size_fixed_point() {
+    let net = ArchSpec::resnet18()
+        .build(FeatureShape::new(3, 32, 32), 100, Init::Seeded(9))
+        .unwrap();
+    let mut rng = ChaCha12Rng::seed_from_u64(1);
+    let x = random_input(&mut rng, net.input.len());
+    let t = std::time::Instant::now();
+    let f = forward_float(&net, &x).unwrap();
+    let t_float = t.elapsed();
+    let t = std::time::Instant::now();
+    let q = forward_fixed(&net, FixedPoint::default(), &x).unwrap();
+    let t_fixed = t.elapsed();
+    let err = f
+        .iter()
+        .zip(&q.logits)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let max_bits = q.truncations.iter().map(|s| s.bits).max().unwrap();
+    eprintln!(
+        "resnet18: float {t_float:?}, fixed {t_fixed:?}, max |logit| {:.2}, max |Δlogit| {err:.4}, max pre-truncation bits {max_bits}, σ = {}",
+        f.iter().fold(0.0f64, |m, v| m.max(v.abs())),
+        FixedPoint::default().identity_stat_security_bits(max_bits)
+    );
+    for (fa, fw) in [(8, 12), (12, 12), (8, 16), (12, 16)] {
+        let fp = FixedPoint::new(fa, fw).unwrap();
+        let q = forward_fixed(&net, fp, &x).unwrap();
+        let e = f
+            .iter()
+            .zip(&q.logits)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("  fa={fa} fw={fw}: max |Δlogit| {e:.4}");
+    }
+    // Deep random nets amplify the 2^-13 weight rounding layer after layer;
+    // the documented full-size bound is 0.15 · (1 + max |logit|).
+    assert!(err <= 7.5 * bound(&f));
+    assert_eq!(argmax(&f), argmax(&q.logits));
+}

@@ -242,3 +242,83 @@ pub fn linear_field(
 ) -> Vec<u64> {
     linear(input, weight, bias, out_features)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn geometry(
+        c: usize,
+        hw: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> ConvGeometry {
+        ConvGeometry {
+            input: FeatureShape::new(c, hw, hw),
+            cout,
+            kernel: k,
+            stride,
+            padding: pad,
+            groups,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Field conv on additive shares adds up to the conv of the secret,
+        /// and on small integers it equals the f64 conv (same kernel code).
+        #[test]
+        fn conv_is_linear_on_shares_and_matches_integers(
+            seed in any::<u64>(),
+            c in 1usize..4, hw in 3usize..7, cout_g in 1usize..4, k in 1usize..4,
+            stride in 1usize..3, pad in 0usize..2, groups in 1usize..3,
+        ) {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(seed);
+            let c = c * groups;
+            let g = geometry(c, hw, cout_g * groups, k, stride, pad, groups);
+            prop_assume!(hw + 2 * pad >= k);
+            let n_in = c * hw * hw;
+            let n_w = g.cout * (c / groups) * k * k;
+            let x: Vec<i64> = (0..n_in).map(|_| rng.gen_range(-1000..1000)).collect();
+            let w: Vec<i64> = (0..n_w).map(|_| rng.gen_range(-5000..5000)).collect();
+            let b: Vec<i64> = (0..g.cout).map(|_| rng.gen_range(-99999..99999)).collect();
+            let xf: Vec<u64> = x.iter().map(|&v| fixed::from_i64(v)).collect();
+            let wf: Vec<u64> = w.iter().map(|&v| fixed::from_i64(v)).collect();
+            let bf: Vec<u64> = b.iter().map(|&v| fixed::from_i64(v)).collect();
+            let want = conv2d_field(&xf, &wf, Some(&bf), &g);
+            // Integers through the f64 instance of the same kernel.
+            let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            let bd: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let exact = conv2d(&xd, &wd, Some(&bd), &g);
+            for (f, e) in want.iter().zip(&exact) {
+                prop_assert_eq!(fixed::to_i64(*f), *e as i64);
+            }
+            // Shares: x = x0 + x1, bias only on one side.
+            let x0: Vec<u64> = (0..n_in).map(|_| rng.gen_range(0..P)).collect();
+            let x1: Vec<u64> = xf.iter().zip(&x0).map(|(&v, &s)| fixed::sub(v, s)).collect();
+            let y0 = conv2d_field(&x0, &wf, Some(&bf), &g);
+            let y1 = conv2d_field(&x1, &wf, None, &g);
+            for ((a, b), w) in y0.iter().zip(&y1).zip(&want) {
+                prop_assert_eq!(fixed::add(*a, *b), *w);
+            }
+        }
+    }
+
+    #[test]
+    fn linear_settles_long_rows() {
+        // More than SETTLE_EVERY products of maximal field elements.
+        let n = (1 << 17) + 5;
+        let x = vec![P - 1; n];
+        let w = vec![P - 1; n];
+        let y = linear_field(&x, &w, None, 1);
+        // (−1)·(−1) summed n times.
+        assert_eq!(y[0], (n as u64) % P);
+    }
+}

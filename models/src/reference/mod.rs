@@ -123,6 +123,7 @@ pub fn folded_pools(net: &Network) -> HashSet<usize> {
 
 /// Runs `eval` over the network's op list and returns the last node's value.
 pub fn forward<E: Evaluator>(net: &Network, eval: &mut E, input: &[f32]) -> Result<E::Value> {
+    net.validate()?;
     if input.len() != net.input.len() {
         return Err(ModelError::InputSize {
             found: input.len(),
