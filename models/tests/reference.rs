@@ -3,7 +3,10 @@
 use pibench_models::arch::ArchSpec;
 use pibench_models::fixed::FixedPoint;
 use pibench_models::graph::{FeatureShape, Init, Network, PolyCoeffs};
-use pibench_models::reference::{argmax, forward_fixed, forward_float};
+use pibench_models::reference::{
+    argmax, forward_fixed, forward_float, forward_trace, EncodedNetwork, FixedEvaluator,
+    FloatEvaluator,
+};
 use pibench_models::ModelError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
@@ -192,4 +195,22 @@ fn resnet18_full_size_fixed_point() {
     // the documented full-size bound is 0.15 · (1 + max |logit|).
     assert!(err <= 7.5 * bound(&f));
     assert_eq!(argmax(&f), argmax(&q.logits));
+}
+
+#[test]
+fn trace_returns_every_node_and_ends_with_the_logits() {
+    let net = small_nets(2).remove(0);
+    let x = vec![0.5f32; net.input.len()];
+    let trace = forward_trace(&net, &mut FloatEvaluator, &x).unwrap();
+    assert_eq!(trace.len(), net.nodes.len());
+    assert_eq!(trace.last().unwrap(), &forward_float(&net, &x).unwrap());
+    let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
+    let fixed = forward_trace(&net, &mut FixedEvaluator::new(&enc), &x).unwrap();
+    for (node, v) in net.nodes.iter().zip(&fixed) {
+        assert_eq!(v.data.len(), node.shape.len(), "{}", node.name);
+    }
+    assert_eq!(
+        fixed.last().unwrap(),
+        &forward_fixed(&net, FixedPoint::default(), &x).unwrap().raw
+    );
 }

@@ -123,6 +123,40 @@ pub fn folded_pools(net: &Network) -> HashSet<usize> {
 
 /// Runs `eval` over the network's op list and returns the last node's value.
 pub fn forward<E: Evaluator>(net: &Network, eval: &mut E, input: &[f32]) -> Result<E::Value> {
+    let mut values = walk(net, eval, input, false)?;
+    values.pop().flatten().ok_or_else(|| ModelError::Graph {
+        node: net.nodes.len().saturating_sub(1),
+        name: "output".into(),
+        reason: "no output value".into(),
+    })
+}
+
+/// Like [`forward`], but returns every node's value (index = node index),
+/// e.g. to compare a protocol's intermediate shares with the reference.
+pub fn forward_trace<E: Evaluator>(
+    net: &Network,
+    eval: &mut E,
+    input: &[f32],
+) -> Result<Vec<E::Value>> {
+    walk(net, eval, input, true)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.ok_or_else(|| ModelError::Graph {
+                node: i,
+                name: net.nodes[i].name.clone(),
+                reason: "no value".into(),
+            })
+        })
+        .collect()
+}
+
+fn walk<E: Evaluator>(
+    net: &Network,
+    eval: &mut E,
+    input: &[f32],
+    keep_all: bool,
+) -> Result<Vec<Option<E::Value>>> {
     net.validate()?;
     if input.len() != net.input.len() {
         return Err(ModelError::InputSize {
@@ -175,16 +209,15 @@ pub fn forward<E: Evaluator>(net: &Network, eval: &mut E, input: &[f32]) -> Resu
             Op::Site(s) => eval.site(&ctx, s, arg(0)?)?,
         };
         values[i] = Some(v);
-        for &j in &node.inputs {
-            if last_use[j] == i {
-                values[j] = None;
+        if !keep_all {
+            for &j in &node.inputs {
+                if last_use[j] == i {
+                    values[j] = None;
+                }
             }
         }
     }
-    values
-        .pop()
-        .flatten()
-        .ok_or_else(|| missing(net.nodes.len().saturating_sub(1), "output"))
+    Ok(values)
 }
 
 fn geometry(c: &Conv2d, input: FeatureShape) -> ConvGeometry {
