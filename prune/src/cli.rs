@@ -146,6 +146,9 @@ pub struct PruneCli {
     /// Seed for initialisation, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
     /// Hide progress bars.
     #[arg(long)]
     pub no_progress: bool,
@@ -229,6 +232,9 @@ pub fn run(args: PruneCli) -> anyhow::Result<()> {
         base.full_relus()
     );
     tch::manual_seed(args.seed as i64);
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t.max(1));
+    }
 
     let mut log = RunLog {
         path: Some(

@@ -195,8 +195,10 @@ pub trait PhaseHooks {
     fn extra_loss(&mut self, _net: &Network) -> Option<Tensor> {
         None
     }
-    /// Called after every optimiser step.
-    fn after_step(&mut self, _net: &Network) {}
+    /// Called after every optimiser step; `Stop` ends the phase after this step.
+    fn after_step(&mut self, _net: &Network) -> Control {
+        Control::Continue
+    }
     /// Called after every epoch; its value is logged as the record's `extra`.
     fn after_epoch(&mut self, _epoch: usize, _net: &mut Network) -> (Control, serde_json::Value) {
         (Control::Continue, serde_json::Value::Null)
@@ -308,7 +310,7 @@ impl Trainer<'_> {
                 hooks.restore(&state.hooks);
                 if state.finished {
                     eprintln!("phase {phase}: restored finished checkpoint");
-                    return Ok(self.evaluate(net)?);
+                    return self.evaluate(net);
                 }
                 start_epoch = state.epochs_done;
                 eprintln!("phase {phase}: resuming at epoch {start_epoch}");
@@ -361,6 +363,8 @@ impl Trainer<'_> {
             );
             let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
             let started = Instant::now();
+            let mut stopped_early = false;
+            let mut steps_done = 0usize;
             for (step, idx) in batches.iter().take(steps).enumerate() {
                 let raw = self.train.images.index_select(0, idx);
                 let labels = self.train.labels.index_select(0, idx).to_device(device);
@@ -386,7 +390,8 @@ impl Trainer<'_> {
                     return Err(TrainError::Diverged { epoch, step });
                 }
                 scaler.step(&mut opt, &net.vs, &loss);
-                hooks.after_step(net);
+                let step_control = hooks.after_step(net);
+                steps_done += 1;
                 loss_sum += loss_value;
                 correct += logits
                     .argmax(-1, false)
@@ -402,18 +407,27 @@ impl Trainer<'_> {
                         correct as f64 / seen.max(1) as f64
                     ));
                 }
+                if step_control == Control::Stop {
+                    stopped_early = true;
+                    break;
+                }
             }
             let seconds = started.elapsed().as_secs_f64();
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
             let (control, extra) = hooks.after_epoch(epoch, net);
+            let control = if stopped_early {
+                Control::Stop
+            } else {
+                control
+            };
             acc = self.evaluate(net)?;
             let record = EpochRecord {
                 phase: phase.to_string(),
                 epoch,
                 lr,
-                train_loss: loss_sum / steps.max(1) as f64,
+                train_loss: loss_sum / steps_done.max(1) as f64,
                 train_acc: correct as f64 / seen.max(1) as f64,
                 test_acc: acc,
                 relus: net.relu_count(),

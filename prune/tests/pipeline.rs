@@ -67,6 +67,8 @@ fn base_args(data: &Path, out: &Path, method: &str, budget: &str) -> Vec<String>
         "--batch-size",
         "50",
         "--no-progress",
+        "--threads",
+        "1",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -75,6 +77,7 @@ fn base_args(data: &Path, out: &Path, method: &str, budget: &str) -> Vec<String>
 
 #[test]
 fn small_resnet_training_reduces_the_loss() {
+    tch::set_num_threads(1);
     tch::manual_seed(0);
     let dir = tempfile::tempdir().unwrap();
     common::write_cifar10(dir.path(), 40, 50, 11);
@@ -110,6 +113,7 @@ fn small_resnet_training_reduces_the_loss() {
 
 #[test]
 fn snl_reaches_the_budget_exactly_and_exports() {
+    tch::set_num_threads(1);
     tch::manual_seed(0);
     let dir = tempfile::tempdir().unwrap();
     common::write_cifar10(dir.path(), 20, 20, 12);

@@ -2,8 +2,9 @@
 //!
 //! Every ReLU element gets a learnable coefficient `α ∈ [0, 1]` (initialised
 //! to 1) and computes `α·ReLU(x) + (1−α)·x`. The loss adds a lasso penalty
-//! `λ·Σ|α|`; after every search epoch, while more than the budget of `α`
-//! exceed the threshold, `λ` is multiplied by `lambda_growth`. Then the `N`
+//! `λ·Σ|α|`; the search stops after the first step at which at most the
+//! budget of `α` exceed the threshold; after every epoch that ends above the
+//! budget, `λ` is multiplied by `lambda_growth`. Then the `N`
 //! largest `α` over the whole network (ties broken by position) become the
 //! kept ReLUs — exactly `N` — the coefficients are removed, and the masked
 //! network is fine-tuned with KD from the all-ReLU teacher.
@@ -66,8 +67,15 @@ impl PhaseHooks for SnlSearch {
         net.alpha_l1().map(|l1| l1 * self.lambda)
     }
 
-    fn after_step(&mut self, net: &Network) {
+    fn after_step(&mut self, net: &Network) -> Control {
         net.clamp_alphas();
+        // Stop as soon as the budget is met, before λ can push far below it.
+        if alpha_count(net, self.cfg.threshold) <= self.cfg.budget {
+            self.reached = true;
+            Control::Stop
+        } else {
+            Control::Continue
+        }
     }
 
     fn after_epoch(&mut self, _epoch: usize, net: &mut Network) -> (Control, serde_json::Value) {
