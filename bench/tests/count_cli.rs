@@ -128,9 +128,13 @@ fn bad_input_gives_one_line_errors() {
     fails_with(&["--model", "wrn23_8"], &["WRN depth"]);
     fails_with(
         &["--model", "hrn", "--hrn", "5x5x3x", "--base-channels", "0"],
-        &["base channels"],
+        &["base-channels"],
     );
     fails_with(&["--model", "hrn", "--hrn", "5x0x3x"], &["--hrn"]);
+    fails_with(
+        &["--model", "hrn", "--hrn", "5x5x3x", "--base-channels", "-4"],
+        &["--base-channels -4"],
+    );
     fails_with(
         &["--model", "resnet18", "--dataset", "imagenet"],
         &["imagenet"],

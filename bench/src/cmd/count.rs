@@ -47,8 +47,8 @@ pub struct CountArgs {
     #[arg(long)]
     pub hrn: Option<String>,
     /// HybReNet base channels m.
-    #[arg(long, default_value_t = 16)]
-    pub base_channels: usize,
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
+    pub base_channels: i64,
     /// Architecture of a PyTorch state dict given as --model (no pibench header).
     #[arg(long)]
     pub arch: Option<String>,
@@ -69,7 +69,14 @@ fn spec_of(name: &str, args: &CountArgs) -> anyhow::Result<ArchSpec> {
         let Some((a, b, c)) = parse_hrn_factors(f) else {
             bail!("--hrn {f:?}: expected three positive factors like 5x5x3x");
         };
-        return Ok(ArchSpec::hrn(a, b, c, args.base_channels)?);
+        if args.base_channels <= 0 {
+            bail!(
+                "--base-channels {}: expected a positive number of channels",
+                args.base_channels
+            );
+        }
+        let m = usize::try_from(args.base_channels)?;
+        return Ok(ArchSpec::hrn(a, b, c, m)?);
     }
     Ok(ArchSpec::parse(name)?)
 }
