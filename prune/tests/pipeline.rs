@@ -320,3 +320,74 @@ fn bad_inputs_fail_before_training() {
     let err = run(base_args(dir.path(), &out, "deepreshape", "100"));
     assert!(err.contains("HybReNet"), "{err}");
 }
+
+#[test]
+fn cli_deepreduce_probes_criticality_and_writes_the_pareto_set() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_cifar10(dir.path(), 10, 10, 16);
+    let out = dir.path().join("p.safetensors");
+    let mut args = base_args(dir.path(), &out, "deepreduce", "8000");
+    args.push("--pareto".into());
+    let o = piprune().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("p.safetensors.log.json")).unwrap(),
+    )
+    .unwrap();
+    let results = log["results"].as_array().unwrap();
+    let crit = results
+        .iter()
+        .find(|r| r.get("criticality").is_some())
+        .unwrap();
+    let order = crit["criticality"]["order_least_to_most"]
+        .as_array()
+        .unwrap();
+    assert_eq!(order.len(), 4);
+    let run = results.iter().find(|r| r.get("pareto").is_some()).unwrap();
+    assert_eq!(run["trained"].as_array().unwrap().len(), 15);
+    assert!(!run["pareto"].as_array().unwrap().is_empty());
+    // The chosen network is at --out, the others beside it; all load.
+    let chosen = file::load(&out).unwrap();
+    assert!(chosen.header.relus <= 8000);
+    assert_eq!(chosen.header.relus, run["chosen_relus"].as_u64().unwrap());
+    let extra: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("p.safetensors.") && n.ends_with(".safetensors")
+        })
+        .collect();
+    assert_eq!(extra.len(), 14);
+    for e in extra {
+        file::load(&e.path()).unwrap();
+    }
+}
+
+#[test]
+fn cli_deepreshape_builds_a_hybrenet_with_channel_group_relus() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_cifar10(dir.path(), 10, 10, 17);
+    let out = dir.path().join("h.safetensors");
+    let mut args = base_args(dir.path(), &out, "deepreshape", "4000");
+    // HRN-2x5x3x with m = 4: S1 culled, the rest thinned (13,056), ReLUs on
+    // a quarter of the channels: 3,264.
+    for (i, v) in args.iter_mut().enumerate() {
+        if v == "resnet18" {
+            *v = "hrn-2x5x3x".into();
+        }
+        if v == "0.0625" && i > 0 {
+            *v = "1".into();
+        }
+    }
+    args.extend(["--base-channels", "4"].iter().map(|s| s.to_string()));
+    let o = piprune().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let loaded = file::load(&out).unwrap();
+    assert_eq!(loaded.header.relus, 3_264);
+    assert_eq!(loaded.header.name, "hrn-2x5x3x-m4");
+    let site = loaded.network.site("layer2.0.relu1").unwrap();
+    // 8 channels, 16×16: ReLUs on the last 2 channels only.
+    assert_eq!(site.relu_count(), 2 * 16 * 16);
+    assert!(site.mask[..6 * 256].iter().all(|&m| m == 0));
+}
