@@ -444,7 +444,17 @@ fn fill(net: &mut Network, st: &SafeTensors<'_>, file: &str, strict: bool) -> Re
                 let dims = s.shape.dims();
                 match r.get(&mname) {
                     Some(view) => {
-                        if view.shape() != dims.as_slice() {
+                        // PyTorch code often keeps a batch axis: accept [1, C, H, W].
+                        let squeezed: Vec<usize> = {
+                            let sh = view.shape();
+                            let lead = sh.len().saturating_sub(3);
+                            if sh[..lead].iter().all(|&d| d == 1) {
+                                sh[lead..].to_vec()
+                            } else {
+                                sh.to_vec()
+                            }
+                        };
+                        if squeezed != dims {
                             return Err(ModelError::Site {
                                 site: s.name.clone(),
                                 reason: format!(

@@ -158,6 +158,35 @@ fn mask_shape_mismatch_is_named() {
 }
 
 #[test]
+fn masks_with_a_batch_axis_are_accepted() {
+    let net = tiny();
+    let good = file::to_bytes(&net, &opts()).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&good).unwrap();
+    let out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let mut shape = v.shape().to_vec();
+            if n.ends_with(".mask") {
+                shape.insert(0, 1);
+            }
+            (n, v.dtype(), shape, v.data().to_vec())
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let bytes = safetensors::serialize(views, &None::<HashMap<String, String>>).unwrap();
+    let imported = file::import_state_dict_bytes(&bytes, "b", &net.arch, INPUT, 10).unwrap();
+    assert_eq!(imported, {
+        let mut n = net.clone();
+        n.name = imported.name.clone();
+        n
+    });
+}
+
+#[test]
 fn truncated_and_garbage_files_are_errors() {
     let good = file::to_bytes(&tiny(), &opts()).unwrap();
     for cut in [0, 3, 8, 20, good.len() / 2, good.len() - 1] {
