@@ -17,6 +17,27 @@ pub const LANES: usize = 8;
 /// One label per lane.
 pub type Lanes = [Block; LANES];
 
+/// Lane-wise XOR, written out so the compiler keeps it in vector registers.
+#[inline(always)]
+fn xor_lanes(a: &Lanes, b: &Lanes) -> Lanes {
+    [
+        a[0] ^ b[0],
+        a[1] ^ b[1],
+        a[2] ^ b[2],
+        a[3] ^ b[3],
+        a[4] ^ b[4],
+        a[5] ^ b[5],
+        a[6] ^ b[6],
+        a[7] ^ b[7],
+    ]
+}
+
+/// XOR of every lane with one block (`Δ`).
+#[inline(always)]
+fn xor_all(a: &Lanes, d: Block) -> Lanes {
+    xor_lanes(a, &[d; LANES])
+}
+
 /// The colour (point-and-permute) bit of a label.
 #[inline(always)]
 pub fn color(label: Block) -> bool {
@@ -92,11 +113,11 @@ impl Backend for HalfGatesGarbler<'_> {
     type Wire = Lanes;
     #[inline(always)]
     fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        core::array::from_fn(|l| a[l] ^ b[l])
+        xor_lanes(&a, &b)
     }
     #[inline(always)]
     fn not(&mut self, a: Lanes) -> Lanes {
-        core::array::from_fn(|l| a[l] ^ self.delta)
+        xor_all(&a, self.delta)
     }
     #[inline(always)]
     fn and(&mut self, a: Lanes, b: Lanes) -> Lanes {
@@ -185,7 +206,7 @@ impl Backend for HalfGatesEvaluator<'_> {
     type Wire = Lanes;
     #[inline(always)]
     fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        core::array::from_fn(|l| a[l] ^ b[l])
+        xor_lanes(&a, &b)
     }
     #[inline(always)]
     fn not(&mut self, a: Lanes) -> Lanes {
@@ -398,11 +419,11 @@ impl Backend for ThreeHalvesGarbler<'_> {
     type Wire = Lanes;
     #[inline(always)]
     fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        core::array::from_fn(|l| a[l] ^ b[l])
+        xor_lanes(&a, &b)
     }
     #[inline(always)]
     fn not(&mut self, a: Lanes) -> Lanes {
-        core::array::from_fn(|l| a[l] ^ self.delta)
+        xor_all(&a, self.delta)
     }
     #[inline(always)]
     fn and(&mut self, a: Lanes, b: Lanes) -> Lanes {
@@ -506,7 +527,7 @@ impl Backend for ThreeHalvesEvaluator<'_> {
     type Wire = Lanes;
     #[inline(always)]
     fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        core::array::from_fn(|l| a[l] ^ b[l])
+        xor_lanes(&a, &b)
     }
     #[inline(always)]
     fn not(&mut self, a: Lanes) -> Lanes {
