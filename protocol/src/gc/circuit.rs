@@ -128,33 +128,28 @@ impl CircuitSpec {
     }
 }
 
-/// Sum bits, difference bits and carry out of [`add_constant`].
-type ConstantSum<W> = (Vec<Bit<W>>, Vec<Bit<W>>, Bit<W>);
+#[inline(always)]
+fn constant_bit<W>(k: u64, i: usize) -> Bit<W> {
+    Bit::Const(i < 64 && (k >> i) & 1 == 1)
+}
 
-/// Adds the public constant `k` to `x` (little-endian bits).
-///
-/// Returns the sum bits, the "difference" bits `sum_i ⊕ x_i = k_i ⊕ c_i`
-/// (constant where the carry is), and the carry out (computed only when
-/// `carry_out`, as it costs an AND).
-fn add_constant<B: Backend>(
+/// Carries of `x + k` for the public constant `k` (little-endian bits):
+/// entry `i` is the carry into bit `i`, for `i = 0..=upto` (`upto ≤ x.len()`).
+/// Each carry that is not a constant costs one AND.
+fn constant_carries<B: Backend>(
     b: &mut B,
     x: &[Bit<B::Wire>],
     k: u64,
-    carry_out: bool,
-) -> ConstantSum<B::Wire> {
+    upto: usize,
+) -> Vec<Bit<B::Wire>> {
+    let mut carries = Vec::with_capacity(upto + 1);
     let mut c = Bit::Const(false);
-    let mut sum = Vec::with_capacity(x.len());
-    let mut diff = Vec::with_capacity(x.len());
-    for (i, &xi) in x.iter().enumerate() {
-        let ki = Bit::Const(i < 64 && (k >> i) & 1 == 1);
-        let d = xor(b, ki, c);
-        sum.push(xor(b, xi, d));
-        diff.push(d);
-        if carry_out || i + 1 < x.len() {
-            c = carry(b, xi, ki, c);
-        }
+    carries.push(c);
+    for (i, &xi) in x.iter().enumerate().take(upto) {
+        c = carry(b, xi, constant_bit(k, i), c);
+        carries.push(c);
     }
-    (sum, diff, c)
+    carries
 }
 
 /// The activation circuit on the truncated shares' bits (little-endian,
@@ -174,23 +169,29 @@ pub fn activation_circuit<B: Backend>(
     let mut s = Vec::with_capacity(n + 1);
     let mut c = Bit::Const(false);
     for i in 0..n {
-        let t = xor(b, a[i], y[i]);
-        s.push(xor(b, t, c));
-        c = carry(b, a[i], y[i], c);
+        // Full adder with one AND and four XORs: s = (a⊕c)⊕y, c' = c ⊕ ((a⊕c)∧(y⊕c)).
+        let ac = xor(b, a[i], c);
+        let yc = xor(b, y[i], c);
+        s.push(xor(b, ac, y[i]));
+        let t = and(b, ac, yc);
+        c = xor(b, c, t);
     }
     s.push(c);
     // 2. t = s + k over n bits; s + k < 2^(n+1), so bit n of t is s_n ⊕ carry.
-    let (_, diff, carry_n) = add_constant(b, &s[..n], spec.wrap_offset, true);
-    let wrapped = xor(b, s[n], carry_n);
-    // 3. x' = wrapped ? t : s, i.e. x'_i = s_i ⊕ (wrapped ∧ diff_i).
-    let mut x = Vec::with_capacity(n);
+    let wrap_carries = constant_carries(b, &s[..n], spec.wrap_offset, n);
+    let wrapped = xor(b, s[n], wrap_carries[n]);
+    // 3. x' = wrapped ? t : s, i.e. x'_i = s_i ⊕ (wrapped ∧ (t_i ⊕ s_i)),
+    //    with t_i ⊕ s_i = k_i ⊕ carry_i (a constant on the low bits).
+    let mut x = Vec::with_capacity(n + 1);
     for i in 0..n {
-        let m = and(b, wrapped, diff[i]);
+        let diff = xor(b, constant_bit(spec.wrap_offset, i), wrap_carries[i]);
+        let m = and(b, wrapped, diff);
         x.push(xor(b, s[i], m));
     }
-    // 4. neg = top bit of x' + o (x' + o < 2^n).
-    let (shifted, _, _) = add_constant(b, &x, spec.sign_offset, false);
-    let neg = shifted[n - 1];
+    // 4. neg = bit n − 1 of x' + o (x' + o < 2^n): only the carry into it is needed.
+    let sign_carries = constant_carries(b, &x, spec.sign_offset, n - 1);
+    let top = xor(b, x[n - 1], constant_bit(spec.sign_offset, n - 1));
+    let neg = xor(b, top, sign_carries[n - 1]);
     match kind {
         ActivationKind::Relu => {
             let pos = not(b, neg);

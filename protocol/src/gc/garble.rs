@@ -339,14 +339,23 @@ const LINEAR_PARTS: [[u8; 5]; 16] = {
     out
 };
 
-/// `row · (A_L, A_R, B_L, B_R, Δ_L, Δ_R)`.
+/// `row · (A_L, A_R, B_L, B_R)` for a 4-bit row.
 #[inline(always)]
-fn apply_row(row: u8, secrets: &[u64; 6]) -> u64 {
-    let mut acc = 0u64;
-    for (k, s) in secrets.iter().enumerate() {
-        acc ^= mask64((row >> k) & 1 == 1) & s;
+fn apply_row4(row: u8, inputs: &[u64; 4]) -> u64 {
+    (mask64(row & 1 != 0) & inputs[0])
+        ^ (mask64(row & 2 != 0) & inputs[1])
+        ^ (mask64(row & 4 != 0) & inputs[2])
+        ^ (mask64(row & 8 != 0) & inputs[3])
+}
+
+/// XORs of every subset of four half-labels, indexed by the subset's bit mask.
+#[inline(always)]
+fn subset_xors(v: &[u64; 4]) -> [u64; 16] {
+    let mut t = [0u64; 16];
+    for m in 1..16usize {
+        t[m] = t[m & (m - 1)] ^ v[m.trailing_zeros() as usize];
     }
-    acc
+    t
 }
 
 #[inline(always)]
@@ -443,6 +452,7 @@ impl Backend for ThreeHalvesGarbler<'_> {
         }
         self.hash.hash_array(&mut h, &t);
         let (dl, dr) = halves(d);
+        let delta_rows = [0, dl, dr, dl ^ dr];
         let mut c = [0u128; LANES];
         for l in 0..LANES {
             let hl = &h[6 * l..6 * l + 6];
@@ -453,15 +463,16 @@ impl Backend for ThreeHalvesGarbler<'_> {
             let parts = LINEAR_PARTS[(is * 8 + js * 4 + rho1 * 2 + rho2) as usize];
             let (al, ar) = halves(a0[l]);
             let (bl, br) = halves(b0[l]);
-            let secrets = [al, ar, bl, br, dl, dr];
+            let subsets = subset_xors(&[al, ar, bl, br]);
+            let apply = |row: u8| subsets[(row & 0xF) as usize] ^ delta_rows[(row >> 4) as usize];
             let lo = |x: Block| x as u64;
-            let cl = lo(hl[0]) ^ lo(hl[4]) ^ apply_row(parts[0], &secrets);
-            let cr = lo(hl[2]) ^ lo(hl[4]) ^ apply_row(parts[1], &secrets);
+            let cl = lo(hl[0]) ^ lo(hl[4]) ^ apply(parts[0]);
+            let cr = lo(hl[2]) ^ lo(hl[4]) ^ apply(parts[1]);
             c[l] = (cl as u128) << 64 | cr as u128;
             if l < self.active {
-                let g0 = lo(hl[0]) ^ lo(hl[1]) ^ apply_row(parts[2], &secrets);
-                let g1 = lo(hl[2]) ^ lo(hl[3]) ^ apply_row(parts[3], &secrets);
-                let g2 = lo(hl[4]) ^ lo(hl[5]) ^ apply_row(parts[4], &secrets);
+                let g0 = lo(hl[0]) ^ lo(hl[1]) ^ apply(parts[2]);
+                let g1 = lo(hl[2]) ^ lo(hl[3]) ^ apply(parts[3]);
+                let g2 = lo(hl[4]) ^ lo(hl[5]) ^ apply(parts[4]);
                 self.out.words.extend_from_slice(&[g0, g1, g2]);
                 let m = |k: usize| top_bit(hl[k]);
                 let z = (rho1 ^ m(0) ^ m(4))
@@ -558,17 +569,17 @@ impl Backend for ThreeHalvesEvaluator<'_> {
             let m = r_matrix(i, j, r1, r2);
             let (al, ar) = halves(a[l]);
             let (bl, br) = halves(b[l]);
-            let inputs = [al, ar, bl, br, 0, 0];
+            let inputs = [al, ar, bl, br];
             let cl = ha as u64
                 ^ hab as u64
                 ^ (mask64(i == 1) & g[0])
                 ^ (mask64(ij == 1) & g[2])
-                ^ apply_row(m & 0xF, &inputs);
+                ^ apply_row4(m & 0xF, &inputs);
             let cr = hb as u64
                 ^ hab as u64
                 ^ (mask64(j == 1) & g[1])
                 ^ (mask64(ij == 1) & g[2])
-                ^ apply_row(m >> 4, &inputs);
+                ^ apply_row4(m >> 4, &inputs);
             c[l] = (cl as u128) << 64 | cr as u128;
         }
         self.gate += 1;
