@@ -111,6 +111,7 @@ pub enum DatasetKind {
     /// CIFAR-100, binary version.
     Cifar100,
     /// Tiny-ImageNet-200.
+    #[value(alias = "tinyimagenet")]
     TinyImagenet,
 }
 
@@ -132,12 +133,12 @@ impl DatasetKind {
         }
     }
 
-    /// Name used in model files and logs.
+    /// Name used in model files and logs (as in `pibench_models::file`).
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
-            DatasetKind::TinyImagenet => "tiny-imagenet",
+            DatasetKind::TinyImagenet => "tinyimagenet",
         }
     }
 
