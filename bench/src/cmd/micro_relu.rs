@@ -109,8 +109,10 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Option<Duration>) {
     let t0 = Instant::now();
     let out = f();
     let wall = t0.elapsed();
+    // The kernel updates the run-time counter at scheduler ticks: below
+    // ~20 ms of work the CPU figure is too coarse to report.
     let cpu = match (c0, thread_cpu()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        (Some(a), Some(b)) if wall >= Duration::from_millis(20) => Some(b.saturating_sub(a)),
         _ => None,
     };
     (out, wall, cpu)
