@@ -247,13 +247,70 @@ pub fn flooding_ciphertext<R: RngCore + CryptoRng>(
     bits: u32,
     rng: &mut R,
 ) -> Result<Ciphertext, HeError> {
+    let c0 = flood_rns(ctx, bits, rng)?;
+    let c1 = vec![0u64; c0.len()];
+    ciphertext_from_rns(ctx, &c0, &c1)
+}
+
+/// The flooding polynomial `e` (coefficients uniform in `[−2^bits, 2^bits]`)
+/// in RNS form: `e mod q_j` for each data prime, prime-major (`K·N` values).
+pub fn flood_rns<R: RngCore + CryptoRng>(
+    ctx: &HeContext,
+    bits: u32,
+    rng: &mut R,
+) -> Result<Vec<u64>, HeError> {
     if bits + 1 > 190 {
         return Err(HeError::InvalidParams {
             reason: format!("flooding of {bits} bits is beyond the 190-bit sampler"),
         });
     }
     let n = ctx.n();
+    // e = U − 2^bits with U uniform in [0, 2^(bits+1)), as three 64-bit limbs.
+    let span = bits + 1;
+    let mut limbs = vec![[0u64; 3]; n];
+    for l in limbs.iter_mut() {
+        for (j, limb) in l.iter_mut().enumerate() {
+            let lo = 64 * j as u32;
+            *limb = if span >= lo + 64 {
+                rng.next_u64()
+            } else if span > lo {
+                rng.next_u64() & ((1u64 << (span - lo)) - 1)
+            } else {
+                0
+            };
+        }
+    }
+    let mut out = Vec::with_capacity(n * ctx.data_primes.len());
+    for &q in &ctx.data_primes {
+        let shift = pow2_mod(bits, q);
+        let r64 = ((1u128 << 64) % q as u128) as u64;
+        let r128 = mulmod(r64, r64, q);
+        for l in &limbs {
+            let u = (l[0] % q) as u128
+                + mulmod(l[1] % q, r64, q) as u128
+                + mulmod(l[2] % q, r128, q) as u128;
+            let u = (u % q as u128) as u64;
+            out.push(if u >= shift { u - shift } else { u + q - shift });
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a data-level ciphertext from its two polynomials in RNS form
+/// (prime-major, each value `< q_j`), through SEAL's validating loader.
+pub fn ciphertext_from_rns(ctx: &HeContext, c0: &[u64], c1: &[u64]) -> Result<Ciphertext, HeError> {
+    let n = ctx.n();
     let k = ctx.data_primes.len();
+    if c0.len() != n * k || c1.len() != n * k {
+        return Err(HeError::InvalidParams {
+            reason: format!(
+                "RNS polynomials of {} / {} values, expected {}",
+                c0.len(),
+                c1.len(),
+                n * k
+            ),
+        });
+    }
     let len = 2 * n * k;
     let inner = SEAL_HEADER + 8 + 8 * len;
     let members = 32 + 1 + 8 * 5 + inner;
@@ -271,36 +328,39 @@ pub fn flooding_ciphertext<R: RngCore + CryptoRng>(
     out.extend_from_slice(&1u64.to_le_bytes()); // correction factor
     push_header(&mut out, inner as u64);
     out.extend_from_slice(&(len as u64).to_le_bytes());
-    // e = U − 2^bits with U uniform in [0, 2^(bits+1)), as three 64-bit limbs.
-    let span = bits + 1;
-    let mut limbs = vec![[0u64; 3]; n];
-    for l in limbs.iter_mut() {
-        for (j, limb) in l.iter_mut().enumerate() {
-            let lo = 64 * j as u32;
-            *limb = if span >= lo + 64 {
-                rng.next_u64()
-            } else if span > lo {
-                rng.next_u64() & ((1u64 << (span - lo)) - 1)
-            } else {
-                0
-            };
+    for v in c0.iter().chain(c1) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ciphertext::from_bytes(&ctx.context, &out)
+        .map_err(seal("loading a ciphertext built from RNS data"))
+}
+
+/// The RNS data of a data-level ciphertext: `(c0, c1)`, each prime-major (`K·N` values).
+///
+/// SEAL's C API `Ciphertext_GetDataAt2(poly, index)` returns the single word
+/// at flat position `index ∈ [0, K·N)` of polynomial `poly` (sealy's
+/// `get_coefficient` wraps it in a `K`-long vector of which only element 0 is
+/// written), so every word is read individually and range-checked.
+pub fn ciphertext_rns(ctx: &HeContext, ct: &Ciphertext) -> Result<(Vec<u64>, Vec<u64>), HeError> {
+    let n = ctx.n();
+    let k = ctx.data_primes.len();
+    let mut polys = [vec![0u64; n * k], vec![0u64; n * k]];
+    for (p, poly) in polys.iter_mut().enumerate() {
+        for (idx, word) in poly.iter_mut().enumerate() {
+            let v = ct
+                .get_coefficient(p, idx)
+                .map_err(seal("reading ciphertext coefficients"))?;
+            let v = v.first().copied().unwrap_or(u64::MAX);
+            if v >= ctx.data_primes[idx / n] {
+                return Err(HeError::InvalidParams {
+                    reason: format!("ciphertext word {idx} of polynomial {p} is not reduced"),
+                });
+            }
+            *word = v;
         }
     }
-    for &q in &ctx.data_primes {
-        let shift = pow2_mod(bits, q);
-        let r64 = ((1u128 << 64) % q as u128) as u64;
-        let r128 = mulmod(r64, r64, q);
-        for l in &limbs {
-            let u = (l[0] % q) as u128
-                + mulmod(l[1] % q, r64, q) as u128
-                + mulmod(l[2] % q, r128, q) as u128;
-            let u = (u % q as u128) as u64;
-            let e = if u >= shift { u - shift } else { u + q - shift };
-            out.extend_from_slice(&e.to_le_bytes());
-        }
-    }
-    out.resize(total, 0); // c1 = 0
-    Ciphertext::from_bytes(&ctx.context, &out).map_err(seal("loading the flooding ciphertext"))
+    let [c0, c1] = polys;
+    Ok((c0, c1))
 }
 
 fn push_header(out: &mut Vec<u8>, size: u64) {

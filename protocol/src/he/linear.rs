@@ -20,7 +20,8 @@ use rand_chacha::ChaCha20Rng;
 use sealy::{BFVEvaluator, Ciphertext, Evaluator};
 
 use super::cipher::{
-    flooding_ciphertext, plaintext_from_coeffs, random_poly, ClientKeys, ServerKeys,
+    ciphertext_from_rns, ciphertext_rns, flood_rns, plaintext_from_coeffs, random_poly, ClientKeys,
+    ServerKeys,
 };
 use super::error::{seal, HeError};
 use super::params::HeContext;
@@ -237,7 +238,7 @@ impl LinearPlan {
                 }
                 let ncb = shape.cin.div_ceil(cb);
                 let nog = shape.cout.div_ceil(m);
-                let cost = (tiles.len() * (ncb * nog + 3 * nog + ncb)) as f64;
+                let cost = (tiles.len() * (ncb * nog + 12 * nog + 8 * ncb)) as f64;
                 if best.is_none_or(|b| cost < b.0) {
                     best = Some((cost, cb, m, noise_bits, flood));
                 }
@@ -549,9 +550,6 @@ pub fn client_decrypt(
     plan.extract(&polys)
 }
 
-/// What one server worker thread returns: reply ciphertexts and their masks.
-type WorkerResult = Result<Vec<(Ciphertext, Vec<u64>)>, HeError>;
-
 /// The server's result for one layer.
 #[derive(Debug)]
 pub struct ServerOutput {
@@ -561,7 +559,58 @@ pub struct ServerOutput {
     pub share: Vec<u64>,
 }
 
+/// Runs `f` over `items` on up to `threads` scoped threads, keeping order.
+fn parallel_map<T: Sync, U: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(usize, &T) -> Result<U, HeError> + Sync,
+) -> Result<Vec<U>, HeError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let threads = threads.clamp(1, items.len());
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    let parts: Vec<Result<Vec<U>, HeError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, item)| f(c * chunk + i, item))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(HeError::Protocol {
+                        layer: "worker".into(),
+                        reason: "a worker thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
 /// Server: evaluates `Enc(M·r − s)` with `threads` worker threads.
+///
+/// Products are computed in the NTT domain: every input ciphertext and every
+/// kernel polynomial is transformed once, products are accumulated lazily in
+/// `u128` (`< 2^100` each, far fewer than `2^28` summands) and each output is
+/// transformed back once. The result `(c0, c1)` gets the flooding noise added
+/// to `c0`, is loaded through SEAL's validating loader, masked with
+/// `−Δ·s` (SEAL `sub_plain`) and re-randomised with a fresh `Enc_pk(0)`.
 pub fn server_evaluate<R: RngCore + CryptoRng>(
     ctx: &HeContext,
     keys: &ServerKeys,
@@ -582,87 +631,102 @@ pub fn server_evaluate<R: RngCore + CryptoRng>(
             ),
         });
     }
-    let evaluator = BFVEvaluator::new(&ctx.context).map_err(seal("creating the evaluator"))?;
-    // Kernel plaintexts are shared by all tiles.
-    let mut kernels = Vec::with_capacity(plan.ncb * plan.nog);
-    for b in 0..plan.ncb {
-        for g in 0..plan.nog {
-            kernels.push(if plan.block_pair_used(b, g) {
-                Some(plaintext_from_coeffs(
-                    ctx,
-                    &plan.kernel_poly(weights, b, g),
-                )?)
-            } else {
-                None
-            });
-        }
+    let n = plan.n;
+    let k = ctx.data_primes.len();
+    if n != ctx.n() || ctx.ntt.len() != k {
+        return Err(HeError::InvalidParams {
+            reason: format!("layer {}: plan made for another context", plan.layer),
+        });
     }
-    let jobs: Vec<(usize, usize)> = (0..plan.tiles.len())
-        .flat_map(|t| (0..plan.nog).map(move |g| (t, g)))
-        .collect();
-    let seeds: Vec<[u8; 32]> = jobs.iter().map(|_| rng.gen()).collect();
-    let threads = threads.clamp(1, jobs.len().max(1));
-    let chunk = jobs.len().div_ceil(threads);
-    let one =
-        |&(t, g): &(usize, usize), seed: [u8; 32]| -> Result<(Ciphertext, Vec<u64>), HeError> {
-            let mut rng = ChaCha20Rng::from_seed(seed);
-            let mut acc: Option<Ciphertext> = None;
-            for b in 0..plan.ncb {
-                if let Some(k) = &kernels[b * plan.nog + g] {
-                    let prod = evaluator
-                        .multiply_plain(&inputs[t * plan.ncb + b], k)
-                        .map_err(seal(format!(
-                            "layer {}: multiplying by the kernel",
-                            plan.layer
-                        )))?;
-                    acc = Some(match acc {
-                        None => prod,
-                        Some(a) => evaluator
-                            .add(&a, &prod)
-                            .map_err(seal(format!("layer {}: accumulating", plan.layer)))?,
-                    });
+    // Inputs to the evaluation domain.
+    let inputs_ntt: Vec<(Vec<u64>, Vec<u64>)> = parallel_map(inputs, threads, |_, ct| {
+        let (mut c0, mut c1) = ciphertext_rns(ctx, ct)?;
+        for (j, table) in ctx.ntt.iter().enumerate() {
+            table.forward(&mut c0[j * n..(j + 1) * n]);
+            table.forward(&mut c1[j * n..(j + 1) * n]);
+        }
+        Ok((c0, c1))
+    })?;
+    let groups: Vec<(usize, [u8; 32])> = (0..plan.nog).map(|g| (g, rng.gen())).collect();
+    let evaluator = BFVEvaluator::new(&ctx.context).map_err(seal("creating the evaluator"))?;
+    let ntiles = plan.tiles.len();
+    let per_group = parallel_map(&groups, threads, |_, &(g, seed)| {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut acc = vec![vec![0u128; 2 * k * n]; ntiles];
+        let mut kernel = vec![0u64; k * n];
+        for b in 0..plan.ncb {
+            if !plan.block_pair_used(b, g) {
+                continue;
+            }
+            let poly = plan.kernel_poly(weights, b, g);
+            for (j, table) in ctx.ntt.iter().enumerate() {
+                let q = table.q as i64;
+                let dst = &mut kernel[j * n..(j + 1) * n];
+                for (d, &v) in dst.iter_mut().zip(&poly) {
+                    *d = fixed::to_i64(v).rem_euclid(q) as u64;
+                }
+                table.forward(dst);
+            }
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let (c0, c1) = &inputs_ntt[t * plan.ncb + b];
+                let (a0, a1) = acc_t.split_at_mut(k * n);
+                for ((a, &c), &w) in a0.iter_mut().zip(c0).zip(&kernel) {
+                    *a += c as u128 * w as u128;
+                }
+                for ((a, &c), &w) in a1.iter_mut().zip(c1).zip(&kernel) {
+                    *a += c as u128 * w as u128;
                 }
             }
-            let zero = keys.encrypt_zero(ctx)?;
-            let acc = match acc {
-                Some(a) => evaluator.add(&a, &zero).map_err(seal("re-randomising"))?,
-                None => zero,
-            };
-            let s = random_poly(plan.n, &mut rng);
-            let s_pt = plaintext_from_coeffs(ctx, &s)?;
-            let acc = evaluator.sub_plain(&acc, &s_pt).map_err(seal("masking"))?;
-            let flood = flooding_ciphertext(ctx, plan.flood_bits, &mut rng)?;
-            let acc = evaluator.add(&acc, &flood).map_err(seal("flooding"))?;
-            Ok((acc, s))
-        };
-    let results: Vec<WorkerResult> = std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .zip(seeds.chunks(chunk))
-            .map(|(js, ss)| {
-                let one = &one;
-                scope.spawn(move || js.iter().zip(ss).map(|(j, s)| one(j, *s)).collect())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(HeError::Protocol {
-                        layer: plan.layer.clone(),
-                        reason: "a worker thread panicked".into(),
-                    })
-                })
-            })
-            .collect()
-    });
-    let mut ciphertexts = Vec::with_capacity(jobs.len());
-    let mut masks = Vec::with_capacity(jobs.len());
-    for r in results {
-        for (ct, s) in r? {
-            ciphertexts.push(ct);
-            masks.push(s);
         }
+        let mut out = Vec::with_capacity(ntiles);
+        for acc_t in &acc {
+            let flood = flood_rns(ctx, plan.flood_bits, &mut rng)?;
+            let mut c0 = vec![0u64; k * n];
+            let mut c1 = vec![0u64; k * n];
+            for (j, table) in ctx.ntt.iter().enumerate() {
+                let q = table.q as u128;
+                let range = j * n..(j + 1) * n;
+                for (d, &a) in c0[range.clone()].iter_mut().zip(&acc_t[range.clone()]) {
+                    *d = (a % q) as u64;
+                }
+                for (d, &a) in c1[range.clone()]
+                    .iter_mut()
+                    .zip(&acc_t[k * n + j * n..k * n + (j + 1) * n])
+                {
+                    *d = (a % q) as u64;
+                }
+                table.inverse(&mut c0[range.clone()]);
+                table.inverse(&mut c1[range.clone()]);
+                for (d, &e) in c0[range.clone()].iter_mut().zip(&flood[range]) {
+                    let s = *d + e;
+                    *d = if s >= table.q { s - table.q } else { s };
+                }
+            }
+            let ct = ciphertext_from_rns(ctx, &c0, &c1)?;
+            let s = random_poly(n, &mut rng);
+            let s_pt = plaintext_from_coeffs(ctx, &s)?;
+            let ct = evaluator
+                .sub_plain(&ct, &s_pt)
+                .map_err(seal(format!("layer {}: masking", plan.layer)))?;
+            let ct = evaluator
+                .add(&ct, &keys.encrypt_zero(ctx)?)
+                .map_err(seal(format!("layer {}: re-randomising", plan.layer)))?;
+            out.push((ct, s));
+        }
+        Ok(out)
+    })?;
+    let mut slots: Vec<Option<(Ciphertext, Vec<u64>)>> =
+        (0..plan.output_ciphertexts()).map(|_| None).collect();
+    for (g, outs) in per_group.into_iter().enumerate() {
+        for (t, o) in outs.into_iter().enumerate() {
+            slots[t * plan.nog + g] = Some(o);
+        }
+    }
+    let mut ciphertexts = Vec::with_capacity(slots.len());
+    let mut masks = Vec::with_capacity(slots.len());
+    for (ct, s) in slots.into_iter().flatten() {
+        ciphertexts.push(ct);
+        masks.push(s);
     }
     let share = plan.extract(&masks)?;
     Ok(ServerOutput { ciphertexts, share })

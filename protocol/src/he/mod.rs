@@ -12,6 +12,7 @@
 pub mod cipher;
 pub mod error;
 pub mod linear;
+pub mod ntt;
 pub mod params;
 pub mod proto;
 pub mod store;

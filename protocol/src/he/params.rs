@@ -7,6 +7,7 @@ use sealy::{
 };
 
 use super::error::{seal, HeError};
+use super::ntt::NttTable;
 
 /// Largest total coefficient-modulus bit count for 128-bit security
 /// (HomomorphicEncryption.org standard, ternary secret), per ring degree.
@@ -174,7 +175,15 @@ impl HeParams {
             .map_err(seal("reading the data-level parms_id"))?;
         let data_primes = primes[..primes.len() - 1].to_vec();
         let data_modulus_bits = data_primes.iter().map(|&q| (q as f64).log2()).sum::<f64>();
+        let ntt = data_primes
+            .iter()
+            .map(|&q| NttTable::new(q, self.poly_degree as usize))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| HeError::InvalidParams {
+                reason: "a coefficient prime has no 2N-th root of unity".into(),
+            })?;
         Ok(HeContext {
+            ntt,
             params: self.clone(),
             context,
             data_primes,
@@ -235,6 +244,8 @@ pub struct HeContext {
     pub parms_id: Vec<u64>,
     /// `log2` of the data-level modulus.
     pub data_modulus_bits: f64,
+    /// NTT tables of the data primes.
+    pub ntt: Vec<NttTable>,
 }
 
 impl std::fmt::Debug for HeContext {
