@@ -361,7 +361,8 @@ impl Trainer<'_> {
                 steps as u64,
                 &format!("{phase} {}/{}", epoch + 1, cfg.epochs),
             );
-            let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
+            let (mut loss_sum, mut seen) = (0.0, 0i64);
+            let mut correct: Option<Tensor> = None;
             let started = Instant::now();
             let mut stopped_early = false;
             let mut steps_done = 0usize;
@@ -385,27 +386,36 @@ impl Trainer<'_> {
                 if let Some(extra) = hooks.extra_loss(net) {
                     loss += extra;
                 }
+                scaler.step(&mut opt, &net.vs, &loss);
+                // One host synchronisation per step (the loss), as in the
+                // PyTorch reference loop; the hit count stays on the device.
                 let loss_value = loss.double_value(&[]);
                 if !loss_value.is_finite() && !amp {
                     return Err(TrainError::Diverged { epoch, step });
                 }
-                scaler.step(&mut opt, &net.vs, &loss);
                 let step_control = hooks.after_step(net);
                 steps_done += 1;
                 loss_sum += loss_value;
-                correct += logits
+                let hits = logits
+                    .detach()
                     .argmax(-1, false)
                     .eq_tensor(&labels)
-                    .sum(Kind::Int64)
-                    .int64_value(&[]);
+                    .sum(Kind::Int64);
+                correct = Some(match correct {
+                    Some(c) => c + hits,
+                    None => hits,
+                });
                 seen += labels.size()[0];
                 if let Some(bar) = &bar {
                     bar.inc(1);
-                    bar.set_message(format!(
-                        "loss {:.3} acc {:.3}",
-                        loss_sum / (step + 1) as f64,
-                        correct as f64 / seen.max(1) as f64
-                    ));
+                    if step % 25 == 0 {
+                        let c = correct.as_ref().map_or(0, |c| c.int64_value(&[]));
+                        bar.set_message(format!(
+                            "loss {:.3} acc {:.3}",
+                            loss_sum / (step + 1) as f64,
+                            c as f64 / seen.max(1) as f64
+                        ));
+                    }
                 }
                 if step_control == Control::Stop {
                     stopped_early = true;
@@ -428,7 +438,7 @@ impl Trainer<'_> {
                 epoch,
                 lr,
                 train_loss: loss_sum / steps_done.max(1) as f64,
-                train_acc: correct as f64 / seen.max(1) as f64,
+                train_acc: correct.map_or(0, |c| c.int64_value(&[])) as f64 / seen.max(1) as f64,
                 test_acc: acc,
                 relus: net.relu_count(),
                 seconds,

@@ -54,11 +54,13 @@ impl SnlSearch {
 /// Number of `α` above `threshold` over all sites.
 pub fn alpha_count(net: &Network, threshold: f64) -> i64 {
     tch::no_grad(|| {
+        // Summed on the device; one host synchronisation.
         net.sites
             .iter()
             .filter_map(|s| s.alpha.as_ref())
-            .map(|a| a.gt(threshold).sum(Kind::Int64).int64_value(&[]))
-            .sum()
+            .map(|a| a.gt(threshold).sum(Kind::Int64))
+            .reduce(|x, y| x + y)
+            .map_or(0, |t| t.int64_value(&[]))
     })
 }
 
