@@ -223,6 +223,58 @@ fn check_against_references(
 }
 
 #[test]
+fn export_matches_libtorch_for_random_masks_and_reshaped_networks() {
+    use rand::SeedableRng;
+    tch::set_num_threads(1);
+    tch::manual_seed(5);
+    let dir = tempfile::tempdir().unwrap();
+    common::write_cifar10(dir.path(), 10, 10, 18);
+    let ds = Dataset::load(DatasetKind::Cifar10, dir.path()).unwrap();
+    let specs = [
+        // DeepReDuce ρ = 0.5: 16×16 input.
+        ArchSpec::named("resnet18", 10, 32, WIDTH, 0.5, None).unwrap(),
+        ArchSpec::named("hrn-2x5x3x-m4", 10, 32, 1.0, 1.0, None).unwrap(),
+    ];
+    for spec in specs {
+        let mut net = Network::new(&spec, Device::Cpu);
+        let pre = Preprocess::new(DatasetKind::Cifar10, spec.input_size, Device::Cpu);
+        // Non-trivial BN statistics: a few training-mode passes.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        tch::no_grad(|| {
+            for _ in 0..3 {
+                let x = pre.apply(&ds.train.images, true, &mut rng);
+                let _ = net.forward_t(&x, true);
+            }
+        });
+        // Random per-element masks (about 30% kept).
+        for i in 0..net.sites.len() {
+            let shape = net.sites[i].layout.shape;
+            let m = tch::Tensor::rand(shape, (tch::Kind::Float, Device::Cpu)).lt(0.3);
+            net.set_mask(i, &m);
+        }
+        let out = dir.path().join(format!("{}.safetensors", spec.name));
+        let relus = export::save(&net, "cifar10", &out).unwrap();
+        assert_eq!(relus as i64, net.relu_count());
+        let loaded = file::load(&out).unwrap();
+        assert_eq!(loaded.header.input.h as i64, spec.input_size);
+        let x = pre.apply(&ds.test.images, false, &mut rng);
+        let torch = export::torch_logits(&net, &x);
+        for (i, t) in torch.iter().enumerate() {
+            let input = Vec::<f32>::try_from(&x.get(i as i64).flatten(0, -1)).unwrap();
+            let float = reference::forward_float(&loaded.network, &input).unwrap();
+            let scale = t.iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
+            for (a, b) in t.iter().zip(&float) {
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-4 * scale,
+                    "{} image {i}: libtorch {t:?} vs reference {float:?}",
+                    spec.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn cli_snl_writes_a_model_with_the_exact_budget() {
     let dir = tempfile::tempdir().unwrap();
     common::write_cifar10(dir.path(), 20, 20, 13);
