@@ -443,3 +443,37 @@ fn cli_deepreshape_builds_a_hybrenet_with_channel_group_relus() {
     assert_eq!(site.relu_count(), 2 * 16 * 16);
     assert!(site.mask[..6 * 256].iter().all(|&m| m == 0));
 }
+
+#[test]
+fn cli_snl_on_tiny_imagenet_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny(dir.path(), 4, 5, 8, 19);
+    let out = dir.path().join("t.safetensors");
+    let mut args = base_args(dir.path(), &out, "snl", "20000");
+    for v in args.iter_mut() {
+        if v == "cifar10" {
+            *v = "tiny-imagenet".into();
+        }
+    }
+    args.extend(
+        [
+            "--search-epochs",
+            "12",
+            "--lambda",
+            "1e-3",
+            "--lambda-growth",
+            "4",
+            "--alpha-lr",
+            "0.5",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let o = piprune().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let loaded = file::load(&out).unwrap();
+    assert_eq!(loaded.header.relus, 20_000);
+    assert_eq!(loaded.header.input.h, 64);
+    assert_eq!(loaded.header.num_classes, 200);
+    assert_eq!(loaded.header.dataset.as_deref(), Some("tinyimagenet"));
+}
