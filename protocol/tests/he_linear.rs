@@ -48,6 +48,11 @@ fn check_layer(
         .collect();
     let out = server_evaluate(ctx, server, &plan, &weights, &cts, 2, rng).unwrap();
     assert_eq!(out.ciphertexts.len(), plan.output_ciphertexts());
+    // Replies are switched down to the reply level before they are sent.
+    assert!(out
+        .ciphertexts
+        .iter()
+        .all(|c| c.coeff_modulus_size() as usize == ctx.reply_primes));
     let budget = out
         .ciphertexts
         .iter()

@@ -210,6 +210,27 @@ pub fn load_ciphertext(
     layer: &str,
     index: usize,
 ) -> Result<Ciphertext, HeError> {
+    load_at_level(ctx, bytes, layer, index, ctx.data_primes.len())
+}
+
+/// Like [`load_ciphertext`] for the server's replies, which arrive at the
+/// reply level ([`HeContext::reply_primes`] primes).
+pub fn load_reply_ciphertext(
+    ctx: &HeContext,
+    bytes: &[u8],
+    layer: &str,
+    index: usize,
+) -> Result<Ciphertext, HeError> {
+    load_at_level(ctx, bytes, layer, index, ctx.reply_primes)
+}
+
+fn load_at_level(
+    ctx: &HeContext,
+    bytes: &[u8],
+    layer: &str,
+    index: usize,
+    primes: usize,
+) -> Result<Ciphertext, HeError> {
     let bad = |reason: String| HeError::BadCiphertext {
         layer: layer.to_string(),
         index,
@@ -227,11 +248,10 @@ pub fn load_ciphertext(
             ct.num_polynomials()
         )));
     }
-    if ct.coeff_modulus_size() as usize != ctx.data_primes.len() {
+    if ct.coeff_modulus_size() as usize != primes {
         return Err(bad(format!(
-            "{} RNS primes, expected the data level's {}",
-            ct.coeff_modulus_size(),
-            ctx.data_primes.len()
+            "{} RNS primes, expected {primes}",
+            ct.coeff_modulus_size()
         )));
     }
     if ct.is_ntt_form() {

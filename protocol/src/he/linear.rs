@@ -711,7 +711,7 @@ pub fn server_evaluate<R: RngCore + CryptoRng>(
             let ct = evaluator
                 .add(&ct, &keys.encrypt_zero(ctx)?)
                 .map_err(seal(format!("layer {}: re-randomising", plan.layer)))?;
-            out.push((ct, s));
+            out.push((ctx.switch_to_reply_level(ct)?, s));
         }
         Ok(out)
     })?;

@@ -2,8 +2,8 @@
 
 use pibench_models::fixed::P;
 use sealy::{
-    BFVEncryptionParametersBuilder, CoefficientModulusFactory, Context, DegreeType, Modulus,
-    SecurityLevel,
+    BFVEncryptionParametersBuilder, BFVEvaluator, Ciphertext, CoefficientModulusFactory, Context,
+    DegreeType, Evaluator, Modulus, SecurityLevel,
 };
 
 use super::error::{seal, HeError};
@@ -165,9 +165,9 @@ impl HeParams {
         let secure =
             self.total_coeff_bits() <= max_secure_coeff_bits(self.poly_degree).unwrap_or(0);
         let context = if secure {
-            Context::new(&enc, false, SecurityLevel::TC128)
+            Context::new(&enc, true, SecurityLevel::TC128)
         } else {
-            Context::new_insecure(&enc, false)
+            Context::new_insecure(&enc, true)
         }
         .map_err(seal("creating the SEAL context"))?;
         let parms_id = context
@@ -182,8 +182,18 @@ impl HeParams {
             .ok_or_else(|| HeError::InvalidParams {
                 reason: "a coefficient prime has no 2N-th root of unity".into(),
             })?;
+        // Replies are switched down to the fewest leading primes that keep
+        // 80 bits: mod switching scales the (flooded) noise with the modulus
+        // and adds a rounding term below 2^14, so the relative budget is kept.
+        let mut reply_primes = 0;
+        let mut bits = 0.0;
+        while reply_primes < data_primes.len() && bits < 80.0 {
+            bits += (data_primes[reply_primes] as f64).log2();
+            reply_primes += 1;
+        }
         Ok(HeContext {
             ntt,
+            reply_primes,
             params: self.clone(),
             context,
             data_primes,
@@ -246,6 +256,8 @@ pub struct HeContext {
     pub data_modulus_bits: f64,
     /// NTT tables of the data primes.
     pub ntt: Vec<NttTable>,
+    /// Number of primes of the level replies are sent at.
+    pub reply_primes: usize,
 }
 
 impl std::fmt::Debug for HeContext {
@@ -275,6 +287,18 @@ impl HeContext {
     pub fn fresh_noise_bits(&self) -> f64 {
         let n = self.n() as f64;
         (2.0 * 19.0 * n + 19.0 + n).log2()
+    }
+
+    /// Mod-switches a (flooded) reply down to the reply level.
+    pub fn switch_to_reply_level(&self, ct: Ciphertext) -> Result<Ciphertext, HeError> {
+        let ev = BFVEvaluator::new(&self.context).map_err(seal("creating the evaluator"))?;
+        let mut ct = ct;
+        while ct.coeff_modulus_size() as usize > self.reply_primes {
+            ct = ev
+                .mod_switch_to_next(&ct)
+                .map_err(seal("switching a reply to a lower level"))?;
+        }
+        Ok(ct)
     }
 
     /// Largest noise magnitude that still decrypts, in bits: `log2(q / (2t))`.

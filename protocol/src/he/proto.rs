@@ -6,7 +6,9 @@ use std::time::Instant;
 use rand::{CryptoRng, RngCore};
 use sealy::Ciphertext;
 
-use super::cipher::{ciphertext_bytes, load_ciphertext, ClientKeys, ServerKeys};
+use super::cipher::{
+    ciphertext_bytes, load_ciphertext, load_reply_ciphertext, ClientKeys, ServerKeys,
+};
 use super::error::HeError;
 use super::linear::{client_decrypt, client_encrypt, server_evaluate, LinearPlan};
 use super::params::HeContext;
@@ -139,6 +141,18 @@ fn load_all(ctx: &HeContext, bytes: &[Vec<u8>], layer: &str) -> Result<Vec<Ciphe
         .collect()
 }
 
+fn load_replies(
+    ctx: &HeContext,
+    bytes: &[Vec<u8>],
+    layer: &str,
+) -> Result<Vec<Ciphertext>, HeError> {
+    bytes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| load_reply_ciphertext(ctx, b, layer, i))
+        .collect()
+}
+
 /// Client: sends its public key.
 pub async fn client_setup(chan: &mut Channel, keys: &ClientKeys) -> Result<(), HeError> {
     chan.send(&HeMessage::PublicKey {
@@ -210,7 +224,7 @@ pub async fn client_layer(
     }
     stats.bytes_received = ciphertexts.iter().map(|c| c.len() as u64).sum();
     let t1 = Instant::now();
-    let cts = load_all(ctx, &ciphertexts, &name)?;
+    let cts = load_replies(ctx, &ciphertexts, &name)?;
     let share = client_decrypt(ctx, keys, plan, &cts)?;
     stats.decrypt_s = t1.elapsed().as_secs_f64();
     Ok((share, stats))
@@ -294,7 +308,7 @@ pub async fn client_triples<R: RngCore + CryptoRng>(
             layer: got,
             ciphertexts,
         } if got == layer => {
-            let cts = load_all(ctx, &ciphertexts, &name)?;
+            let cts = load_replies(ctx, &ciphertexts, &name)?;
             triples::client_finish(ctx, keys, u, &cts)
         }
         other => Err(HeError::Protocol {

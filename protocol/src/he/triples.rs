@@ -108,7 +108,8 @@ pub fn server_respond<R: RngCore + CryptoRng>(
             .add(&prod, &keys.encrypt_zero(ctx)?)
             .map_err(seal("triples: re-randomising"))?;
         let flood = flooding_ciphertext(ctx, flood_bits, rng)?;
-        out.push(ev.add(&prod, &flood).map_err(seal("triples: flooding"))?);
+        let flooded = ev.add(&prod, &flood).map_err(seal("triples: flooding"))?;
+        out.push(ctx.switch_to_reply_level(flooded)?);
         z.extend_from_slice(&zc[..chunk.len()]);
     }
     let u_squared = u
