@@ -16,6 +16,7 @@ use pibench_models::fixed::{self, FixedPoint, P};
 use pibench_models::graph::{FeatureShape, Init, LinearLayerInfo, Network, Op};
 use pibench_protocol::he::linear::{reference_linear, LayerShape, LinearPlan};
 use pibench_protocol::he::proto::{self, ClientLayerStats, ServerLayerStats};
+use pibench_protocol::he::store::{OfflineStore, Role};
 use pibench_protocol::he::{ClientKeys, HeParams};
 use pibench_protocol::net;
 use rand::{Rng, SeedableRng};
@@ -65,6 +66,10 @@ pub struct LinearArgs {
     /// Skip the plaintext check of every layer.
     #[arg(long)]
     no_verify: bool,
+    /// Stream each layer's shares (client `c`, server `s`) to per-layer files
+    /// in this directory instead of keeping them in memory.
+    #[arg(long)]
+    store: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -176,6 +181,8 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let threads = args.threads;
+    let store = args.store.as_ref().map(OfflineStore::open).transpose()?;
+    let server_store = store.clone();
     let started = Instant::now();
     let (client_out, server_out) = rt.block_on(async {
         let (mut cchan, mut schan) = net::duplex_pair();
@@ -189,19 +196,24 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
             let mut out = Vec::new();
             for (i, plan) in server_plans.iter().enumerate() {
                 schan.set_phase(format!("offline/he/{i}"));
-                out.push(
-                    proto::server_layer(
-                        &mut schan,
-                        &ctx,
-                        &keys,
-                        i as u32,
-                        plan,
-                        &server_weights[i],
-                        threads,
-                        &mut rng,
-                    )
-                    .await?,
-                );
+                let (share, stats) = proto::server_layer(
+                    &mut schan,
+                    &ctx,
+                    &keys,
+                    i as u32,
+                    plan,
+                    &server_weights[i],
+                    threads,
+                    &mut rng,
+                )
+                .await?;
+                out.push(match &server_store {
+                    Some(st) => {
+                        st.write(Role::Server, i as u32, &share)?;
+                        (Vec::new(), stats)
+                    }
+                    None => (share, stats),
+                });
             }
             anyhow::Ok(out)
         });
@@ -211,9 +223,15 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
         let mut out = Vec::new();
         for (i, plan) in plans.iter().enumerate() {
             cchan.set_phase(format!("offline/he/{i}"));
-            out.push(
-                proto::client_layer(&mut cchan, &ctx, &keys, i as u32, plan, &masks[i]).await?,
-            );
+            let (share, stats) =
+                proto::client_layer(&mut cchan, &ctx, &keys, i as u32, plan, &masks[i]).await?;
+            out.push(match &store {
+                Some(st) => {
+                    st.write(Role::Client, i as u32, &share)?;
+                    (Vec::new(), stats)
+                }
+                None => (share, stats),
+            });
         }
         let server_out = server.await??;
         anyhow::Ok(((out, cchan.meter().clone()), server_out))
@@ -225,12 +243,17 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
     if verified {
         for (i, plan) in plans.iter().enumerate() {
             let expected = reference_linear(&plan.shape, &weights[i], &masks[i]);
-            let got: Vec<u64> = client_out[i]
-                .0
-                .iter()
-                .zip(&server_out[i].0)
-                .map(|(&c, &s)| fixed::add(c, s))
-                .collect();
+            let (c, s) = match &store {
+                Some(st) => {
+                    let len = plan.shape.output_len();
+                    (
+                        st.read(Role::Client, i as u32, len)?,
+                        st.read(Role::Server, i as u32, len)?,
+                    )
+                }
+                None => (client_out[i].0.clone(), server_out[i].0.clone()),
+            };
+            let got: Vec<u64> = c.iter().zip(&s).map(|(&c, &s)| fixed::add(c, s)).collect();
             if got != expected {
                 bail!("layer {i} ({}): c + s differs from M·r", plan.layer);
             }
