@@ -355,31 +355,66 @@ pub fn ciphertext_from_rns(ctx: &HeContext, c0: &[u64], c1: &[u64]) -> Result<Ci
         .map_err(seal("loading a ciphertext built from RNS data"))
 }
 
-/// The RNS data of a data-level ciphertext: `(c0, c1)`, each prime-major (`K·N` values).
+/// The RNS data of a ciphertext at the data level: `(c0, c1)`, each
+/// prime-major (`K·N` values).
 ///
-/// SEAL's C API `Ciphertext_GetDataAt2(poly, index)` returns the single word
-/// at flat position `index ∈ [0, K·N)` of polynomial `poly` (sealy's
-/// `get_coefficient` wraps it in a `K`-long vector of which only element 0 is
-/// written), so every word is read individually and range-checked.
+/// sealy exposes no bulk accessor for ciphertext data, so the ciphertext is
+/// serialized by SEAL (zstd) and the words are read back from SEAL 4.0's
+/// format; every header field and every word's range is checked.
 pub fn ciphertext_rns(ctx: &HeContext, ct: &Ciphertext) -> Result<(Vec<u64>, Vec<u64>), HeError> {
+    let bytes = ciphertext_bytes(ct)?;
+    rns_from_bytes(ctx, &bytes).map_err(|reason| HeError::InvalidParams {
+        reason: format!("reading ciphertext words: {reason}"),
+    })
+}
+
+fn rns_from_bytes(ctx: &HeContext, bytes: &[u8]) -> Result<(Vec<u64>, Vec<u64>), String> {
+    check_seal_header(bytes, usize::MAX)?;
     let n = ctx.n();
     let k = ctx.data_primes.len();
-    let mut polys = [vec![0u64; n * k], vec![0u64; n * k]];
-    for (p, poly) in polys.iter_mut().enumerate() {
-        for (idx, word) in poly.iter_mut().enumerate() {
-            let v = ct
-                .get_coefficient(p, idx)
-                .map_err(seal("reading ciphertext coefficients"))?;
-            let v = v.first().copied().unwrap_or(u64::MAX);
-            if v >= ctx.data_primes[idx / n] {
-                return Err(HeError::InvalidParams {
-                    reason: format!("ciphertext word {idx} of polynomial {p} is not reduced"),
-                });
-            }
-            *word = v;
+    let len = 2 * n * k;
+    let payload_len = 32 + 1 + 8 * 5 + SEAL_HEADER + 8 + 8 * len;
+    let payload = match bytes[5] {
+        0 => bytes[SEAL_HEADER..].to_vec(),
+        _ => zstd::bulk::decompress(&bytes[SEAL_HEADER..], payload_len)
+            .map_err(|e| format!("zstd: {e}"))?,
+    };
+    if payload.len() != payload_len {
+        return Err(format!(
+            "{} payload bytes, expected {payload_len} for a 2-polynomial data-level ciphertext",
+            payload.len()
+        ));
+    }
+    let word = |off: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&payload[off..off + 8]);
+        u64::from_le_bytes(w)
+    };
+    if payload[32] != 0 {
+        return Err("ciphertext is in NTT form".into());
+    }
+    let (size, degree, primes) = (word(33), word(41), word(49));
+    if size != 2 || degree != n as u64 || primes != k as u64 {
+        return Err(format!("size {size}, degree {degree}, {primes} primes"));
+    }
+    let data = 32 + 1 + 8 * 5 + SEAL_HEADER;
+    if word(data) != len as u64 {
+        return Err(format!("{} data words, expected {len}", word(data)));
+    }
+    let mut c0 = Vec::with_capacity(n * k);
+    let mut c1 = Vec::with_capacity(n * k);
+    for i in 0..len {
+        let v = word(data + 8 + 8 * i);
+        let q = ctx.data_primes[(i / n) % k];
+        if v >= q {
+            return Err(format!("word {i} is not reduced modulo its prime"));
+        }
+        if i < n * k {
+            c0.push(v);
+        } else {
+            c1.push(v);
         }
     }
-    let [c0, c1] = polys;
     Ok((c0, c1))
 }
 
