@@ -18,25 +18,27 @@ use pibench_models::fixed::{self, P};
 use super::backend::{Bit, CountingBackend};
 use super::circuit::{activation_circuit, ActivationKind, CircuitSpec};
 use super::garble::{
-    color, GarbledTables, HalfGatesEvaluator, HalfGatesGarbler, Lanes, ThreeHalvesEvaluator,
-    ThreeHalvesGarbler, LANES,
+    color, GarbledTables, HalfGatesEvaluator, HalfGatesGarbler, LabelArena, ThreeHalvesEvaluator,
+    ThreeHalvesGarbler, WireId, LANES,
 };
 use super::hash::{AesPrg, Block, FixedKeyHash};
 use super::{GcError, Scheme};
 
-/// `x mod P` for a 128-bit hash output (`2^55 ≡ 1507327 (mod P)`).
+/// `x mod P` for a 128-bit hash output: `2^64 ≡ 2^9·1507327` and
+/// `2^55 ≡ 1507327 (mod P)`, so one 64×64-bit and two 64-bit
+/// multiplications fold it below `2P`.
 #[inline(always)]
 pub fn reduce_block(x: Block) -> u64 {
-    const C: u128 = (1u128 << 55) - P as u128;
-    const MASK: u128 = (1u128 << 55) - 1;
-    let x = (x >> 55) * C + (x & MASK); // < 2^94
-    let x = (x >> 55) * C + (x & MASK); // < 2^61
-    let x = (x >> 55) * C + (x & MASK); // < 2^55 + 2^27 < 2P
-    let x = x as u64;
-    if x >= P {
-        x - P
+    const C55: u64 = (1u64 << 55) - P;
+    const C64: u64 = C55 << 9;
+    const MASK: u64 = (1u64 << 55) - 1;
+    let t = ((x >> 64) as u64 as u128) * C64 as u128 + (x as u64 as u128); // < 2^95
+    let y = ((t >> 55) as u64) * C55 + (t as u64 & MASK); // < 2^40·2^21 + 2^55 < 2^62
+    let y = (y >> 55) * C55 + (y & MASK); // < 2^7·2^21 + 2^55 < 2P
+    if y >= P {
+        y - P
     } else {
-        x
+        y
     }
 }
 
@@ -159,16 +161,6 @@ fn length_check(
     Ok(())
 }
 
-fn lanes_of(labels: &[Block], n: usize, start: usize, active: usize, bit: usize) -> Lanes {
-    core::array::from_fn(|l| {
-        if l < active {
-            labels[(start + l) * n + bit]
-        } else {
-            0
-        }
-    })
-}
-
 /// Garbles `evaluator_zero_labels.len() / input_bits` circuits.
 ///
 /// `evaluator_zero_labels` are the zero labels of the evaluator's input
@@ -238,31 +230,37 @@ pub fn garble_into(
     let garbler_zero = &keys.input_zero_labels;
     let mut coins = AesPrg::new(prg.next_block());
     let hash = FixedKeyHash::new();
-    let mut out_hash = FixedKeyHash::new();
+    let outs = shape.wire_weights.len();
     garbling.tables.words.clear();
     garbling.tables.words.reserve(shape.table_words(count));
     garbling.tables.control.clear();
     garbling.tables.control.reserve(shape.control_len(count));
     garbling.decoding.clear();
-    garbling.decoding.reserve(shape.decoding_len(count));
+    garbling.decoding.resize(shape.decoding_len(count), 0);
     let masks = &mut keys.output_masks;
     masks.clear();
     masks.resize(count, 0);
-    let mut hin = Vec::new();
-    let mut htw = Vec::new();
+    let mut arena = LabelArena::with_capacity(arena_wires(shape));
+    let mut a = Vec::with_capacity(n);
+    let mut y = Vec::with_capacity(n);
     for (chunk, start) in (0..count).step_by(LANES).enumerate() {
         let active = LANES.min(count - start);
-        let a: Vec<Bit<Lanes>> = (0..n)
-            .map(|i| Bit::Wire(lanes_of(garbler_zero, n, start, active, i)))
-            .collect();
-        let y: Vec<Bit<Lanes>> = (0..n)
-            .map(|i| Bit::Wire(lanes_of(evaluator_zero_labels, n, start, active, i)))
-            .collect();
+        let circuits = start * n..(start + active) * n;
+        arena.clear();
+        load_inputs(&mut arena, &garbler_zero[circuits.clone()], n, &mut a);
+        load_inputs(&mut arena, &evaluator_zero_labels[circuits], n, &mut y);
         let gate = (chunk * shape.ands) as u64;
         let out = match shape.scheme {
             Scheme::HalfGates => {
-                let mut g =
-                    HalfGatesGarbler::new(&hash, delta, batch, gate, active, &mut garbling.tables);
+                let mut g = HalfGatesGarbler::new(
+                    &hash,
+                    delta,
+                    batch,
+                    gate,
+                    active,
+                    &mut garbling.tables,
+                    &mut arena,
+                );
                 activation_circuit(&mut g, &shape.spec, shape.kind, &a, &y)
             }
             Scheme::ThreeHalves => {
@@ -274,47 +272,62 @@ pub fn garble_into(
                     active,
                     &mut garbling.tables,
                     &mut coins,
+                    &mut arena,
                 );
                 activation_circuit(&mut g, &shape.spec, shape.kind, &a, &y)
             }
         };
-        let wires: Vec<Lanes> = out
-            .iter()
-            .filter_map(|b| match b {
-                Bit::Wire(w) => Some(*w),
-                Bit::Const(_) => None,
-            })
-            .collect();
-        // Hash both colour labels of every decoded output wire in one call.
-        hin.clear();
-        htw.clear();
-        for l in 0..active {
-            for (k, w) in wires.iter().enumerate() {
-                let c0 = w[l] ^ ((color(w[l]) as u128).wrapping_neg() & delta);
-                let tw = out_tweak(batch, start + l, k);
-                hin.extend_from_slice(&[c0, c0 ^ delta]);
-                htw.extend_from_slice(&[tw, tw]);
+        // Per decoded output wire: hash both colour labels of all lanes in one call.
+        let mut rho_sums = [0u64; LANES];
+        let decoding = &mut garbling.decoding[start * outs..(start + active) * outs];
+        for (k, (wire, &weight)) in output_wires(&out).zip(&shape.wire_weights).enumerate() {
+            let labels = arena.get(wire);
+            let mut h: [Block; 2 * LANES] = core::array::from_fn(|m| {
+                let x = labels[m % LANES];
+                // Colour-0 label, then colour-1.
+                x ^ ((color(x) ^ (m >= LANES)) as u128).wrapping_neg() & delta
+            });
+            hash.hash_array_with(&mut h, |m| out_tweak(batch, start + m % LANES, k));
+            for (l, rho_sum) in rho_sums.iter_mut().enumerate().take(active) {
+                let h0 = reduce_block(h[l]);
+                let h1 = reduce_block(h[LANES + l]);
+                let (v0, v1) = if color(labels[l]) {
+                    (weight, 0)
+                } else {
+                    (0, weight)
+                };
+                let rho = fixed::neg(fixed::add(h0, v0));
+                decoding[l * outs + k] = fixed::add(fixed::add(h1, v1), rho);
+                // At most 64 terms below 2^55: no overflow before the final reduction.
+                *rho_sum += rho;
             }
         }
-        out_hash.hash_many(&mut hin, &htw);
-        let mut pos = 0;
-        for l in 0..active {
-            let mut rho_sum = 0u64;
-            for (k, w) in wires.iter().enumerate() {
-                let weight = shape.wire_weights[k];
-                let b0 = color(w[l]);
-                let h0 = reduce_block(hin[pos]);
-                let h1 = reduce_block(hin[pos + 1]);
-                pos += 2;
-                let (v0, v1) = if b0 { (weight, 0) } else { (0, weight) };
-                let rho = fixed::neg(fixed::add(h0, v0));
-                garbling.decoding.push(fixed::add(fixed::add(h1, v1), rho));
-                rho_sum = fixed::add(rho_sum, rho);
-            }
-            masks[start + l] = rho_sum;
+        for (mask, rho_sum) in masks[start..start + active].iter_mut().zip(rho_sums) {
+            *mask = rho_sum % P;
         }
     }
     Ok(())
+}
+
+/// Bundles one batch's arena needs: both parties' inputs and every gate output.
+fn arena_wires(shape: &CircuitShape) -> usize {
+    2 * shape.input_bits() + shape.ands + shape.free_gates
+}
+
+/// Puts `n` input wires of circuit-major `labels` (one circuit per lane)
+/// into the arena and names them in `wires`.
+fn load_inputs(arena: &mut LabelArena, labels: &[Block], n: usize, wires: &mut Vec<Bit<WireId>>) {
+    let first = arena.push_transposed(labels, n);
+    wires.clear();
+    wires.extend((first..first + n as WireId).map(Bit::Wire));
+}
+
+/// The non-constant output wires, in order.
+fn output_wires(out: &[Bit<WireId>]) -> impl Iterator<Item = WireId> + '_ {
+    out.iter().filter_map(|b| match b {
+        Bit::Wire(w) => Some(*w),
+        Bit::Const(_) => None,
+    })
 }
 
 /// The garbler's online message: the labels of its input bits `a_h ≤ P_f`.
@@ -411,64 +424,50 @@ pub fn evaluate(
         });
     }
     let hash = FixedKeyHash::new();
-    let mut out_hash = FixedKeyHash::new();
     let wpa = shape.scheme.words_per_and();
     let outs = shape.wire_weights.len();
     let mut result = vec![0u64; count];
-    let mut hin = Vec::new();
-    let mut htw = Vec::new();
+    let mut arena = LabelArena::with_capacity(arena_wires(shape));
+    let mut a = Vec::with_capacity(n);
+    let mut y = Vec::with_capacity(n);
     for (chunk, start) in (0..count).step_by(LANES).enumerate() {
         let active = LANES.min(count - start);
-        let a: Vec<Bit<Lanes>> = (0..n)
-            .map(|i| Bit::Wire(lanes_of(garbler_labels, n, start, active, i)))
-            .collect();
-        let y: Vec<Bit<Lanes>> = (0..n)
-            .map(|i| Bit::Wire(lanes_of(evaluator_labels, n, start, active, i)))
-            .collect();
+        let circuits = start * n..(start + active) * n;
+        arena.clear();
+        load_inputs(&mut arena, &garbler_labels[circuits.clone()], n, &mut a);
+        load_inputs(&mut arena, &evaluator_labels[circuits], n, &mut y);
         let gate = (chunk * shape.ands) as u64;
         let g0 = start * shape.ands;
         let g1 = (start + active) * shape.ands;
+        let words = &garbling.tables.words[g0 * wpa..g1 * wpa];
         let out = match shape.scheme {
             Scheme::HalfGates => {
-                let words = &garbling.tables.words[g0 * wpa..g1 * wpa];
-                let mut e = HalfGatesEvaluator::new(&hash, batch, gate, active, words);
+                let mut e = HalfGatesEvaluator::new(&hash, batch, gate, active, words, &mut arena);
                 activation_circuit(&mut e, &shape.spec, shape.kind, &a, &y)
             }
             Scheme::ThreeHalves => {
-                let words = &garbling.tables.words[g0 * wpa..g1 * wpa];
                 let control = &garbling.tables.control[g0..g1];
-                let mut e = ThreeHalvesEvaluator::new(&hash, batch, gate, active, words, control);
+                let mut e = ThreeHalvesEvaluator::new(
+                    &hash, batch, gate, active, words, control, &mut arena,
+                );
                 activation_circuit(&mut e, &shape.spec, shape.kind, &a, &y)
             }
         };
-        let wires: Vec<Lanes> = out
-            .iter()
-            .filter_map(|b| match b {
-                Bit::Wire(w) => Some(*w),
-                Bit::Const(_) => None,
-            })
-            .collect();
-        hin.clear();
-        htw.clear();
-        for l in 0..active {
-            for (k, w) in wires.iter().enumerate() {
-                hin.push(w[l]);
-                htw.push(out_tweak(batch, start + l, k));
+        // z = constant + Σ (c·ct − H'(L)), summed lazily: every term is below
+        // 2P < 2^56 and there are at most 64 of them.
+        let mut sums = [0u64; LANES];
+        let decoding = &garbling.decoding[start * outs..(start + active) * outs];
+        for (k, wire) in output_wires(&out).enumerate() {
+            let labels = arena.get(wire);
+            let mut h = *labels;
+            hash.hash_array_with(&mut h, |l| out_tweak(batch, start + l, k));
+            for (l, sum) in sums.iter_mut().enumerate().take(active) {
+                let ct = decoding[l * outs + k] & (color(labels[l]) as u64).wrapping_neg();
+                *sum += ct + P - reduce_block(h[l]);
             }
         }
-        out_hash.hash_many(&mut hin, &htw);
-        for l in 0..active {
-            let mut z = shape.constant_term;
-            for (k, w) in wires.iter().enumerate() {
-                let h = reduce_block(hin[l * outs + k]);
-                let ct = if color(w[l]) {
-                    garbling.decoding[(start + l) * outs + k]
-                } else {
-                    0
-                };
-                z = fixed::add(z, fixed::sub(ct, h));
-            }
-            result[start + l] = z;
+        for (z, sum) in result[start..start + active].iter_mut().zip(sums) {
+            *z = (shape.constant_term + sum) % P;
         }
     }
     Ok(result)

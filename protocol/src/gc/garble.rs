@@ -3,39 +3,143 @@
 //! point-and-permute, both over the fixed-key-AES hash of [`super::hash`].
 //!
 //! Each backend wire is a bundle of [`LANES`] labels, one per circuit
-//! instance: an AND gate garbles or evaluates `LANES` independent gates with
-//! one batched AES call (32 blocks for half-gates garbling, 48 for
+//! instance, stored in a flat [`LabelArena`] and named by a 4-byte
+//! [`WireId`]: an AND gate garbles or evaluates `LANES` independent gates
+//! with one batched AES call (64 blocks for half-gates garbling, 96 for
 //! three-halves), so the AES-NI pipeline stays full although each circuit is
-//! a sequential carry chain.
+//! a sequential carry chain, and the per-call overhead is shared by
+//! `LANES` circuits.
 
-use super::hash::{AesPrg, Block, FixedKeyHash};
+use super::hash::{from_aes, sigma, to_aes, AesBlock, AesPrg, Block, FixedKeyHash};
 use super::Backend;
 
 /// Circuit instances garbled side by side (structure of arrays).
-pub const LANES: usize = 8;
+pub const LANES: usize = 16;
 
 /// One label per lane.
 pub type Lanes = [Block; LANES];
 
-/// Lane-wise XOR, written out so the compiler keeps it in vector registers.
-#[inline(always)]
-fn xor_lanes(a: &Lanes, b: &Lanes) -> Lanes {
-    [
-        a[0] ^ b[0],
-        a[1] ^ b[1],
-        a[2] ^ b[2],
-        a[3] ^ b[3],
-        a[4] ^ b[4],
-        a[5] ^ b[5],
-        a[6] ^ b[6],
-        a[7] ^ b[7],
-    ]
+/// A wire of a batch: the index of its label bundle in a [`LabelArena`].
+pub type WireId = u32;
+
+/// Flat label storage of one batch: wire `w` holds one label per lane in
+/// bundle `w`. Gates write their output bundle in place and pass a 4-byte
+/// [`WireId`] around instead of `LANES` labels; the arena keeps its
+/// bundles across batches, so garbling allocates and clears nothing per gate.
+#[derive(Debug, Default, Clone)]
+pub struct LabelArena {
+    wires: Vec<Lanes>,
+    used: usize,
 }
 
-/// XOR of every lane with one block (`Δ`).
+impl LabelArena {
+    /// An empty arena with room for `wires` bundles.
+    pub fn with_capacity(wires: usize) -> Self {
+        Self {
+            wires: vec![[0; LANES]; wires],
+            used: 0,
+        }
+    }
+
+    /// Forgets every wire, keeping the memory.
+    pub fn clear(&mut self) {
+        self.used = 0;
+    }
+
+    /// Number of wires stored.
+    pub fn len(&self) -> usize {
+        self.used
+    }
+
+    /// Whether no wire is stored.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Reserves the next bundle (its old contents are overwritten by the caller).
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        let id = self.used;
+        if id == self.wires.len() {
+            self.wires.push([0; LANES]);
+        }
+        self.used += 1;
+        id
+    }
+
+    /// Appends a bundle and returns its wire.
+    #[inline(always)]
+    pub fn push(&mut self, labels: Lanes) -> WireId {
+        let id = self.next();
+        self.wires[id] = labels;
+        id as WireId
+    }
+
+    /// The labels of wire `w`.
+    #[inline(always)]
+    pub fn get(&self, w: WireId) -> &Lanes {
+        &self.wires[..self.used][w as usize]
+    }
+
+    /// Appends a wire and returns it with the two older operands `a`, `b`
+    /// and the new bundle to fill in place (no bundle is moved or cleared).
+    ///
+    /// # Panics
+    /// If `a` or `b` is not an existing wire (a programming error).
+    #[inline(always)]
+    fn gate(&mut self, a: WireId, b: WireId) -> (&Lanes, &Lanes, &mut Lanes, WireId) {
+        let id = self.next();
+        let (old, new) = self.wires.split_at_mut(id);
+        (
+            &old[a as usize],
+            &old[b as usize],
+            &mut new[0],
+            id as WireId,
+        )
+    }
+
+    /// Appends `count` wires and fills them from circuit-major labels:
+    /// lane `l` of new wire `i` is `labels[l * count + i]`; lanes past
+    /// `labels.len() / count` are zero. Returns the first new wire.
+    pub fn push_transposed(&mut self, labels: &[Block], count: usize) -> WireId {
+        let first = self.used;
+        for _ in 0..count {
+            self.next();
+        }
+        let fresh = &mut self.wires[first..first + count];
+        if count > 0 {
+            let active = (labels.len() / count).min(LANES);
+            for wire in fresh.iter_mut() {
+                wire[active..].fill(0);
+            }
+            for (l, circuit) in labels.chunks_exact(count).take(LANES).enumerate() {
+                for (wire, &label) in fresh.iter_mut().zip(circuit) {
+                    wire[l] = label;
+                }
+            }
+        }
+        first as WireId
+    }
+}
+
+/// A new wire `a ⊕ b`.
 #[inline(always)]
-fn xor_all(a: &Lanes, d: Block) -> Lanes {
-    xor_lanes(a, &[d; LANES])
+fn xor_gate(arena: &mut LabelArena, a: WireId, b: WireId) -> WireId {
+    let (a, b, c, id) = arena.gate(a, b);
+    for ((c, a), b) in c.iter_mut().zip(a).zip(b) {
+        *c = a ^ b;
+    }
+    id
+}
+
+/// A new wire `a ⊕ Δ` (every lane).
+#[inline(always)]
+fn xor_delta_gate(arena: &mut LabelArena, a: WireId, d: Block) -> WireId {
+    let (a, _, c, id) = arena.gate(a, a);
+    for (c, a) in c.iter_mut().zip(a) {
+        *c = a ^ d;
+    }
+    id
 }
 
 /// The colour (point-and-permute) bit of a label.
@@ -65,11 +169,19 @@ pub struct GarbledTables {
     pub control: Vec<u8>,
 }
 
-/// Tweak of AND gate `gate` of lane `lane`, sub-index `k`: unique per batch
-/// (`batch` in the high 64 bits), per gate and per hash call.
+/// Tweaks are `batch ‖ counter` (`batch` in the high 64 bits). The
+/// counter of lane `l`, hash call `k` of AND gate `gate`, when each lane's
+/// gate makes `per_gate` calls, is `first_counter(gate, per_gate) + l·per_gate + k`:
+/// unique per batch, gate, lane and call.
 #[inline(always)]
-fn tweak(batch: u64, gate: u64, lane: usize, per_gate: u64, k: u64) -> Block {
-    ((batch as u128) << 64) | (((gate * LANES as u64 + lane as u64) * per_gate + k) as u128)
+fn first_counter(gate: u64, per_gate: u64) -> u64 {
+    gate * LANES as u64 * per_gate
+}
+
+/// The high half of every tweak of a batch.
+#[inline(always)]
+fn tweak_high(batch: u64) -> Block {
+    (batch as u128) << 64
 }
 
 /// Half-gates garbler: wires are the lanes' zero labels.
@@ -81,10 +193,14 @@ pub struct HalfGatesGarbler<'a> {
     gate: u64,
     active: usize,
     out: &'a mut GarbledTables,
+    arena: &'a mut LabelArena,
+    sigma_delta: Block,
+    buf: [AesBlock; 4 * LANES],
 }
 
 impl<'a> HalfGatesGarbler<'a> {
-    /// A garbler appending to `out`; `gate` is the index of the next AND gate in the batch.
+    /// A garbler appending to `out`, its wires living in `arena`; `gate`
+    /// is the index of the next AND gate in the batch.
     pub fn new(
         hash: &'a FixedKeyHash,
         delta: Block,
@@ -92,14 +208,18 @@ impl<'a> HalfGatesGarbler<'a> {
         gate: u64,
         active: usize,
         out: &'a mut GarbledTables,
+        arena: &'a mut LabelArena,
     ) -> Self {
         Self {
             hash,
             delta,
             batch,
             gate,
-            active,
+            active: active.min(LANES),
             out,
+            arena,
+            sigma_delta: sigma(delta),
+            buf: [AesBlock::default(); 4 * LANES],
         }
     }
 
@@ -110,52 +230,67 @@ impl<'a> HalfGatesGarbler<'a> {
 }
 
 impl Backend for HalfGatesGarbler<'_> {
-    type Wire = Lanes;
+    type Wire = WireId;
     #[inline(always)]
-    fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        xor_lanes(&a, &b)
+    fn xor(&mut self, a: WireId, b: WireId) -> WireId {
+        xor_gate(self.arena, a, b)
     }
     #[inline(always)]
-    fn not(&mut self, a: Lanes) -> Lanes {
-        xor_all(&a, self.delta)
+    fn not(&mut self, a: WireId) -> WireId {
+        xor_delta_gate(self.arena, a, self.delta)
     }
     #[inline(always)]
-    fn and(&mut self, a: Lanes, b: Lanes) -> Lanes {
+    fn and(&mut self, a: WireId, b: WireId) -> WireId {
+        const L: usize = LANES;
         let d = self.delta;
-        let mut h = [0u128; 4 * LANES];
-        let mut t = [0u128; 4 * LANES];
-        for l in 0..LANES {
-            h[4 * l] = a[l];
-            h[4 * l + 1] = a[l] ^ d;
-            h[4 * l + 2] = b[l];
-            h[4 * l + 3] = b[l] ^ d;
-            let j0 = tweak(self.batch, self.gate, l, 2, 0);
-            t[4 * l] = j0;
-            t[4 * l + 1] = j0;
-            t[4 * l + 2] = j0 | 1;
-            t[4 * l + 3] = j0 | 1;
+        let hi = tweak_high(self.batch);
+        let first = first_counter(self.gate, 2);
+        let sd = self.sigma_delta;
+        let (a, b, c, id) = self.arena.gate(a, b);
+        // H(X, j) = π(σ(X) ⊕ j) ⊕ σ(X), σ linear: σ(X ⊕ Δ) = σ(X) ⊕ σ(Δ).
+        // Lane l hashes [A⁰, A¹] with tweak first + 2l, [B⁰, B¹] with first + 2l + 1.
+        let mut sa = [0u128; L];
+        let mut sb = [0u128; L];
+        for (l, blocks) in self.buf.chunks_exact_mut(4).enumerate() {
+            sa[l] = sigma(a[l]);
+            sb[l] = sigma(b[l]);
+            let ja = hi | (first + 2 * l as u64) as u128;
+            let jb = ja | 1;
+            blocks[0] = to_aes(sa[l] ^ ja);
+            blocks[1] = to_aes(sa[l] ^ sd ^ ja);
+            blocks[2] = to_aes(sb[l] ^ jb);
+            blocks[3] = to_aes(sb[l] ^ sd ^ jb);
         }
-        self.hash.hash_array(&mut h, &t);
-        let mut c = [0u128; LANES];
-        for l in 0..LANES {
-            let pa = color(a[l]);
-            let pb = color(b[l]);
-            let tg = h[4 * l] ^ h[4 * l + 1] ^ (mask128(pb) & d);
-            let wg = h[4 * l] ^ (mask128(pa) & tg);
-            let te = h[4 * l + 2] ^ h[4 * l + 3] ^ a[l];
-            let we = h[4 * l + 2] ^ (mask128(pb) & (te ^ a[l]));
-            c[l] = wg ^ we;
-            if l < self.active {
-                self.out.words.extend_from_slice(&[
-                    tg as u64,
-                    (tg >> 64) as u64,
-                    te as u64,
-                    (te >> 64) as u64,
-                ]);
-            }
+        self.hash.permute_blocks(&mut self.buf);
+        let mut words = [0u64; 4 * L];
+        for (l, ((cl, w), p)) in c
+            .iter_mut()
+            .zip(words.chunks_exact_mut(4))
+            .zip(self.buf.chunks_exact(4))
+            .enumerate()
+        {
+            let (p0, p1, p2, p3) = (
+                from_aes(&p[0]),
+                from_aes(&p[1]),
+                from_aes(&p[2]),
+                from_aes(&p[3]),
+            );
+            let pa = mask128(color(a[l]));
+            let pb = mask128(color(b[l]));
+            // H(A⁰) ⊕ H(A¹) = π(..) ⊕ π(..) ⊕ σ(Δ).
+            let tg = p0 ^ p1 ^ sd ^ (pb & d);
+            let wg = p0 ^ sa[l] ^ (pa & tg);
+            let te = p2 ^ p3 ^ sd ^ a[l];
+            let we = p2 ^ sb[l] ^ (pb & (te ^ a[l]));
+            *cl = wg ^ we;
+            w[0] = tg as u64;
+            w[1] = (tg >> 64) as u64;
+            w[2] = te as u64;
+            w[3] = (te >> 64) as u64;
         }
+        self.out.words.extend_from_slice(&words[..4 * self.active]);
         self.gate += 1;
-        c
+        id
     }
 }
 
@@ -168,10 +303,13 @@ pub struct HalfGatesEvaluator<'a> {
     active: usize,
     words: &'a [u64],
     pos: usize,
+    arena: &'a mut LabelArena,
+    buf: [AesBlock; 2 * LANES],
 }
 
 impl<'a> HalfGatesEvaluator<'a> {
-    /// An evaluator reading `words` from the start; `gate` is the index of the next AND gate.
+    /// An evaluator reading `words` from the start, its wires living in
+    /// `arena`; `gate` is the index of the next AND gate.
     ///
     /// The caller has checked that `words` holds every table the circuit reads.
     pub fn new(
@@ -180,14 +318,17 @@ impl<'a> HalfGatesEvaluator<'a> {
         gate: u64,
         active: usize,
         words: &'a [u64],
+        arena: &'a mut LabelArena,
     ) -> Self {
         Self {
             hash,
             batch,
             gate,
-            active,
+            active: active.min(LANES),
             words,
             pos: 0,
+            arena,
+            buf: [AesBlock::default(); 2 * LANES],
         }
     }
 
@@ -203,41 +344,49 @@ impl<'a> HalfGatesEvaluator<'a> {
 }
 
 impl Backend for HalfGatesEvaluator<'_> {
-    type Wire = Lanes;
+    type Wire = WireId;
     #[inline(always)]
-    fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        xor_lanes(&a, &b)
+    fn xor(&mut self, a: WireId, b: WireId) -> WireId {
+        xor_gate(self.arena, a, b)
     }
     #[inline(always)]
-    fn not(&mut self, a: Lanes) -> Lanes {
+    fn not(&mut self, a: WireId) -> WireId {
         a
     }
     #[inline(always)]
-    fn and(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        let mut h = [0u128; 2 * LANES];
-        let mut t = [0u128; 2 * LANES];
-        for l in 0..LANES {
-            h[2 * l] = a[l];
-            h[2 * l + 1] = b[l];
-            let j0 = tweak(self.batch, self.gate, l, 2, 0);
-            t[2 * l] = j0;
-            t[2 * l + 1] = j0 | 1;
+    fn and(&mut self, a: WireId, b: WireId) -> WireId {
+        const L: usize = LANES;
+        let hi = tweak_high(self.batch);
+        let first = first_counter(self.gate, 2);
+        let (a, b, c, id) = self.arena.gate(a, b);
+        let mut sa = [0u128; L];
+        let mut sb = [0u128; L];
+        for (l, blocks) in self.buf.chunks_exact_mut(2).enumerate() {
+            sa[l] = sigma(a[l]);
+            sb[l] = sigma(b[l]);
+            let ja = hi | (first + 2 * l as u64) as u128;
+            blocks[0] = to_aes(sa[l] ^ ja);
+            blocks[1] = to_aes(sb[l] ^ ja ^ 1);
         }
-        self.hash.hash_array(&mut h, &t);
-        let mut c = [0u128; LANES];
-        for l in 0..self.active {
-            let w = &self.words[self.pos..self.pos + 4];
-            self.pos += 4;
+        self.hash.permute_blocks(&mut self.buf);
+        let words = &self.words[self.pos..self.pos + 4 * self.active];
+        self.pos += 4 * self.active;
+        for (l, ((cl, w), p)) in c
+            .iter_mut()
+            .zip(words.chunks_exact(4))
+            .zip(self.buf.chunks_exact(2))
+            .enumerate()
+        {
             let tg = w[0] as u128 | (w[1] as u128) << 64;
             let te = w[2] as u128 | (w[3] as u128) << 64;
-            let sa = color(a[l]);
-            let sb = color(b[l]);
-            let wg = h[2 * l] ^ (mask128(sa) & tg);
-            let we = h[2 * l + 1] ^ (mask128(sb) & (te ^ a[l]));
-            c[l] = wg ^ we;
+            let ma = mask128(color(a[l]));
+            let mb = mask128(color(b[l]));
+            let wg = from_aes(&p[0]) ^ sa[l] ^ (ma & tg);
+            let we = from_aes(&p[1]) ^ sb[l] ^ (mb & (te ^ a[l]));
+            *cl = wg ^ we;
         }
         self.gate += 1;
-        c
+        id
     }
 }
 
@@ -378,12 +527,17 @@ pub struct ThreeHalvesGarbler<'a> {
     active: usize,
     out: &'a mut GarbledTables,
     coins: &'a mut AesPrg,
-    coin_bits: u128,
-    coins_left: u32,
+    coin_bits: [Block; 4],
+    coins_left: usize,
+    arena: &'a mut LabelArena,
+    sigma_delta: Block,
+    buf: [AesBlock; 6 * LANES],
 }
 
 impl<'a> ThreeHalvesGarbler<'a> {
-    /// A garbler appending to `out`, drawing its control-bit coins from `coins`.
+    /// A garbler appending to `out`, drawing its control-bit coins from
+    /// `coins`, its wires living in `arena`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hash: &'a FixedKeyHash,
         delta: Block,
@@ -392,17 +546,21 @@ impl<'a> ThreeHalvesGarbler<'a> {
         active: usize,
         out: &'a mut GarbledTables,
         coins: &'a mut AesPrg,
+        arena: &'a mut LabelArena,
     ) -> Self {
         Self {
             hash,
             delta,
             batch,
             gate,
-            active,
+            active: active.min(LANES),
             out,
             coins,
-            coin_bits: 0,
+            coin_bits: [0; 4],
             coins_left: 0,
+            arena,
+            sigma_delta: sigma(delta),
+            buf: [AesBlock::default(); 6 * LANES],
         }
     }
 
@@ -411,55 +569,77 @@ impl<'a> ThreeHalvesGarbler<'a> {
         self.gate
     }
 
+    /// Two coins per lane, `LANES · 2` fresh bits (the low bits of the result).
     #[inline(always)]
-    fn two_coins(&mut self) -> (u8, u8) {
+    fn lane_coins(&mut self) -> u64 {
+        const _: () = assert!(LANES * 2 <= 64);
         if self.coins_left == 0 {
-            self.coin_bits = self.coins.next_block();
-            self.coins_left = 64;
+            self.coins.fill(&mut self.coin_bits);
+            self.coins_left = self.coin_bits.len() * 2;
         }
-        let c = (self.coin_bits & 3) as u8;
-        self.coin_bits >>= 2;
         self.coins_left -= 1;
-        (c >> 1, c & 1)
+        let block = self.coin_bits[self.coins_left / 2];
+        (block >> (64 * (self.coins_left % 2))) as u64
     }
 }
 
 impl Backend for ThreeHalvesGarbler<'_> {
-    type Wire = Lanes;
+    type Wire = WireId;
     #[inline(always)]
-    fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        xor_lanes(&a, &b)
+    fn xor(&mut self, a: WireId, b: WireId) -> WireId {
+        xor_gate(self.arena, a, b)
     }
     #[inline(always)]
-    fn not(&mut self, a: Lanes) -> Lanes {
-        xor_all(&a, self.delta)
+    fn not(&mut self, a: WireId) -> WireId {
+        xor_delta_gate(self.arena, a, self.delta)
     }
     #[inline(always)]
-    fn and(&mut self, a: Lanes, b: Lanes) -> Lanes {
+    fn and(&mut self, a: WireId, b: WireId) -> WireId {
+        const L: usize = LANES;
         let d = self.delta;
-        let mut h = [0u128; 6 * LANES];
-        let mut t = [0u128; 6 * LANES];
-        let mut a0 = [0u128; LANES];
-        let mut b0 = [0u128; LANES];
-        for l in 0..LANES {
-            // Colour-0 labels.
+        let coins = self.lane_coins();
+        let hi = tweak_high(self.batch);
+        let first = first_counter(self.gate, 3);
+        let sd = self.sigma_delta;
+        let (a, b, c, id) = self.arena.gate(a, b);
+        // Colour-0 labels and their σ (σ(X ⊕ Δ) = σ(X) ⊕ σ(Δ)).
+        let mut a0 = [0u128; L];
+        let mut b0 = [0u128; L];
+        let mut s = [[0u128; 3]; L];
+        // Lane l: [A⁰, A¹, B⁰, B¹, (A⊕B)⁰, (A⊕B)¹] at 6l..6l+6, tweaks j, j, j+1, j+1, j+2, j+2.
+        for (l, blocks) in self.buf.chunks_exact_mut(6).enumerate() {
             a0[l] = a[l] ^ (mask128(color(a[l])) & d);
             b0[l] = b[l] ^ (mask128(color(b[l])) & d);
-            let ab = a0[l] ^ b0[l];
-            h[6 * l..6 * l + 6].copy_from_slice(&[a0[l], a0[l] ^ d, b0[l], b0[l] ^ d, ab, ab ^ d]);
-            let j = tweak(self.batch, self.gate, l, 3, 0);
-            t[6 * l..6 * l + 6].copy_from_slice(&[j, j, j + 1, j + 1, j + 2, j + 2]);
+            let sa = sigma(a0[l]);
+            let sb = sigma(b0[l]);
+            s[l] = [sa, sb, sa ^ sb];
+            let j = first + 3 * l as u64;
+            for (k, &sk) in s[l].iter().enumerate() {
+                let t = hi | (j + k as u64) as u128;
+                blocks[2 * k] = to_aes(sk ^ t);
+                blocks[2 * k + 1] = to_aes(sk ^ sd ^ t);
+            }
         }
-        self.hash.hash_array(&mut h, &t);
+        self.hash.permute_blocks(&mut self.buf);
         let (dl, dr) = halves(d);
         let delta_rows = [0, dl, dr, dl ^ dr];
-        let mut c = [0u128; LANES];
-        for l in 0..LANES {
-            let hl = &h[6 * l..6 * l + 6];
+        let mut words = [0u64; 3 * L];
+        let mut control = [0u8; L];
+        for (l, p) in self.buf.chunks_exact(6).enumerate() {
+            let [sa, sb, sab] = s[l];
+            let hl = [
+                from_aes(&p[0]) ^ sa,
+                from_aes(&p[1]) ^ sa ^ sd,
+                from_aes(&p[2]) ^ sb,
+                from_aes(&p[3]) ^ sb ^ sd,
+                from_aes(&p[4]) ^ sab,
+                from_aes(&p[5]) ^ sab ^ sd,
+            ];
             // True output (a ∧ b = 1) sits at the colours of the 1-labels.
             let is = color(a[l]) as u8 ^ 1;
             let js = color(b[l]) as u8 ^ 1;
-            let (rho1, rho2) = self.two_coins();
+            let rho1 = (coins >> (2 * l + 1)) as u8 & 1;
+            let rho2 = (coins >> (2 * l)) as u8 & 1;
             let parts = LINEAR_PARTS[(is * 8 + js * 4 + rho1 * 2 + rho2) as usize];
             let (al, ar) = halves(a0[l]);
             let (bl, br) = halves(b0[l]);
@@ -469,22 +649,20 @@ impl Backend for ThreeHalvesGarbler<'_> {
             let cl = lo(hl[0]) ^ lo(hl[4]) ^ apply(parts[0]);
             let cr = lo(hl[2]) ^ lo(hl[4]) ^ apply(parts[1]);
             c[l] = (cl as u128) << 64 | cr as u128;
-            if l < self.active {
-                let g0 = lo(hl[0]) ^ lo(hl[1]) ^ apply(parts[2]);
-                let g1 = lo(hl[2]) ^ lo(hl[3]) ^ apply(parts[3]);
-                let g2 = lo(hl[4]) ^ lo(hl[5]) ^ apply(parts[4]);
-                self.out.words.extend_from_slice(&[g0, g1, g2]);
-                let m = |k: usize| top_bit(hl[k]);
-                let z = (rho1 ^ m(0) ^ m(4))
-                    | (rho2 ^ m(2) ^ m(4)) << 1
-                    | (is ^ m(0) ^ m(1)) << 2
-                    | (js ^ m(2) ^ m(3)) << 3
-                    | (is ^ js ^ m(4) ^ m(5)) << 4;
-                self.out.control.push(z);
-            }
+            words[3 * l] = lo(hl[0]) ^ lo(hl[1]) ^ apply(parts[2]);
+            words[3 * l + 1] = lo(hl[2]) ^ lo(hl[3]) ^ apply(parts[3]);
+            words[3 * l + 2] = lo(hl[4]) ^ lo(hl[5]) ^ apply(parts[4]);
+            let m = |k: usize| top_bit(hl[k]);
+            control[l] = (rho1 ^ m(0) ^ m(4))
+                | (rho2 ^ m(2) ^ m(4)) << 1
+                | (is ^ m(0) ^ m(1)) << 2
+                | (js ^ m(2) ^ m(3)) << 3
+                | (is ^ js ^ m(4) ^ m(5)) << 4;
         }
+        self.out.words.extend_from_slice(&words[..3 * self.active]);
+        self.out.control.extend_from_slice(&control[..self.active]);
         self.gate += 1;
-        c
+        id
     }
 }
 
@@ -498,10 +676,13 @@ pub struct ThreeHalvesEvaluator<'a> {
     words: &'a [u64],
     control: &'a [u8],
     pos: usize,
+    arena: &'a mut LabelArena,
+    buf: [AesBlock; 3 * LANES],
 }
 
 impl<'a> ThreeHalvesEvaluator<'a> {
-    /// An evaluator reading `words` and `control` from the start.
+    /// An evaluator reading `words` and `control` from the start, its wires
+    /// living in `arena`.
     ///
     /// The caller has checked that the slices hold every table the circuit reads.
     pub fn new(
@@ -511,15 +692,18 @@ impl<'a> ThreeHalvesEvaluator<'a> {
         active: usize,
         words: &'a [u64],
         control: &'a [u8],
+        arena: &'a mut LabelArena,
     ) -> Self {
         Self {
             hash,
             batch,
             gate,
-            active,
+            active: active.min(LANES),
             words,
             control,
             pos: 0,
+            arena,
+            buf: [AesBlock::default(); 3 * LANES],
         }
     }
 
@@ -535,34 +719,49 @@ impl<'a> ThreeHalvesEvaluator<'a> {
 }
 
 impl Backend for ThreeHalvesEvaluator<'_> {
-    type Wire = Lanes;
+    type Wire = WireId;
     #[inline(always)]
-    fn xor(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        xor_lanes(&a, &b)
+    fn xor(&mut self, a: WireId, b: WireId) -> WireId {
+        xor_gate(self.arena, a, b)
     }
     #[inline(always)]
-    fn not(&mut self, a: Lanes) -> Lanes {
+    fn not(&mut self, a: WireId) -> WireId {
         a
     }
     #[inline(always)]
-    fn and(&mut self, a: Lanes, b: Lanes) -> Lanes {
-        let mut h = [0u128; 3 * LANES];
-        let mut t = [0u128; 3 * LANES];
-        for l in 0..LANES {
-            h[3 * l..3 * l + 3].copy_from_slice(&[a[l], b[l], a[l] ^ b[l]]);
-            let j = tweak(self.batch, self.gate, l, 3, 0);
-            t[3 * l..3 * l + 3].copy_from_slice(&[j, j + 1, j + 2]);
+    fn and(&mut self, a: WireId, b: WireId) -> WireId {
+        const L: usize = LANES;
+        let hi = tweak_high(self.batch);
+        let first = first_counter(self.gate, 3);
+        let (a, b, c, id) = self.arena.gate(a, b);
+        // Lane l: [A, B, A⊕B] at 3l..3l+3, tweaks j, j+1, j+2.
+        let mut s = [[0u128; 3]; L];
+        for (l, blocks) in self.buf.chunks_exact_mut(3).enumerate() {
+            let sa = sigma(a[l]);
+            let sb = sigma(b[l]);
+            s[l] = [sa, sb, sa ^ sb];
+            let j = first + 3 * l as u64;
+            for (k, &sk) in s[l].iter().enumerate() {
+                blocks[k] = to_aes(sk ^ hi ^ (j + k as u64) as u128);
+            }
         }
-        self.hash.hash_array(&mut h, &t);
-        let mut c = [0u128; LANES];
-        for l in 0..self.active {
-            let g = &self.words[3 * self.pos..3 * self.pos + 3];
-            let z = self.control[self.pos];
-            self.pos += 1;
+        self.hash.permute_blocks(&mut self.buf);
+        let words = &self.words[3 * self.pos..3 * (self.pos + self.active)];
+        let control = &self.control[self.pos..self.pos + self.active];
+        self.pos += self.active;
+        for (l, (((cl, g), &z), p)) in c
+            .iter_mut()
+            .zip(words.chunks_exact(3))
+            .zip(control)
+            .zip(self.buf.chunks_exact(3))
+            .enumerate()
+        {
             let i = color(a[l]) as u8;
             let j = color(b[l]) as u8;
             let ij = i ^ j;
-            let (ha, hb, hab) = (h[3 * l], h[3 * l + 1], h[3 * l + 2]);
+            let ha = from_aes(&p[0]) ^ s[l][0];
+            let hb = from_aes(&p[1]) ^ s[l][1];
+            let hab = from_aes(&p[2]) ^ s[l][2];
             let zb = |k: u8| (z >> k) & 1;
             let r1 = zb(0) ^ (i & zb(2)) ^ (ij & zb(4)) ^ top_bit(ha) ^ top_bit(hab);
             let r2 = zb(1) ^ (j & zb(3)) ^ (ij & zb(4)) ^ top_bit(hb) ^ top_bit(hab);
@@ -570,20 +769,20 @@ impl Backend for ThreeHalvesEvaluator<'_> {
             let (al, ar) = halves(a[l]);
             let (bl, br) = halves(b[l]);
             let inputs = [al, ar, bl, br];
-            let cl = ha as u64
+            let cl_half = ha as u64
                 ^ hab as u64
                 ^ (mask64(i == 1) & g[0])
                 ^ (mask64(ij == 1) & g[2])
                 ^ apply_row4(m & 0xF, &inputs);
-            let cr = hb as u64
+            let cr_half = hb as u64
                 ^ hab as u64
                 ^ (mask64(j == 1) & g[1])
                 ^ (mask64(ij == 1) & g[2])
                 ^ apply_row4(m >> 4, &inputs);
-            c[l] = (cl as u128) << 64 | cr as u128;
+            *cl = (cl_half as u128) << 64 | cr_half as u128;
         }
         self.gate += 1;
-        c
+        id
     }
 }
 

@@ -27,13 +27,18 @@ pub fn sigma(x: Block) -> Block {
     (((hi ^ lo) as u128) << 64) | hi as u128
 }
 
+/// The AES crate's block type (16 bytes), what [`FixedKeyHash::permute_blocks`] works on.
+pub type AesBlock = aes::Block;
+
+/// A block as AES input (little-endian bytes of the `u128`).
 #[inline(always)]
-fn to_aes(x: Block) -> aes::Block {
+pub fn to_aes(x: Block) -> AesBlock {
     GenericArray::from(x.to_le_bytes())
 }
 
+/// An AES output block as a `u128` (little-endian).
 #[inline(always)]
-fn from_aes(b: &aes::Block) -> Block {
+pub fn from_aes(b: &AesBlock) -> Block {
     let mut a = [0u8; 16];
     a.copy_from_slice(b);
     u128::from_le_bytes(a)
@@ -74,6 +79,14 @@ impl FixedKeyHash {
         from_aes(&b)
     }
 
+    /// `π` on every block in place, in one batched AES call (callers that
+    /// prepare `σ(x) ⊕ i` themselves and finish `⊕ σ(x)` themselves, so a
+    /// gate computes each `σ` once and shares it between its hashes).
+    #[inline(always)]
+    pub fn permute_blocks(&self, blocks: &mut [AesBlock]) {
+        self.cipher.encrypt_blocks(blocks);
+    }
+
     /// `H(x, i)` for a single input.
     pub fn hash(&self, x: Block, tweak: Block) -> Block {
         let s = sigma(x);
@@ -99,18 +112,29 @@ impl FixedKeyHash {
     }
 
     /// Hashes a fixed-size array in place without touching the heap
-    /// (the garbling hot path: `N` is 8–48 blocks).
+    /// (the garbling hot path: `N` is 16–96 blocks).
     #[inline(always)]
     pub fn hash_array<const N: usize>(&self, xs: &mut [Block; N], tweaks: &[Block; N]) {
+        self.hash_array_with(xs, |k| tweaks[k]);
+    }
+
+    /// Hashes `xs[k]` with tweak `tweak(k)` in place, all `N` blocks in one
+    /// AES call (tweaks computed on the fly, no tweak array).
+    #[inline(always)]
+    pub fn hash_array_with<const N: usize>(
+        &self,
+        xs: &mut [Block; N],
+        tweak: impl Fn(usize) -> Block,
+    ) {
         let mut buf = [aes::Block::default(); N];
-        for k in 0..N {
-            let s = sigma(xs[k]);
-            xs[k] = s;
-            buf[k] = to_aes(s ^ tweaks[k]);
+        for (k, (x, b)) in xs.iter_mut().zip(buf.iter_mut()).enumerate() {
+            let s = sigma(*x);
+            *x = s;
+            *b = to_aes(s ^ tweak(k));
         }
         self.cipher.encrypt_blocks(&mut buf);
-        for k in 0..N {
-            xs[k] ^= from_aes(&buf[k]);
+        for (x, b) in xs.iter_mut().zip(&buf) {
+            *x ^= from_aes(b);
         }
     }
 
