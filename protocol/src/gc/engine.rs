@@ -486,3 +486,31 @@ pub fn evaluate_plain_batch(shape: &CircuitShape, a_h: &[u64], b_h: &[u64]) -> V
 pub fn random_delta(prg: &mut AesPrg) -> Block {
     prg.next_block() | 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn reduce_block_is_mod_p() {
+        let edges = [
+            0u128,
+            1,
+            P as u128 - 1,
+            P as u128,
+            P as u128 + 1,
+            u64::MAX as u128,
+            1u128 << 64,
+            (P as u128) << 64,
+            u128::MAX,
+            u128::MAX - 1,
+            u128::MAX / P as u128 * P as u128,
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let random = (0..10_000).map(|_| rng.gen::<u128>());
+        for x in edges.into_iter().chain(random) {
+            assert_eq!(reduce_block(x) as u128, x % P as u128, "x = {x:#x}");
+        }
+    }
+}

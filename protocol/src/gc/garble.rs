@@ -107,8 +107,8 @@ impl LabelArena {
             self.next();
         }
         let fresh = &mut self.wires[first..first + count];
-        if count > 0 {
-            let active = (labels.len() / count).min(LANES);
+        if let Some(circuits) = labels.len().checked_div(count) {
+            let active = circuits.min(LANES);
             for wire in fresh.iter_mut() {
                 wire[active..].fill(0);
             }
@@ -789,6 +789,31 @@ impl Backend for ThreeHalvesEvaluator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arena_transposes_inputs_and_zeroes_idle_lanes() {
+        let mut arena = LabelArena::with_capacity(1);
+        // Fill with garbage first: reused bundles must not leak into idle lanes.
+        arena.push([u128::MAX; LANES]);
+        arena.push([u128::MAX; LANES]);
+        arena.clear();
+        let n = 3;
+        let active = 2;
+        let labels: Vec<Block> = (0..(active * n) as u128).map(|v| v + 100).collect();
+        let first = arena.push_transposed(&labels, n);
+        assert_eq!(first, 0);
+        assert_eq!(arena.len(), n);
+        for i in 0..n {
+            let wire = arena.get(first + i as WireId);
+            for (l, &label) in wire.iter().enumerate() {
+                let want = if l < active { labels[l * n + i] } else { 0 };
+                assert_eq!(label, want, "wire {i} lane {l}");
+            }
+        }
+        let c = xor_gate(&mut arena, 0, 1);
+        assert_eq!(arena.get(c)[0], labels[0] ^ labels[1]);
+        assert_eq!(arena.get(c)[1], labels[3] ^ labels[4]);
+    }
 
     /// Every evaluator case agrees with the garbler's solution (the two
     /// equations the solution did not use are consistency checks).
