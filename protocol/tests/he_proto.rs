@@ -239,3 +239,34 @@ fn store_rejects_inconsistent_files() {
         Err(HeError::Store { .. })
     ));
 }
+
+/// Square triples with the real parameters (N = 16384, 128-bit): correct and
+/// with a positive noise budget left after flooding.
+#[test]
+#[ignore]
+fn square_triples_real_parameters() {
+    use pibench_protocol::he::triples;
+    let ctx = HeParams::triples().context().unwrap();
+    let keys = ClientKeys::generate(&ctx).unwrap();
+    let server = pibench_protocol::he::ServerKeys::from_public_key_bytes(
+        &ctx,
+        &keys.public_key_bytes().unwrap(),
+    )
+    .unwrap();
+    let mut rng = ChaCha12Rng::seed_from_u64(13);
+    let count = 20000;
+    let (u, cts) = triples::client_start(&ctx, &keys, count, &mut rng).unwrap();
+    let (reply, s) = triples::server_respond(&ctx, &server, count, &cts, &mut rng).unwrap();
+    let budget = reply
+        .iter()
+        .map(|c| keys.noise_budget(c).unwrap())
+        .min()
+        .unwrap();
+    println!("triples: noise budget {budget} bits");
+    assert!(budget >= 2);
+    let c = triples::client_finish(&ctx, &keys, u, &reply).unwrap();
+    for i in 0..count {
+        let u = fixed::add(c.u[i], s.u[i]);
+        assert_eq!(fixed::add(c.u_squared[i], s.u_squared[i]), fixed::mul(u, u));
+    }
+}
