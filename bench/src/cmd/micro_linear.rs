@@ -13,8 +13,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use pibench_models::arch::ArchSpec;
 use pibench_models::fixed::{self, FixedPoint, P};
-use pibench_models::graph::{FeatureShape, Init, LinearLayerInfo, Network, Op};
-use pibench_protocol::he::linear::{reference_linear, LayerShape, LinearPlan};
+use pibench_models::graph::{FeatureShape, Init};
+use pibench_protocol::he::linear::{layer_weights, reference_linear, LayerShape, LinearPlan};
 use pibench_protocol::he::proto::{self, ClientLayerStats, ServerLayerStats};
 use pibench_protocol::he::store::{OfflineStore, Role};
 use pibench_protocol::he::{ClientKeys, HeParams};
@@ -111,32 +111,6 @@ struct Report {
     verified: bool,
 }
 
-/// Fixed-point weights of a linear layer (BN folded; global-pool 1/(H·W) folded into the FC).
-fn layer_weights(net: &Network, info: &LinearLayerInfo) -> anyhow::Result<Vec<i64>> {
-    let fp = FixedPoint::default();
-    let w: Vec<f64> = match &net.nodes[info.node].op {
-        Op::Conv2d(c) => c.folded().0,
-        Op::Linear(l) => {
-            let scale = info.pooled_from.map_or(1.0, |s| 1.0 / (s.h * s.w) as f64);
-            l.weight.data.iter().map(|&v| v as f64 * scale).collect()
-        }
-        other => bail!(
-            "node {} is a {}, not a linear layer",
-            info.name,
-            other.kind()
-        ),
-    };
-    w.iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let e = fp
-                .encode_weight(v, &format!("{}[{i}]", info.name))
-                .with_context(|| format!("encoding weights of {}", info.name))?;
-            Ok(fixed::to_i64(e))
-        })
-        .collect()
-}
-
 /// Runs the command.
 pub fn run(args: LinearArgs) -> anyhow::Result<()> {
     let (input, classes, dataset) = match args.dataset {
@@ -164,7 +138,7 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
             &info.name,
             LayerShape::from_info(info),
         )?);
-        weights.push(layer_weights(&net, info)?);
+        weights.push(layer_weights(&net, info, &FixedPoint::default())?);
     }
     let mut rng = ChaCha12Rng::from_entropy();
     let masks: Vec<Vec<u64>> = plans
