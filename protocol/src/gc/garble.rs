@@ -355,18 +355,13 @@ impl Backend for HalfGatesEvaluator<'_> {
     }
     #[inline(always)]
     fn and(&mut self, a: WireId, b: WireId) -> WireId {
-        const L: usize = LANES;
         let hi = tweak_high(self.batch);
         let first = first_counter(self.gate, 2);
         let (a, b, c, id) = self.arena.gate(a, b);
-        let mut sa = [0u128; L];
-        let mut sb = [0u128; L];
         for (l, blocks) in self.buf.chunks_exact_mut(2).enumerate() {
-            sa[l] = sigma(a[l]);
-            sb[l] = sigma(b[l]);
             let ja = hi | (first + 2 * l as u64) as u128;
-            blocks[0] = to_aes(sa[l] ^ ja);
-            blocks[1] = to_aes(sb[l] ^ ja ^ 1);
+            blocks[0] = to_aes(sigma(a[l]) ^ ja);
+            blocks[1] = to_aes(sigma(b[l]) ^ ja ^ 1);
         }
         self.hash.permute_blocks(&mut self.buf);
         let words = &self.words[self.pos..self.pos + 4 * self.active];
@@ -381,9 +376,12 @@ impl Backend for HalfGatesEvaluator<'_> {
             let te = w[2] as u128 | (w[3] as u128) << 64;
             let ma = mask128(color(a[l]));
             let mb = mask128(color(b[l]));
-            let wg = from_aes(&p[0]) ^ sa[l] ^ (ma & tg);
-            let we = from_aes(&p[1]) ^ sb[l] ^ (mb & (te ^ a[l]));
-            *cl = wg ^ we;
+            // H(A) ⊕ H(B) = π(..) ⊕ π(..) ⊕ σ(A ⊕ B): one σ instead of two.
+            *cl = from_aes(&p[0])
+                ^ from_aes(&p[1])
+                ^ sigma(a[l] ^ b[l])
+                ^ (ma & tg)
+                ^ (mb & (te ^ a[l]));
         }
         self.gate += 1;
         id
