@@ -12,9 +12,13 @@ setup:
 build: setup
 	$(ENV) $(CARGO) build --release --workspace
 
+# Until the end-to-end two-party run lands: ResNet-18's ReLU/FLOP count, then the
+# measured cost of its two building blocks (garbled ReLUs, HE linear layers).
 demo: setup
 	$(ENV) $(CARGO) build --release -p pibench
 	./target/release/pibench count --model resnet18 --dataset cifar100
+	./target/release/pibench micro relu --count 16384 --scheme half-gates
+	./target/release/pibench micro linear --model resnet18 --dataset cifar100
 
 test: setup
 	$(ENV) $(CARGO) fmt --all -- --check
