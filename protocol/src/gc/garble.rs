@@ -11,6 +11,7 @@
 //! `LANES` circuits.
 
 use super::hash::{from_aes, sigma, to_aes, AesBlock, AesPrg, Block, FixedKeyHash};
+use super::simd::V;
 use super::Backend;
 
 /// Circuit instances garbled side by side (structure of arrays).
@@ -242,53 +243,55 @@ impl Backend for HalfGatesGarbler<'_> {
     #[inline(always)]
     fn and(&mut self, a: WireId, b: WireId) -> WireId {
         const L: usize = LANES;
-        let d = self.delta;
+        let d = V::of(self.delta);
+        let sd = V::of(self.sigma_delta);
         let hi = tweak_high(self.batch);
         let first = first_counter(self.gate, 2);
-        let sd = self.sigma_delta;
         let (a, b, c, id) = self.arena.gate(a, b);
         // H(X, j) = π(σ(X) ⊕ j) ⊕ σ(X), σ linear: σ(X ⊕ Δ) = σ(X) ⊕ σ(Δ).
         // Lane l hashes [A⁰, A¹] with tweak first + 2l, [B⁰, B¹] with first + 2l + 1.
-        let mut sa = [0u128; L];
-        let mut sb = [0u128; L];
+        let mut sa = [V::of(0); L];
+        let mut sb = [V::of(0); L];
         for (l, blocks) in self.buf.chunks_exact_mut(4).enumerate() {
-            sa[l] = sigma(a[l]);
-            sb[l] = sigma(b[l]);
+            sa[l] = V::of(a[l]).sigma();
+            sb[l] = V::of(b[l]).sigma();
             let ja = hi | (first + 2 * l as u64) as u128;
-            let jb = ja | 1;
-            blocks[0] = to_aes(sa[l] ^ ja);
-            blocks[1] = to_aes(sa[l] ^ sd ^ ja);
-            blocks[2] = to_aes(sb[l] ^ jb);
-            blocks[3] = to_aes(sb[l] ^ sd ^ jb);
+            let xa = sa[l].xor(V::of(ja));
+            let xb = sb[l].xor(V::of(ja | 1));
+            blocks[0] = xa.to_aes();
+            blocks[1] = xa.xor(sd).to_aes();
+            blocks[2] = xb.to_aes();
+            blocks[3] = xb.xor(sd).to_aes();
         }
         self.hash.permute_blocks(&mut self.buf);
-        let mut words = [0u64; 4 * L];
-        for (l, ((cl, w), p)) in c
+        // Lane l's two ciphertexts (T_G, T_E), as the four table words of the lane.
+        let mut table = [0u128; 2 * L];
+        for (l, ((cl, t), p)) in c
             .iter_mut()
-            .zip(words.chunks_exact_mut(4))
+            .zip(table.chunks_exact_mut(2))
             .zip(self.buf.chunks_exact(4))
             .enumerate()
         {
             let (p0, p1, p2, p3) = (
-                from_aes(&p[0]),
-                from_aes(&p[1]),
-                from_aes(&p[2]),
-                from_aes(&p[3]),
+                V::from_aes(&p[0]),
+                V::from_aes(&p[1]),
+                V::from_aes(&p[2]),
+                V::from_aes(&p[3]),
             );
-            let pa = mask128(color(a[l]));
-            let pb = mask128(color(b[l]));
+            let av = V::of(a[l]);
+            let pa = av.color_mask();
+            let pb = V::of(b[l]).color_mask();
             // H(A⁰) ⊕ H(A¹) = π(..) ⊕ π(..) ⊕ σ(Δ).
-            let tg = p0 ^ p1 ^ sd ^ (pb & d);
-            let wg = p0 ^ sa[l] ^ (pa & tg);
-            let te = p2 ^ p3 ^ sd ^ a[l];
-            let we = p2 ^ sb[l] ^ (pb & (te ^ a[l]));
-            *cl = wg ^ we;
-            w[0] = tg as u64;
-            w[1] = (tg >> 64) as u64;
-            w[2] = te as u64;
-            w[3] = (te >> 64) as u64;
+            let tg = p0.xor(p1).xor(sd).xor(pb.and(d));
+            let wg = p0.xor(sa[l]).xor(pa.and(tg));
+            let te_a = p2.xor(p3).xor(sd);
+            let we = p2.xor(sb[l]).xor(pb.and(te_a));
+            *cl = wg.xor(we).to_u128();
+            t[0] = tg.to_u128();
+            t[1] = te_a.xor(av).to_u128();
         }
-        self.out.words.extend_from_slice(&words[..4 * self.active]);
+        let words: &[u64] = bytemuck::cast_slice(&table[..2 * self.active]);
+        self.out.words.extend_from_slice(words);
         self.gate += 1;
         id
     }
@@ -355,13 +358,20 @@ impl Backend for HalfGatesEvaluator<'_> {
     }
     #[inline(always)]
     fn and(&mut self, a: WireId, b: WireId) -> WireId {
+        const L: usize = LANES;
         let hi = tweak_high(self.batch);
         let first = first_counter(self.gate, 2);
         let (a, b, c, id) = self.arena.gate(a, b);
+        let mut sab = [V::of(0); L];
         for (l, blocks) in self.buf.chunks_exact_mut(2).enumerate() {
-            let ja = hi | (first + 2 * l as u64) as u128;
-            blocks[0] = to_aes(sigma(a[l]) ^ ja);
-            blocks[1] = to_aes(sigma(b[l]) ^ ja ^ 1);
+            let ja = V::of(hi | (first + 2 * l as u64) as u128);
+            let sa = V::of(a[l]).sigma();
+            let sb = V::of(b[l]).sigma();
+            sab[l] = sa.xor(sb);
+            let xa = sa.xor(ja);
+            blocks[0] = xa.to_aes();
+            // Tweak first + 2l + 1 = ja ⊕ 1 (ja is even).
+            blocks[1] = xa.xor(sab[l]).xor(V::of(1)).to_aes();
         }
         self.hash.permute_blocks(&mut self.buf);
         let words = &self.words[self.pos..self.pos + 4 * self.active];
@@ -372,16 +382,18 @@ impl Backend for HalfGatesEvaluator<'_> {
             .zip(self.buf.chunks_exact(2))
             .enumerate()
         {
-            let tg = w[0] as u128 | (w[1] as u128) << 64;
-            let te = w[2] as u128 | (w[3] as u128) << 64;
-            let ma = mask128(color(a[l]));
-            let mb = mask128(color(b[l]));
-            // H(A) ⊕ H(B) = π(..) ⊕ π(..) ⊕ σ(A ⊕ B): one σ instead of two.
-            *cl = from_aes(&p[0])
-                ^ from_aes(&p[1])
-                ^ sigma(a[l] ^ b[l])
-                ^ (ma & tg)
-                ^ (mb & (te ^ a[l]));
+            let tg = V::from_words(&w[..2]);
+            let te = V::from_words(&w[2..]);
+            let av = V::of(a[l]);
+            let ma = av.color_mask();
+            let mb = V::of(b[l]).color_mask();
+            // H(A) ⊕ H(B) = π(..) ⊕ π(..) ⊕ σ(A) ⊕ σ(B).
+            *cl = V::from_aes(&p[0])
+                .xor(V::from_aes(&p[1]))
+                .xor(sab[l])
+                .xor(ma.and(tg))
+                .xor(mb.and(te.xor(av)))
+                .to_u128();
         }
         self.gate += 1;
         id

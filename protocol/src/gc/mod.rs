@@ -15,6 +15,7 @@ pub mod engine;
 pub mod garble;
 pub mod hash;
 pub mod protocol;
+pub mod simd;
 
 pub use backend::{Backend, Bit, CountingBackend, PlainBackend};
 pub use circuit::{ActivationKind, CircuitSpec};

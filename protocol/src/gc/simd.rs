@@ -1,0 +1,166 @@
+//! 128-bit label arithmetic for the AND-gate kernels: one SSE2 register per
+//! label on `x86_64` (through `safe_arch`'s safe intrinsics, so the
+//! workspace stays free of `unsafe`), a `u128` elsewhere. Plain `u128`
+//! code is lowered to pairs of 64-bit operations and LLVM does not pack the
+//! gate kernels into vector registers by itself; with [`V`] a label XOR is
+//! one `pxor`, `σ` two shuffles and an XOR, a colour mask three operations.
+
+use super::hash::{AesBlock, Block};
+use aes::cipher::generic_array::GenericArray;
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+mod imp {
+    use safe_arch::{
+        bitand_m128i, bitxor_m128i, byte_shl_imm_u128_m128i, load_unaligned_m128i, m128i,
+        shl_imm_u32_m128i, shr_imm_i32_m128i, shuffle_ai_f32_all_m128i,
+    };
+
+    /// A 128-bit label in an SSE2 register.
+    #[derive(Clone, Copy, Debug)]
+    pub struct V(m128i);
+
+    impl V {
+        #[inline(always)]
+        pub fn load(b: &[u8; 16]) -> Self {
+            V(load_unaligned_m128i(b))
+        }
+        #[inline(always)]
+        pub fn to_bytes(self) -> [u8; 16] {
+            self.0.into()
+        }
+        #[inline(always)]
+        pub fn from_u128(x: u128) -> Self {
+            V(x.into())
+        }
+        #[inline(always)]
+        pub fn to_u128(self) -> u128 {
+            self.0.into()
+        }
+        #[inline(always)]
+        pub fn xor(self, o: V) -> V {
+            V(bitxor_m128i(self.0, o.0))
+        }
+        #[inline(always)]
+        pub fn and(self, o: V) -> V {
+            V(bitand_m128i(self.0, o.0))
+        }
+        /// `σ(x_L ‖ x_R) = (x_L ⊕ x_R) ‖ x_L`: 64-bit lanes `[lo, hi]` become `[hi, hi ⊕ lo]`.
+        #[inline(always)]
+        pub fn sigma(self) -> V {
+            let high_twice = shuffle_ai_f32_all_m128i::<0b11_10_11_10>(self.0);
+            let low_up = byte_shl_imm_u128_m128i::<8>(self.0);
+            V(bitxor_m128i(high_twice, low_up))
+        }
+        /// All ones when the colour bit (bit 0) is set, else zero.
+        #[inline(always)]
+        pub fn color_mask(self) -> V {
+            let low_dword = shuffle_ai_f32_all_m128i::<0>(self.0);
+            V(shr_imm_i32_m128i::<31>(shl_imm_u32_m128i::<31>(low_dword)))
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+mod imp {
+    /// A 128-bit label (portable fallback).
+    #[derive(Clone, Copy, Debug)]
+    pub struct V(u128);
+
+    impl V {
+        #[inline(always)]
+        pub fn load(b: &[u8; 16]) -> Self {
+            V(u128::from_le_bytes(*b))
+        }
+        #[inline(always)]
+        pub fn to_bytes(self) -> [u8; 16] {
+            self.0.to_le_bytes()
+        }
+        #[inline(always)]
+        pub fn from_u128(x: u128) -> Self {
+            V(x)
+        }
+        #[inline(always)]
+        pub fn to_u128(self) -> u128 {
+            self.0
+        }
+        #[inline(always)]
+        pub fn xor(self, o: V) -> V {
+            V(self.0 ^ o.0)
+        }
+        #[inline(always)]
+        pub fn and(self, o: V) -> V {
+            V(self.0 & o.0)
+        }
+        #[inline(always)]
+        pub fn sigma(self) -> V {
+            V(super::super::hash::sigma(self.0))
+        }
+        #[inline(always)]
+        pub fn color_mask(self) -> V {
+            V((self.0 & 1).wrapping_neg())
+        }
+    }
+}
+
+pub use imp::V;
+
+impl V {
+    /// A label from its `u128` value.
+    #[inline(always)]
+    pub fn of(x: Block) -> V {
+        V::from_u128(x)
+    }
+
+    /// The AES input block of this value (little-endian bytes, as [`super::hash::to_aes`]).
+    #[inline(always)]
+    pub fn to_aes(self) -> AesBlock {
+        GenericArray::from(self.to_bytes())
+    }
+
+    /// An AES output block (little-endian bytes, as [`super::hash::from_aes`]).
+    #[inline(always)]
+    pub fn from_aes(b: &AesBlock) -> V {
+        V::load(b.as_ref())
+    }
+
+    /// Two table words `[low, high]` as one value.
+    ///
+    /// # Panics
+    /// If `w` has fewer than two words (a programming error).
+    #[inline(always)]
+    pub fn from_words(w: &[u64]) -> V {
+        let bytes: &[u8] = bytemuck::cast_slice(&w[..2]);
+        match <&[u8; 16]>::try_from(bytes) {
+            Ok(b) => V::load(b),
+            Err(_) => unreachable!("two words are 16 bytes"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::hash::{from_aes, sigma, to_aes};
+
+    #[test]
+    fn operations_match_u128() {
+        let xs: [u128; 4] = [
+            0,
+            1,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3211,
+            0xffff_0000_1234_5678_8000_0000_0000_0000,
+        ];
+        for &x in &xs {
+            for &y in &xs {
+                assert_eq!(V::of(x).xor(V::of(y)).to_u128(), x ^ y);
+                assert_eq!(V::of(x).and(V::of(y)).to_u128(), x & y);
+            }
+            assert_eq!(V::of(x).sigma().to_u128(), sigma(x));
+            assert_eq!(V::of(x).color_mask().to_u128(), (x & 1).wrapping_neg());
+            assert_eq!(from_aes(&V::of(x).to_aes()), x);
+            assert_eq!(V::from_aes(&to_aes(x)).to_u128(), x);
+            let words = [x as u64, (x >> 64) as u64];
+            assert_eq!(V::from_words(&words).to_u128(), x);
+        }
+    }
+}
