@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 use pibench_models::arch::ArchSpec;
 use pibench_models::fixed::{self, FixedPoint, P};
 use pibench_models::graph::{FeatureShape, Init};
+use pibench_models::reference::EncodedNetwork;
 use pibench_protocol::he::linear::{layer_weights, reference_linear, LayerShape, LinearPlan};
 use pibench_protocol::he::proto::{self, ClientLayerStats, ServerLayerStats};
 use pibench_protocol::he::store::{OfflineStore, Role};
@@ -130,6 +131,7 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
         HeParams::linear()
     };
     let ctx = params.context()?;
+    let encoded = EncodedNetwork::new(&net, FixedPoint::default())?;
     let mut plans = Vec::new();
     let mut weights = Vec::new();
     for info in &infos {
@@ -138,7 +140,7 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
             &info.name,
             LayerShape::from_info(info),
         )?);
-        weights.push(layer_weights(&net, info, &FixedPoint::default())?);
+        weights.push(layer_weights(&encoded, info)?);
     }
     let mut rng = ChaCha12Rng::from_entropy();
     let masks: Vec<Vec<u64>> = plans

@@ -26,6 +26,7 @@ use super::cipher::{
 use super::error::{seal, HeError};
 use super::params::HeContext;
 use pibench_models::fixed::{self, P};
+use pibench_models::reference::{EncodedNetwork, EncodedOp};
 
 /// Shape of one linear layer (convolution; a fully-connected layer is a
 /// 1×1 convolution on a 1×1 map).
@@ -751,42 +752,26 @@ impl LayerShape {
     }
 }
 
-/// Fixed-point weights (`round(w·2^fw)`, PyTorch layout) of a linear layer of
-/// a `models` network: batch norm folded into convolutions, and for an FC fed
-/// by global average pooling the pool's `1/(H·W)` folded into the FC weights.
+/// Fixed-point weights (`round(w·2^fw)`, PyTorch layout, centred) of a linear
+/// layer, taken from the network's one encoding ([`EncodedNetwork`]): batch
+/// norm folded into convolutions and, for an FC fed by global average
+/// pooling, the pool's `1/(H·W)` folded into the FC weights — exactly the
+/// weights the fixed-point reference uses.
 pub fn layer_weights(
-    net: &pibench_models::graph::Network,
+    encoded: &EncodedNetwork,
     info: &pibench_models::graph::LinearLayerInfo,
-    fp: &fixed::FixedPoint,
 ) -> Result<Vec<i64>, HeError> {
-    use pibench_models::graph::Op;
-    let bad = |reason: String| HeError::InvalidShape {
-        layer: info.name.clone(),
-        reason,
-    };
-    let node = net
-        .nodes
-        .get(info.node)
-        .ok_or_else(|| bad(format!("node {} does not exist", info.node)))?;
-    let w: Vec<f64> = match &node.op {
-        Op::Conv2d(c) => c.folded().0,
-        Op::Linear(l) => {
-            let scale = info.pooled_from.map_or(1.0, |s| 1.0 / (s.h * s.w) as f64);
-            l.weight.data.iter().map(|&v| v as f64 * scale).collect()
+    match encoded.ops.get(info.node) {
+        Some(Some(EncodedOp::Conv { weight, .. }))
+        | Some(Some(EncodedOp::Linear { weight, .. })) => {
+            Ok(weight.iter().map(|&w| fixed::to_i64(w)).collect())
         }
-        other => {
-            return Err(bad(format!(
-                "node is a {}, not a linear layer",
-                other.kind()
-            )))
-        }
-    };
-    w.iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            fp.encode_weight(v, &format!("{}[{i}]", info.name))
-                .map(fixed::to_i64)
-                .map_err(|e| bad(e.to_string()))
-        })
-        .collect()
+        _ => Err(HeError::InvalidShape {
+            layer: info.name.clone(),
+            reason: format!(
+                "node {} is not an encoded convolution or fully connected layer",
+                info.node
+            ),
+        }),
+    }
 }
