@@ -42,6 +42,13 @@ pub fn reduce_block(x: Block) -> u64 {
     }
 }
 
+/// `x mod P` for `x < 4P`, without branches.
+#[inline(always)]
+fn reduce_below_4p(x: u64) -> u64 {
+    let x = x - (2 * P) * ((x >= 2 * P) as u64);
+    x - P * ((x >= P) as u64)
+}
+
 /// What one activation circuit looks like to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CircuitShape {
@@ -291,14 +298,15 @@ pub fn garble_into(
             for (l, rho_sum) in rho_sums.iter_mut().enumerate().take(active) {
                 let h0 = reduce_block(h[l]);
                 let h1 = reduce_block(h[LANES + l]);
-                let (v0, v1) = if color(labels[l]) {
-                    (weight, 0)
-                } else {
-                    (0, weight)
-                };
-                let rho = fixed::neg(fixed::add(h0, v0));
-                decoding[l * outs + k] = fixed::add(fixed::add(h1, v1), rho);
-                // At most 64 terms below 2^55: no overflow before the final reduction.
+                // The colour-0 label encodes b₀ = colour of the zero label.
+                let b0 = color(labels[l]) as u64;
+                let signed_weight = if b0 == 1 { 2 * P - weight } else { weight };
+                // ρ = −h0 − w·b₀ and ct = h1 + w(1 − b₀) + ρ = h1 − h0 ± w, kept
+                // unreduced below 2P (ρ) and 4P (ct) and reduced once.
+                let rho = 2 * P - h0 - (weight & b0.wrapping_neg());
+                let ct = h1 + 2 * P - h0 + signed_weight - (2 * P) * b0;
+                decoding[l * outs + k] = reduce_below_4p(ct);
+                // At most 64 terms of at most 2P < 2^56: no overflow before the final reduction.
                 *rho_sum += rho;
             }
         }
@@ -491,6 +499,24 @@ pub fn random_delta(prg: &mut AesPrg) -> Block {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn reduce_below_4p_is_mod_p() {
+        for x in [
+            0,
+            1,
+            P - 1,
+            P,
+            P + 1,
+            2 * P - 1,
+            2 * P,
+            3 * P - 1,
+            3 * P,
+            4 * P - 1,
+        ] {
+            assert_eq!(reduce_below_4p(x), x % P, "x = {x}");
+        }
+    }
 
     #[test]
     fn reduce_block_is_mod_p() {

@@ -185,6 +185,14 @@ fn tweak_high(batch: u64) -> Block {
     (batch as u128) << 64
 }
 
+/// Half-gates lane offsets `2l` of the tweaks, as vectors: a gate's
+/// counters start at a multiple of `2·LANES` (`first_counter(gate, 2)`), so
+/// lane `l`'s tweak is `(batch ‖ first) ⊕ 2l`, one XOR per lane.
+fn half_gates_lane_tweaks() -> [V; LANES] {
+    const _: () = assert!(LANES.is_power_of_two());
+    core::array::from_fn(|l| V::of(2 * l as u128))
+}
+
 /// Half-gates garbler: wires are the lanes' zero labels.
 #[derive(Debug)]
 pub struct HalfGatesGarbler<'a> {
@@ -197,6 +205,7 @@ pub struct HalfGatesGarbler<'a> {
     arena: &'a mut LabelArena,
     sigma_delta: Block,
     buf: [AesBlock; 4 * LANES],
+    lane_tweaks: [V; LANES],
 }
 
 impl<'a> HalfGatesGarbler<'a> {
@@ -221,6 +230,7 @@ impl<'a> HalfGatesGarbler<'a> {
             arena,
             sigma_delta: sigma(delta),
             buf: [AesBlock::default(); 4 * LANES],
+            lane_tweaks: half_gates_lane_tweaks(),
         }
     }
 
@@ -245,8 +255,8 @@ impl Backend for HalfGatesGarbler<'_> {
         const L: usize = LANES;
         let d = V::of(self.delta);
         let sd = V::of(self.sigma_delta);
-        let hi = tweak_high(self.batch);
-        let first = first_counter(self.gate, 2);
+        let base = V::of(tweak_high(self.batch) | first_counter(self.gate, 2) as u128);
+        let one = V::of(1);
         let (a, b, c, id) = self.arena.gate(a, b);
         // H(X, j) = π(σ(X) ⊕ j) ⊕ σ(X), σ linear: σ(X ⊕ Δ) = σ(X) ⊕ σ(Δ).
         // Lane l hashes [A⁰, A¹] with tweak first + 2l, [B⁰, B¹] with first + 2l + 1.
@@ -255,9 +265,9 @@ impl Backend for HalfGatesGarbler<'_> {
         for (l, blocks) in self.buf.chunks_exact_mut(4).enumerate() {
             sa[l] = V::of(a[l]).sigma();
             sb[l] = V::of(b[l]).sigma();
-            let ja = hi | (first + 2 * l as u64) as u128;
-            let xa = sa[l].xor(V::of(ja));
-            let xb = sb[l].xor(V::of(ja | 1));
+            let ja = base.xor(self.lane_tweaks[l]);
+            let xa = sa[l].xor(ja);
+            let xb = sb[l].xor(ja).xor(one);
             blocks[0] = xa.to_aes();
             blocks[1] = xa.xor(sd).to_aes();
             blocks[2] = xb.to_aes();
@@ -308,6 +318,7 @@ pub struct HalfGatesEvaluator<'a> {
     pos: usize,
     arena: &'a mut LabelArena,
     buf: [AesBlock; 2 * LANES],
+    lane_tweaks: [V; LANES],
 }
 
 impl<'a> HalfGatesEvaluator<'a> {
@@ -332,6 +343,7 @@ impl<'a> HalfGatesEvaluator<'a> {
             pos: 0,
             arena,
             buf: [AesBlock::default(); 2 * LANES],
+            lane_tweaks: half_gates_lane_tweaks(),
         }
     }
 
@@ -359,12 +371,11 @@ impl Backend for HalfGatesEvaluator<'_> {
     #[inline(always)]
     fn and(&mut self, a: WireId, b: WireId) -> WireId {
         const L: usize = LANES;
-        let hi = tweak_high(self.batch);
-        let first = first_counter(self.gate, 2);
+        let base = V::of(tweak_high(self.batch) | first_counter(self.gate, 2) as u128);
         let (a, b, c, id) = self.arena.gate(a, b);
         let mut sab = [V::of(0); L];
         for (l, blocks) in self.buf.chunks_exact_mut(2).enumerate() {
-            let ja = V::of(hi | (first + 2 * l as u64) as u128);
+            let ja = base.xor(self.lane_tweaks[l]);
             let sa = V::of(a[l]).sigma();
             let sb = V::of(b[l]).sigma();
             sab[l] = sa.xor(sb);

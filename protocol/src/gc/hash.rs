@@ -11,6 +11,8 @@ use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128;
 
+use super::simd::V;
+
 /// A 128-bit wire label or hash output.
 pub type Block = u128;
 
@@ -127,14 +129,14 @@ impl FixedKeyHash {
         tweak: impl Fn(usize) -> Block,
     ) {
         let mut buf = [aes::Block::default(); N];
-        for (k, (x, b)) in xs.iter_mut().zip(buf.iter_mut()).enumerate() {
-            let s = sigma(*x);
-            *x = s;
-            *b = to_aes(s ^ tweak(k));
+        let mut sigmas = [V::of(0); N];
+        for (k, ((x, b), s)) in xs.iter().zip(buf.iter_mut()).zip(&mut sigmas).enumerate() {
+            *s = V::of(*x).sigma();
+            *b = s.xor(V::of(tweak(k))).to_aes();
         }
         self.cipher.encrypt_blocks(&mut buf);
-        for (x, b) in xs.iter_mut().zip(&buf) {
-            *x ^= from_aes(b);
+        for ((x, b), s) in xs.iter_mut().zip(&buf).zip(&sigmas) {
+            *x = V::from_aes(b).xor(*s).to_u128();
         }
     }
 
