@@ -206,6 +206,11 @@ pub struct HalfGatesGarbler<'a> {
     sigma_delta: Block,
     buf: [AesBlock; 4 * LANES],
     lane_tweaks: [V; LANES],
+    /// Per-gate scratch, overwritten by every gate (never cleared): `σ(A⁰)`, `σ(B⁰)`.
+    sigma_a: [V; LANES],
+    sigma_b: [V; LANES],
+    /// Per-gate scratch: each lane's `(T_G, T_E)`, the gate's table words.
+    table: [u128; 2 * LANES],
 }
 
 impl<'a> HalfGatesGarbler<'a> {
@@ -231,6 +236,9 @@ impl<'a> HalfGatesGarbler<'a> {
             sigma_delta: sigma(delta),
             buf: [AesBlock::default(); 4 * LANES],
             lane_tweaks: half_gates_lane_tweaks(),
+            sigma_a: [V::of(0); LANES],
+            sigma_b: [V::of(0); LANES],
+            table: [0; 2 * LANES],
         }
     }
 
@@ -252,7 +260,6 @@ impl Backend for HalfGatesGarbler<'_> {
     }
     #[inline(always)]
     fn and(&mut self, a: WireId, b: WireId) -> WireId {
-        const L: usize = LANES;
         let d = V::of(self.delta);
         let sd = V::of(self.sigma_delta);
         let base = V::of(tweak_high(self.batch) | first_counter(self.gate, 2) as u128);
@@ -260,8 +267,7 @@ impl Backend for HalfGatesGarbler<'_> {
         let (a, b, c, id) = self.arena.gate(a, b);
         // H(X, j) = π(σ(X) ⊕ j) ⊕ σ(X), σ linear: σ(X ⊕ Δ) = σ(X) ⊕ σ(Δ).
         // Lane l hashes [A⁰, A¹] with tweak first + 2l, [B⁰, B¹] with first + 2l + 1.
-        let mut sa = [V::of(0); L];
-        let mut sb = [V::of(0); L];
+        let (sa, sb) = (&mut self.sigma_a, &mut self.sigma_b);
         for (l, blocks) in self.buf.chunks_exact_mut(4).enumerate() {
             sa[l] = V::of(a[l]).sigma();
             sb[l] = V::of(b[l]).sigma();
@@ -275,10 +281,9 @@ impl Backend for HalfGatesGarbler<'_> {
         }
         self.hash.permute_blocks(&mut self.buf);
         // Lane l's two ciphertexts (T_G, T_E), as the four table words of the lane.
-        let mut table = [0u128; 2 * L];
         for (l, ((cl, t), p)) in c
             .iter_mut()
-            .zip(table.chunks_exact_mut(2))
+            .zip(self.table.chunks_exact_mut(2))
             .zip(self.buf.chunks_exact(4))
             .enumerate()
         {
@@ -300,7 +305,7 @@ impl Backend for HalfGatesGarbler<'_> {
             t[0] = tg.to_u128();
             t[1] = te_a.xor(av).to_u128();
         }
-        let words: &[u64] = bytemuck::cast_slice(&table[..2 * self.active]);
+        let words: &[u64] = bytemuck::cast_slice(&self.table[..2 * self.active]);
         self.out.words.extend_from_slice(words);
         self.gate += 1;
         id
@@ -319,6 +324,8 @@ pub struct HalfGatesEvaluator<'a> {
     arena: &'a mut LabelArena,
     buf: [AesBlock; 2 * LANES],
     lane_tweaks: [V; LANES],
+    /// Per-gate scratch, overwritten by every gate (never cleared): `σ(A) ⊕ σ(B)`.
+    sigma_sums: [V; LANES],
 }
 
 impl<'a> HalfGatesEvaluator<'a> {
@@ -344,6 +351,7 @@ impl<'a> HalfGatesEvaluator<'a> {
             arena,
             buf: [AesBlock::default(); 2 * LANES],
             lane_tweaks: half_gates_lane_tweaks(),
+            sigma_sums: [V::of(0); LANES],
         }
     }
 
@@ -370,10 +378,9 @@ impl Backend for HalfGatesEvaluator<'_> {
     }
     #[inline(always)]
     fn and(&mut self, a: WireId, b: WireId) -> WireId {
-        const L: usize = LANES;
         let base = V::of(tweak_high(self.batch) | first_counter(self.gate, 2) as u128);
         let (a, b, c, id) = self.arena.gate(a, b);
-        let mut sab = [V::of(0); L];
+        let sab = &mut self.sigma_sums;
         for (l, blocks) in self.buf.chunks_exact_mut(2).enumerate() {
             let ja = base.xor(self.lane_tweaks[l]);
             let sa = V::of(a[l]).sigma();
