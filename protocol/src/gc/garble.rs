@@ -11,7 +11,7 @@
 //! `LANES` circuits.
 
 use super::hash::{from_aes, sigma, to_aes, AesBlock, AesPrg, Block, FixedKeyHash};
-use super::simd::V;
+use super::simd::{prefetch, prefetch_for_write, V};
 use super::Backend;
 
 /// Circuit instances garbled side by side (structure of arrays).
@@ -307,10 +307,22 @@ impl Backend for HalfGatesGarbler<'_> {
         }
         let words: &[u64] = bytemuck::cast_slice(&self.table[..2 * self.active]);
         self.out.words.extend_from_slice(words);
+        // The tables are written once, front to back, into reserved capacity:
+        // ask for a later gate's lines early.
+        let spare = self.out.words.spare_capacity_mut();
+        if let Some(later) = spare.get(PREFETCH_AHEAD_WORDS..PREFETCH_AHEAD_WORDS + words.len()) {
+            for line in later.chunks(8) {
+                prefetch_for_write(&line[0]);
+            }
+        }
         self.gate += 1;
         id
     }
 }
+
+/// How far ahead of the current gate the half-gates garbler and evaluator
+/// prefetch their table words (8 gates of `LANES` lanes).
+const PREFETCH_AHEAD_WORDS: usize = 8 * 4 * LANES;
 
 /// Half-gates evaluator: wires are the lanes' active labels.
 #[derive(Debug)]
@@ -394,6 +406,13 @@ impl Backend for HalfGatesEvaluator<'_> {
         self.hash.permute_blocks(&mut self.buf);
         let words = &self.words[self.pos..self.pos + 4 * self.active];
         self.pos += 4 * self.active;
+        // The tables are read once, front to back: ask for a later gate's lines early.
+        let ahead = self.pos + PREFETCH_AHEAD_WORDS;
+        if let Some(later) = self.words.get(ahead..ahead + 4 * self.active) {
+            for line in later.chunks(8) {
+                prefetch(&line[0]);
+            }
+        }
         for (l, ((cl, w), p)) in c
             .iter_mut()
             .zip(words.chunks_exact(4))

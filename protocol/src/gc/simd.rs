@@ -12,8 +12,20 @@ use aes::cipher::generic_array::GenericArray;
 mod imp {
     use safe_arch::{
         bitand_m128i, bitxor_m128i, byte_shl_imm_u128_m128i, load_unaligned_m128i, m128i,
-        shl_imm_u32_m128i, shr_imm_i32_m128i, shuffle_ai_f32_all_m128i,
+        prefetch_et0, prefetch_t0, shl_imm_u32_m128i, shr_imm_i32_m128i, shuffle_ai_f32_all_m128i,
     };
+
+    /// Asks the cache to fetch the line holding `x` (a hint, no effect on results).
+    #[inline(always)]
+    pub fn prefetch<T>(x: &T) {
+        prefetch_t0(x)
+    }
+
+    /// Asks the cache to fetch the line holding `x` for writing (a hint).
+    #[inline(always)]
+    pub fn prefetch_for_write<T>(x: &T) {
+        prefetch_et0(x)
+    }
 
     /// A 128-bit label in an SSE2 register.
     #[derive(Clone, Copy, Debug)]
@@ -62,6 +74,14 @@ mod imp {
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 mod imp {
+    /// No prefetch hint on this target.
+    #[inline(always)]
+    pub fn prefetch<T>(_x: &T) {}
+
+    /// No prefetch hint on this target.
+    #[inline(always)]
+    pub fn prefetch_for_write<T>(_x: &T) {}
+
     /// A 128-bit label (portable fallback).
     #[derive(Clone, Copy, Debug)]
     pub struct V(u128);
@@ -102,7 +122,7 @@ mod imp {
     }
 }
 
-pub use imp::V;
+pub use imp::{prefetch, prefetch_for_write, V};
 
 impl V {
     /// A label from its `u128` value.
