@@ -310,7 +310,7 @@ impl Backend for HalfGatesGarbler<'_> {
         // The tables are written once, front to back, into reserved capacity:
         // ask for a later gate's lines early.
         let spare = self.out.words.spare_capacity_mut();
-        if let Some(later) = spare.get(PREFETCH_AHEAD_WORDS..PREFETCH_AHEAD_WORDS + words.len()) {
+        if let Some(later) = spare.get(PREFETCH_AHEAD_WORDS..PREFETCH_AHEAD_WORDS + 4 * LANES) {
             for line in later.chunks(8) {
                 prefetch_for_write(&line[0]);
             }
@@ -408,7 +408,7 @@ impl Backend for HalfGatesEvaluator<'_> {
         self.pos += 4 * self.active;
         // The tables are read once, front to back: ask for a later gate's lines early.
         let ahead = self.pos + PREFETCH_AHEAD_WORDS;
-        if let Some(later) = self.words.get(ahead..ahead + 4 * self.active) {
+        if let Some(later) = self.words.get(ahead..ahead + 4 * LANES) {
             for line in later.chunks(8) {
                 prefetch(&line[0]);
             }
