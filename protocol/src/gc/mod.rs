@@ -5,7 +5,8 @@
 //! * [`hash`]: the GKWY20 tweakable hash `π(σ(x) ⊕ i) ⊕ σ(x)` and an AES-CTR PRG.
 //! * [`backend`]: the [`Backend`] trait, constant folding, plaintext and counting backends.
 //! * [`circuit`]: the truncated ReLU / truncate-only circuit on 43-bit share halves.
-//! * [`garble`]: half-gates and three-halves garbler/evaluator backends, 8 circuits per call.
+//! * [`garble`]: half-gates and three-halves garbler/evaluator backends, `LANES` circuits per call.
+//! * [`simd`]: 128-bit label arithmetic on SSE2 registers (safe intrinsics) for the AND kernels.
 //! * [`engine`]: batch garbling/evaluation, input encoding, output re-masking mod `P`.
 //! * [`protocol`]: the two-party offline/online protocol over [`crate::net::Channel`].
 
