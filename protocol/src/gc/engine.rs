@@ -22,6 +22,7 @@ use super::garble::{
     ThreeHalvesGarbler, WireId, LANES,
 };
 use super::hash::{AesPrg, Block, FixedKeyHash};
+use super::simd::prefetch;
 use super::{GcError, Scheme};
 
 /// `x mod P` for a 128-bit hash output: `2^64 ≡ 2^9·1507327` and
@@ -256,6 +257,13 @@ pub fn garble_into(
         arena.clear();
         load_inputs(&mut arena, &garbler_zero[circuits.clone()], n, &mut a);
         load_inputs(&mut arena, &evaluator_zero_labels[circuits], n, &mut y);
+        // Ask for the next batch's input labels while this batch is garbled.
+        let next = (start + LANES).min(count) * n..(start + 2 * LANES).min(count) * n;
+        for labels in [&garbler_zero[..], evaluator_zero_labels] {
+            for line in labels[next.clone()].chunks(4) {
+                prefetch(&line[0]);
+            }
+        }
         let gate = (chunk * shape.ands) as u64;
         let out = match shape.scheme {
             Scheme::HalfGates => {
@@ -444,12 +452,22 @@ pub fn evaluate(
         arena.clear();
         load_inputs(&mut arena, &garbler_labels[circuits.clone()], n, &mut a);
         load_inputs(&mut arena, &evaluator_labels[circuits], n, &mut y);
+        // Ask for the next batch's input labels while this batch is evaluated.
+        let next = (start + LANES).min(count) * n..(start + 2 * LANES).min(count) * n;
+        for labels in [garbler_labels, evaluator_labels] {
+            for line in labels[next.clone()].chunks(4) {
+                prefetch(&line[0]);
+            }
+        }
         let gate = (chunk * shape.ands) as u64;
         let g0 = start * shape.ands;
         let g1 = (start + active) * shape.ands;
         let words = &garbling.tables.words[g0 * wpa..g1 * wpa];
         let out = match shape.scheme {
             Scheme::HalfGates => {
+                // The evaluator reads only this batch's words; the rest of the
+                // tables lets its prefetch run on into the next batch.
+                let words = &garbling.tables.words[g0 * wpa..];
                 let mut e = HalfGatesEvaluator::new(&hash, batch, gate, active, words, &mut arena);
                 activation_circuit(&mut e, &shape.spec, shape.kind, &a, &y)
             }
