@@ -21,7 +21,8 @@ mod imp {
         prefetch_t0(x)
     }
 
-    /// Asks the cache to fetch the line holding `x` for writing (a hint).
+    /// Asks the cache to fetch the line holding `x` for writing (a hint;
+    /// `prefetchw` where the `prfchw` target feature is enabled, else `prefetcht0`).
     #[inline(always)]
     pub fn prefetch_for_write<T>(x: &T) {
         prefetch_et0(x)
