@@ -26,6 +26,8 @@ use super::cipher::{
 use super::error::{seal, HeError};
 use super::params::HeContext;
 use pibench_models::fixed::{self, P};
+use pibench_models::graph::FeatureShape;
+use pibench_models::reference::kernels::{self, ConvGeometry};
 use pibench_models::reference::{EncodedNetwork, EncodedOp};
 
 /// Shape of one linear layer (convolution; a fully-connected layer is a
@@ -491,37 +493,22 @@ impl LinearPlan {
     }
 }
 
-/// Plaintext twin: `M·x mod P` for a layer (no bias).
+/// The plaintext twin `M·input mod P` (no bias), computed by the same field
+/// kernel the fixed-point reference and the online phase use
+/// (`models::reference::kernels::conv2d_field`; an FC layer is a 1×1
+/// convolution on a 1×1 map). Kernels are square (`kh`), as every
+/// [`LayerShape`] constructor makes them.
 pub fn reference_linear(shape: &LayerShape, weights: &[i64], input: &[u64]) -> Vec<u64> {
-    let (ho, wo) = (shape.hout(), shape.wout());
-    let cin_g = shape.cin / shape.groups;
-    let cout_g = shape.cout / shape.groups;
-    let mut out = vec![0u64; shape.output_len()];
-    for o in 0..shape.cout {
-        let g = o / cout_g;
-        for i in 0..ho {
-            for j in 0..wo {
-                let mut acc: i128 = 0;
-                for cg in 0..cin_g {
-                    let c = g * cin_g + cg;
-                    for l in 0..shape.kh {
-                        for l2 in 0..shape.kw {
-                            let y = (i * shape.stride + l) as isize - shape.padding as isize;
-                            let x = (j * shape.stride + l2) as isize - shape.padding as isize;
-                            if y < 0 || x < 0 || y >= shape.h as isize || x >= shape.w as isize {
-                                continue;
-                            }
-                            let v = input[(c * shape.h + y as usize) * shape.w + x as usize];
-                            let w = weights[((o * cin_g + cg) * shape.kh + l) * shape.kw + l2];
-                            acc += w as i128 * v as i128;
-                        }
-                    }
-                }
-                out[(o * ho + i) * wo + j] = fixed::from_i128(acc);
-            }
-        }
-    }
-    out
+    let geometry = ConvGeometry {
+        input: FeatureShape::new(shape.cin, shape.h, shape.w),
+        cout: shape.cout,
+        kernel: shape.kh,
+        stride: shape.stride,
+        padding: shape.padding,
+        groups: shape.groups,
+    };
+    let weights: Vec<u64> = weights.iter().map(|&w| fixed::from_i64(w)).collect();
+    kernels::conv2d_field(input, &weights, None, &geometry)
 }
 
 /// Client: encrypts the layer's input mask; returns the ciphertexts.
