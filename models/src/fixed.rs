@@ -119,6 +119,20 @@ pub fn mul(a: u64, b: u64) -> u64 {
     ((a as u128 * b as u128) % P as u128) as u64
 }
 
+/// `b^e mod q` for any odd or even modulus `q > 0` (square and multiply over `u128`).
+pub fn pow_mod(mut b: u64, mut e: u64, q: u64) -> u64 {
+    let mut r = 1u64 % q;
+    b %= q;
+    while e > 0 {
+        if e & 1 == 1 {
+            r = ((r as u128 * b as u128) % q as u128) as u64;
+        }
+        b = ((b as u128 * b as u128) % q as u128) as u64;
+        e >>= 1;
+    }
+    r
+}
+
 /// Reduces any `u64` into `[0, P)`.
 #[inline]
 pub fn reduce(a: u64) -> u64 {
@@ -312,18 +326,7 @@ mod tests {
             d /= 2;
             s += 1;
         }
-        let pow = |mut b: u64, mut e: u64| {
-            let mut r = 1u64;
-            b %= n;
-            while e > 0 {
-                if e & 1 == 1 {
-                    r = ((r as u128 * b as u128) % n as u128) as u64;
-                }
-                b = ((b as u128 * b as u128) % n as u128) as u64;
-                e >>= 1;
-            }
-            r
-        };
+        let pow = |b: u64, e: u64| pow_mod(b, e, n);
         'witness: for a in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
             let mut x = pow(a, d);
             if x == 1 || x == n - 1 {

@@ -169,6 +169,25 @@ fn length_check(
     Ok(())
 }
 
+/// Number of circuits in a batch of evaluator input labels (`input_bits` labels each).
+fn circuit_count(
+    shape: &CircuitShape,
+    evaluator_labels: &[Block],
+    site: &str,
+) -> Result<usize, GcError> {
+    let n = shape.input_bits();
+    if evaluator_labels.len() % n != 0 {
+        return Err(GcError::Length {
+            site: site.to_string(),
+            what: "evaluator input labels",
+            expected: evaluator_labels.len().div_ceil(n) * n,
+            got: evaluator_labels.len(),
+            unit: "labels",
+        });
+    }
+    Ok(evaluator_labels.len() / n)
+}
+
 /// Garbles `evaluator_zero_labels.len() / input_bits` circuits.
 ///
 /// `evaluator_zero_labels` are the zero labels of the evaluator's input
@@ -220,16 +239,7 @@ pub fn garble_into(
         });
     }
     let n = shape.input_bits();
-    if evaluator_zero_labels.len() % n != 0 {
-        return Err(GcError::Length {
-            site: site.to_string(),
-            what: "evaluator input labels",
-            expected: evaluator_zero_labels.len().div_ceil(n) * n,
-            got: evaluator_zero_labels.len(),
-            unit: "labels",
-        });
-    }
-    let count = evaluator_zero_labels.len() / n;
+    let count = circuit_count(shape, evaluator_zero_labels, site)?;
     keys.delta = delta;
     let garbler_zero = &mut keys.input_zero_labels;
     garbler_zero.clear();
@@ -392,16 +402,7 @@ pub fn evaluate(
     site: &str,
 ) -> Result<Vec<u64>, GcError> {
     let n = shape.input_bits();
-    if evaluator_labels.len() % n != 0 {
-        return Err(GcError::Length {
-            site: site.to_string(),
-            what: "evaluator input labels",
-            expected: evaluator_labels.len().div_ceil(n) * n,
-            got: evaluator_labels.len(),
-            unit: "labels",
-        });
-    }
-    let count = evaluator_labels.len() / n;
+    let count = circuit_count(shape, evaluator_labels, site)?;
     length_check(
         site,
         "garbler input labels",

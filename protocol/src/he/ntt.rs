@@ -4,6 +4,8 @@
 //! products are accumulated lazily in `u128`, and each output is transformed
 //! back once (SEAL's `multiply_plain` would redo all transforms per product).
 
+use pibench_models::fixed::pow_mod;
+
 /// Precomputed tables for `Z_q[X]/(X^N + 1)`.
 #[derive(Debug, Clone)]
 pub struct NttTable {
@@ -16,19 +18,6 @@ pub struct NttTable {
     psi_inv: Vec<(u64, u64)>,
     /// `N^−1 mod q` and its Shoup companion.
     n_inv: (u64, u64),
-}
-
-fn pow_mod(mut b: u64, mut e: u64, q: u64) -> u64 {
-    let mut r = 1u64;
-    b %= q;
-    while e > 0 {
-        if e & 1 == 1 {
-            r = ((r as u128 * b as u128) % q as u128) as u64;
-        }
-        b = ((b as u128 * b as u128) % q as u128) as u64;
-        e >>= 1;
-    }
-    r
 }
 
 fn shoup(w: u64, q: u64) -> (u64, u64) {
