@@ -1,11 +1,16 @@
-# Sourced by the Makefile's recipes: points tch at pip's libtorch (torch 2.11.0).
-torch_lib=$(python3 - <<'PY' 2>/dev/null || true
-import importlib.util, os
-s = importlib.util.find_spec("torch")
-print(os.path.join(os.path.dirname(s.origin), "lib") if s and s.origin else "")
-PY
-)
-export LIBTORCH_USE_PYTORCH=1
-if [[ -n "$torch_lib" ]]; then
-  export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+# Sourced by the Makefile's recipes (and by hand: `source scripts/env.sh`).
+# Points tch/torch-sys at the torch wheel in the project's .venv (installed by
+# `scripts/setup.sh torch`) WITHOUT running Python: LIBTORCH is the wheel's
+# folder, LIBTORCH_CXX11_ABI=1 (PyTorch 2.x wheels use the C++11 ABI).
+# LIBTORCH_USE_PYTORCH is unset on purpose: it makes torch-sys `import torch`,
+# which fails with the minimal install. piprune gets an rpath to $LIBTORCH/lib
+# at link time (prune/build.rs), so it runs from any shell.
+_pibench_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+unset LIBTORCH_USE_PYTORCH
+for _pibench_t in "$_pibench_root"/.venv/lib/python3*/site-packages/torch; do
+  if [[ -f "$_pibench_t/lib/libtorch_cpu.so" ]]; then
+    export LIBTORCH="$_pibench_t"
+    export LIBTORCH_CXX11_ABI=1
+  fi
+done
+unset _pibench_t _pibench_root

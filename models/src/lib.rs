@@ -9,6 +9,7 @@ pub mod error;
 pub mod file;
 pub mod fixed;
 pub mod graph;
+pub mod mask;
 pub mod reference;
 
 pub use error::{ModelError, Result};

@@ -49,7 +49,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let Some(exe) = find_piprune() else {
         bail!(
             "the `piprune` binary was not found next to pibench or on PATH; build it with \
-             `source scripts/env.sh && cargo build --release -p pibench-prune` (it links libtorch)"
+             `make build` (it links libtorch; `scripts/setup.sh torch` installs it)"
         );
     };
     let status = Command::new(&exe)
@@ -58,6 +58,18 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot run {}", exe.display()))?;
     if !status.success() {
         match status.code() {
+            // 127: the dynamic loader could not start the program (it printed
+            // which library above); 126: not executable.
+            Some(127) => bail!(
+                "{} could not start (exit status 127: a shared library, usually libtorch_cpu.so, \
+                 was not found). Rebuild it with `make build`, which embeds libtorch's folder as \
+                 its run path, or run `source scripts/env.sh && export LD_LIBRARY_PATH=$LIBTORCH/lib`",
+                exe.display()
+            ),
+            Some(126) => bail!(
+                "{} could not start (exit status 126: not executable); rebuild it with `make build`",
+                exe.display()
+            ),
             Some(code) => bail!("{} exited with status {code}", exe.display()),
             None => bail!("{} was terminated by a signal", exe.display()),
         }
