@@ -20,6 +20,12 @@ enum Command {
     Micro(cmd::micro::MicroArgs),
     /// Train and ReLU-prune a network (runs the `piprune` binary, which links libtorch).
     Prune(cmd::prune::PruneArgs),
+    /// Private inference between a server process and a client process on loopback, with a per-layer report.
+    Run(cmd::infer::RunArgs),
+    /// Serve private inferences of a model to clients, one after another.
+    Server(cmd::infer::ServerArgs),
+    /// Run private inferences against a server.
+    Client(cmd::infer::ClientArgs),
 }
 
 fn main() {
@@ -28,6 +34,9 @@ fn main() {
         Command::Count(args) => cmd::count::run(args),
         Command::Micro(args) => cmd::micro::run(args),
         Command::Prune(args) => cmd::prune::run(args),
+        Command::Run(args) => cmd::infer::run(args),
+        Command::Server(args) => cmd::infer::server(args),
+        Command::Client(args) => cmd::infer::client(args),
     };
     if let Err(err) = result {
         eprintln!("pibench: error: {err:#}");

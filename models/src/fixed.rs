@@ -16,28 +16,30 @@
 //!   the garbled ReLU works on 43-bit values although the field has 55 bits.
 //!
 //! # Fixed point
-//! Activations carry `act_frac_bits` fractional bits (default 8), weights
-//! `weight_frac_bits` (default 12). A linear layer multiplies a scale-`2^fa`
-//! input by scale-`2^fw` weights; its output (bias included) has scale
-//! `2^(fa+fw)`. Every activation site first truncates by `fw` (floor of the
-//! signed value), bringing the value back to scale `2^fa`, then applies its
-//! per-element function. Residual shortcuts are lifted to scale `2^(fa+fw)`
-//! by an exact multiplication with `2^fw` before the add.
+//! Activations carry `act_frac_bits` fractional bits (`fa`, default 8).
+//! Weights carry a per-layer number of fractional bits `fw_l ≤
+//! max_weight_frac_bits ≤ 16`, chosen from each layer's folded weights by
+//! [`crate::reference::EncodedNetwork`] (the scale plan). A value's scale
+//! is a number of fractional bits; linear layers add their `fw_l`, residual
+//! adds lift the lower-scale operand by an exact multiplication, power-of-two
+//! average pools add `log2(window)` bits, and every truncation point
+//! (activation sites, some batch norms and pools) brings the scale back by
+//! at most 16 bits with round-to-nearest ([`truncate_round`]).
 //!
 //! # Truncation and its failure probability
 //! * ReLU elements are truncated inside the garbled circuit on the shares'
 //!   high parts: the result is `floor(y / 2^f) + e` with `e ∈ {−1, 0, 1, 2}`
 //!   (carry of the dropped low bits). No wrap-around can occur: the
 //!   reduction modulo `P_f` is exact, so the failure probability is 0.
-//! * Identity and polynomial elements use statistical masking: the client's
-//!   mask is uniform in `[0, 2^(ℓ+σ))` instead of in `[0, P)`, where
-//!   `|y| < 2^ℓ`. The masked value never wraps modulo `P` (failure
-//!   probability 0 as long as `|y| < 2^ℓ`, which the reference checks), and
-//!   it hides `y` up to statistical distance `2^-σ` per element, with
-//!   `σ = 53 − ℓ` ([`FixedPoint::identity_stat_security_bits`]).
-//!
-//! Local truncation of uniformly random shares (Delphi) instead fails with
-//! probability `≈ |y| / P` per element; that is what this design avoids.
+//! * Identity and polynomial elements, and the other truncation points, are
+//!   truncated either by the truncate-only garbled circuit (`exact`, the
+//!   same guarantee) or locally (`local`, Delphi's choice): each party
+//!   truncates its own share ([`local_truncate_server`],
+//!   [`local_truncate_client`]). Local truncation is exact up to
+//!   `e ∈ {−1, 0}` unless the uniform share falls within `|y|` of the wrap
+//!   point: probability at most `2^(ℓ+1) / P` per element when `|y| < 2^ℓ`
+//!   ([`local_truncation_failure_bound`]); a failure turns the element into
+//!   garbage of magnitude ≈ `P / 2^f`.
 
 use thiserror::Error;
 
@@ -199,50 +201,63 @@ pub fn centred_mod(v: u64, m: u64) -> i64 {
     }
 }
 
+/// Largest number of fractional bits a weight encoding may use: a site
+/// truncates by at most this much (`P − 1 = 2^16·k`).
+pub const MAX_TRUNC_BITS: u32 = TWO_ADICITY;
+
+/// Encoded weights stay below `2^WEIGHT_MAGNITUDE_BITS` in magnitude (one bit
+/// of margin under the `2^16` bound of the HE noise analysis).
+pub const WEIGHT_MAGNITUDE_BITS: u32 = 15;
+
 /// Fixed-point parameters: how reals map to field elements.
+///
+/// Old model files stored `weight_frac_bits` (one scale for all layers); it
+/// now reads as the cap `max_weight_frac_bits` of the per-layer scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FixedPoint {
     /// Fractional bits of activations (`fa`).
     pub act_frac_bits: u32,
-    /// Fractional bits of weights, which is also the truncation amount at each site (`fw`).
-    pub weight_frac_bits: u32,
+    /// Cap on the per-layer weight fractional bits `fw_l` (at most 16).
+    #[serde(alias = "weight_frac_bits")]
+    pub max_weight_frac_bits: u32,
 }
 
 impl Default for FixedPoint {
     fn default() -> Self {
         Self {
             act_frac_bits: 8,
-            weight_frac_bits: 12,
+            max_weight_frac_bits: MAX_TRUNC_BITS,
         }
     }
 }
 
 impl FixedPoint {
     /// Validated parameters.
-    pub fn new(act_frac_bits: u32, weight_frac_bits: u32) -> Result<Self, FixedError> {
+    pub fn new(act_frac_bits: u32, max_weight_frac_bits: u32) -> Result<Self, FixedError> {
         let fp = Self {
             act_frac_bits,
-            weight_frac_bits,
+            max_weight_frac_bits,
         };
         fp.validate()?;
         Ok(fp)
     }
 
-    /// Checks that the truncation amount divides the field structure and that
+    /// Checks that the weight scales fit the field structure and that
     /// products leave head-room in the field.
     pub fn validate(&self) -> Result<(), FixedError> {
-        if self.weight_frac_bits == 0 || self.weight_frac_bits > TWO_ADICITY {
+        if self.max_weight_frac_bits == 0 || self.max_weight_frac_bits > MAX_TRUNC_BITS {
             return Err(FixedError::InvalidParams {
                 reason: format!(
-                    "weight_frac_bits = {} must be in 1..={TWO_ADICITY} (P − 1 = 2^{TWO_ADICITY}·k)",
-                    self.weight_frac_bits
+                    "max_weight_frac_bits = {} must be in 1..={MAX_TRUNC_BITS} (P − 1 = 2^{TWO_ADICITY}·k)",
+                    self.max_weight_frac_bits
                 ),
             });
         }
-        if self.act_frac_bits == 0 || self.act_frac_bits + self.weight_frac_bits + 8 >= FIELD_BITS {
+        if self.act_frac_bits == 0 || 2 * self.act_frac_bits + MAX_TRUNC_BITS + 8 >= FIELD_BITS {
             return Err(FixedError::InvalidParams {
                 reason: format!(
-                    "act_frac_bits = {} leaves no head-room: fa + fw + 8 must be < {FIELD_BITS}",
+                    "act_frac_bits = {} leaves no head-room: 2·fa + 16 + 8 must be < {FIELD_BITS} \
+                     (a polynomial element's t² carries 2·fa bits before its coefficient)",
                     self.act_frac_bits
                 ),
             });
@@ -250,43 +265,63 @@ impl FixedPoint {
         Ok(())
     }
 
-    /// Scale of a linear layer's output, `2^(fa+fw)`, as a shift.
-    pub fn product_frac_bits(&self) -> u32 {
-        self.act_frac_bits + self.weight_frac_bits
-    }
-
     /// Encodes an activation (input pixel) at scale `2^fa`.
     pub fn encode_act(&self, x: f64, what: &str) -> Result<u64, FixedError> {
         encode(x, self.act_frac_bits, what)
-    }
-
-    /// Encodes a weight at scale `2^fw`.
-    pub fn encode_weight(&self, w: f64, what: &str) -> Result<u64, FixedError> {
-        encode(w, self.weight_frac_bits, what)
-    }
-
-    /// Encodes a bias at scale `2^(fa+fw)`.
-    pub fn encode_bias(&self, b: f64, what: &str) -> Result<u64, FixedError> {
-        encode(b, self.product_frac_bits(), what)
     }
 
     /// Decodes an activation-scale element.
     pub fn decode_act(&self, v: u64) -> f64 {
         decode(v, self.act_frac_bits)
     }
+}
 
-    /// Decodes a linear-layer output (scale `2^(fa+fw)`), e.g. the logits.
-    pub fn decode_product(&self, v: u64) -> f64 {
-        decode(v, self.product_frac_bits())
+/// Floor division by `2^f` after adding `2^(f−1)`: the signed value divided
+/// by `2^f` and rounded to nearest (halves up), back in the field. `f = 0`
+/// is the identity.
+#[inline]
+pub fn truncate_round(a: u64, f: u32) -> u64 {
+    if f == 0 {
+        return a;
     }
+    from_i64((to_i64(a) + (1i64 << (f - 1))) >> f)
+}
 
-    /// Statistical security `σ` of identity/polynomial elements whose
-    /// pre-truncation magnitude is below `2^magnitude_bits` (scale
-    /// `2^(fa+fw)` included): the mask spans `2^(ℓ+σ)` with `ℓ + σ + 2 =
-    /// FIELD_BITS`, i.e. `σ = 53 − ℓ`.
-    pub fn identity_stat_security_bits(&self, magnitude_bits: u32) -> i64 {
-        FIELD_BITS as i64 - 2 - magnitude_bits as i64
+/// The public constant a party adds to its share before truncating by `f`
+/// so that the truncation rounds to nearest (`2^(f−1)`, 0 for `f = 0`).
+#[inline]
+pub fn round_offset(f: u32) -> u64 {
+    if f == 0 {
+        0
+    } else {
+        1u64 << (f - 1)
     }
+}
+
+/// Local truncation, server side: `floor(a / 2^f)` of the server's share
+/// `a ∈ [0, P)` (the rounding offset already added).
+///
+/// With `a` uniform and `a + b ≡ y (mod P)`, `|y| < 2^ℓ`, the integers
+/// `a + (b − P)` equal `y` except with probability `≤ (|y| + 1) / P`, and then
+/// `floor(a/2^f) + floor((b − P)/2^f) ∈ {floor(y/2^f) − 1, floor(y/2^f)}`.
+#[inline]
+pub fn local_truncate_server(a: u64, f: u32) -> u64 {
+    a >> f
+}
+
+/// Local truncation, client side: `floor((b − P) / 2^f) mod P` of the
+/// client's share `b ∈ [0, P)` (see [`local_truncate_server`]).
+#[inline]
+pub fn local_truncate_client(b: u64, f: u32) -> u64 {
+    // floor((b − P)/2^f) = −ceil((P − b)/2^f), a negative integer ≥ −P/2^f.
+    let m = (P - b).div_ceil(1u64 << f);
+    neg(m % P)
+}
+
+/// Per-element failure bound `2^(ℓ+1) / P` of local truncation when the
+/// value before truncation satisfies `|y| < 2^ℓ`.
+pub fn local_truncation_failure_bound(magnitude_bits: u32) -> f64 {
+    2f64.powi(magnitude_bits as i32 + 1) / P as f64
 }
 
 /// Encodes `x` at scale `2^frac_bits`, rounding to nearest.
@@ -396,6 +431,51 @@ mod tests {
     }
 
     #[test]
+    fn rounding_truncation() {
+        for (y, f, want) in [
+            (5i64, 1u32, 3i64),
+            (-5, 1, -2),
+            (4095, 12, 1),
+            (2047, 12, 0),
+            (2048, 12, 1),
+            (-2048, 12, 0),
+            (-2049, 12, -1),
+            (7, 0, 7),
+        ] {
+            assert_eq!(to_i64(truncate_round(from_i64(y), f)), want, "y={y} f={f}");
+        }
+    }
+
+    #[test]
+    fn local_truncation_is_floor_up_to_minus_one() {
+        let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(8);
+        for f in [1u32, 8, 12, 16, 20, 24] {
+            for i in 0..20_000 {
+                let y: i64 = match i {
+                    0 => 0,
+                    1 => 1,
+                    2 => -1,
+                    _ => rng.gen_range(-(1i64 << 36)..(1i64 << 36)),
+                };
+                let a = match i {
+                    3 => 0,
+                    4 => P - 1,
+                    _ => rng.gen_range(0..P),
+                };
+                let b = sub(from_i64(y), a);
+                let t = add(local_truncate_server(a, f), local_truncate_client(b, f));
+                let e = to_i64(t) - (y >> f);
+                // Failure needs a within |y| of the wrap point: probability ≤ 2^-18 here.
+                let near_wrap = (y >= 0 && (a as i64) <= y) || (y < 0 && a > P - y.unsigned_abs());
+                if !near_wrap {
+                    assert!((-1..=0).contains(&e), "f={f} y={y} a={a} e={e}");
+                }
+            }
+        }
+        assert!(local_truncation_failure_bound(28) < 2f64.powi(-25));
+    }
+
+    #[test]
     fn encoding_rejects_bad_values() {
         let fp = FixedPoint::default();
         assert!(matches!(
@@ -408,6 +488,10 @@ mod tests {
         ));
         assert_eq!(fp.decode_act(fp.encode_act(-1.5, "x").unwrap()), -1.5);
         assert!(FixedPoint::new(8, 17).is_err());
-        assert!(FixedPoint::new(40, 12).is_err());
+        assert!(FixedPoint::new(20, 12).is_err());
+        // Old headers name the single weight scale `weight_frac_bits`.
+        let old: FixedPoint =
+            serde_json::from_str(r#"{"act_frac_bits":8,"weight_frac_bits":12}"#).unwrap();
+        assert_eq!(old, FixedPoint::new(8, 12).unwrap());
     }
 }

@@ -6,5 +6,7 @@
 
 pub mod gc;
 pub mod he;
+pub mod inference;
+pub mod msg;
 pub mod net;
 pub mod ot;

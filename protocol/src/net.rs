@@ -1,14 +1,20 @@
 //! Transport: framed, size-limited, metered channels between the two parties.
 //!
 //! Protocol cores never touch sockets: they produce and consume typed
-//! messages (one enum per protocol, implementing [`Wire`]) and a [`Channel`]
-//! moves them over TCP (tokio) or an in-memory duplex (tests, `pibench run`
-//! in one process). Every frame is a little-endian `u32` length followed by
-//! the payload; a length above the channel's limit is refused before any
-//! allocation. Bytes, messages and rounds are counted per phase.
+//! messages and a [`Channel`] moves them over TCP (tokio) or an in-memory
+//! duplex (tests). Every frame is a little-endian `u32` length followed by
+//! the payload; the payload of a protocol message starts with its envelope
+//! tag ([`crate::msg`]: one tag space for session, OT, GC, HE and online
+//! messages), then the family's own encoding ([`Wire`]). A length above the
+//! channel's limit is refused before any allocation, and the receive buffer
+//! grows only as bytes actually arrive, so a 4-byte header cannot make the
+//! receiver allocate more than the peer sends. Every receive has a timeout
+//! ([`Channel::with_timeout`]). Bytes, messages and rounds are counted per
+//! phase and per layer.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -16,6 +22,11 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 /// Default largest frame a channel accepts (256 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
+/// Default time a receive waits for the peer (10 minutes: longer than any
+/// single step of the largest offline phase on a slow machine).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Receive buffers grow by at most this much before the bytes are there.
+const READ_CHUNK: usize = 1 << 20;
 
 /// Transport and framing errors.
 #[derive(Debug, Error)]
@@ -54,6 +65,28 @@ pub enum NetError {
         #[source]
         source: WireError,
     },
+    /// A message of another family arrived (by its envelope tag).
+    #[error("expected a {expected} message, got a {got} message")]
+    UnexpectedMessage {
+        /// The family that was expected.
+        expected: &'static str,
+        /// The family that arrived.
+        got: String,
+    },
+    /// The peer sent an abort message explaining why it ends the session.
+    #[error("the peer aborted: {reason}")]
+    PeerAborted {
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The peer sent nothing for longer than the channel's timeout.
+    #[error("peer sent nothing for {seconds:.0} s while {context} (timeout)")]
+    Timeout {
+        /// The timeout.
+        seconds: f64,
+        /// What the channel was doing.
+        context: String,
+    },
 }
 
 /// A message that failed to decode: what was wrong and at which byte offset.
@@ -70,9 +103,11 @@ pub struct WireError {
 pub trait Wire: Sized {
     /// Name used in error messages.
     const NAME: &'static str;
-    /// Appends the encoding to `out`.
+    /// Envelope tag of the message family ([`crate::msg`]); `None` for raw frames.
+    const TAG: Option<u8> = None;
+    /// Appends the encoding (without the envelope tag) to `out`.
     fn encode(&self, out: &mut Vec<u8>);
-    /// Decodes a whole payload.
+    /// Decodes a whole payload (without the envelope tag).
     fn decode(bytes: &[u8]) -> Result<Self, WireError>;
 }
 
@@ -188,11 +223,13 @@ pub struct PhaseTraffic {
     pub rounds: u64,
 }
 
-/// Per-phase byte, message and round counters.
+/// Per-phase (and per-layer) byte, message and round counters.
 #[derive(Debug, Clone, Default)]
 pub struct Meter {
     phase: String,
+    layer: Option<String>,
     phases: BTreeMap<String, PhaseTraffic>,
+    layers: BTreeMap<(String, String), PhaseTraffic>,
     last_was_receive: bool,
 }
 
@@ -202,31 +239,49 @@ impl Meter {
         self.phase = phase.into();
     }
 
+    /// Layer (node name) that new traffic is also attributed to; `None` for none.
+    pub fn set_layer(&mut self, layer: Option<String>) {
+        self.layer = layer;
+    }
+
+    /// Traffic per `(layer, phase)`.
+    pub fn layers(&self) -> &BTreeMap<(String, String), PhaseTraffic> {
+        &self.layers
+    }
+
     /// The current phase.
     pub fn phase(&self) -> &str {
         &self.phase
     }
 
-    fn entry(&mut self) -> &mut PhaseTraffic {
-        self.phases.entry(self.phase.clone()).or_default()
+    fn update(&mut self, f: impl Fn(&mut PhaseTraffic)) {
+        f(self.phases.entry(self.phase.clone()).or_default());
+        if let Some(layer) = &self.layer {
+            f(self
+                .layers
+                .entry((layer.clone(), self.phase.clone()))
+                .or_default());
+        }
     }
 
     fn on_send(&mut self, bytes: u64) {
         let round = self.last_was_receive;
         self.last_was_receive = false;
-        let e = self.entry();
-        e.bytes_sent += bytes;
-        e.messages_sent += 1;
-        if round {
-            e.rounds += 1;
-        }
+        self.update(|e| {
+            e.bytes_sent += bytes;
+            e.messages_sent += 1;
+            if round {
+                e.rounds += 1;
+            }
+        });
     }
 
     fn on_receive(&mut self, bytes: u64) {
         self.last_was_receive = true;
-        let e = self.entry();
-        e.bytes_received += bytes;
-        e.messages_received += 1;
+        self.update(|e| {
+            e.bytes_received += bytes;
+            e.messages_received += 1;
+        });
     }
 
     /// Traffic of every phase seen so far.
@@ -264,6 +319,7 @@ pub struct Channel {
     writer: BufWriter<BoxWrite>,
     meter: Meter,
     max_frame: usize,
+    timeout: Duration,
     scratch: Vec<u8>,
     dirty: bool,
 }
@@ -288,9 +344,26 @@ impl Channel {
             writer: BufWriter::with_capacity(1 << 16, Box::new(writer)),
             meter: Meter::default(),
             max_frame: DEFAULT_MAX_FRAME,
+            timeout: DEFAULT_TIMEOUT,
             scratch: Vec::new(),
             dirty: false,
         }
+    }
+
+    /// Sets how long a receive (and a flush) waits for the peer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Changes the receive timeout of an open channel.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The receive timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sets the largest frame this side accepts.
@@ -309,6 +382,11 @@ impl Channel {
         self.meter.set_phase(phase);
     }
 
+    /// Also attributes subsequent traffic to `layer` (a node name), or to none.
+    pub fn set_layer(&mut self, layer: Option<String>) {
+        self.meter.set_layer(layer);
+    }
+
     /// The traffic counters.
     pub fn meter(&self) -> &Meter {
         &self.meter
@@ -318,6 +396,9 @@ impl Channel {
     pub async fn send<M: Wire>(&mut self, msg: &M) -> Result<(), NetError> {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
+        if let Some(tag) = M::TAG {
+            buf.push(tag);
+        }
         msg.encode(&mut buf);
         let res = self.send_bytes(&buf, M::NAME).await;
         self.scratch = buf;
@@ -347,36 +428,84 @@ impl Channel {
         Ok(())
     }
 
-    /// Flushes buffered frames to the peer.
+    /// Flushes buffered frames to the peer (bounded by the timeout: a peer
+    /// that stops reading cannot hold us forever).
     pub async fn flush(&mut self) -> Result<(), NetError> {
         if self.dirty {
-            self.writer
-                .flush()
-                .await
-                .map_err(|e| io_err(e, "flushing".into()))?;
+            let timeout = self.timeout;
+            match tokio::time::timeout(timeout, self.writer.flush()).await {
+                Ok(r) => r.map_err(|e| io_err(e, "flushing".into()))?,
+                Err(_) => {
+                    return Err(NetError::Timeout {
+                        seconds: timeout.as_secs_f64(),
+                        context: "flushing (the peer stopped reading)".into(),
+                    })
+                }
+            }
             self.dirty = false;
         }
         Ok(())
     }
 
-    /// Receives a typed message.
+    /// Receives a typed message: checks the envelope tag, then decodes.
     pub async fn recv<M: Wire>(&mut self) -> Result<M, NetError> {
         let bytes = self.recv_bytes(M::NAME).await?;
-        M::decode(&bytes).map_err(|source| NetError::Malformed {
-            message: M::NAME,
-            source,
+        let body = match M::TAG {
+            None => &bytes[..],
+            Some(tag) => match bytes.first() {
+                Some(&t) if t == tag => &bytes[1..],
+                Some(&t) => {
+                    // A peer that gives up says why: surface its reason.
+                    if t == crate::msg::TAG_SESSION {
+                        if let Ok(crate::inference::SessionMessage::Abort { reason }) =
+                            crate::inference::SessionMessage::decode(&bytes[1..])
+                        {
+                            return Err(NetError::PeerAborted { reason });
+                        }
+                    }
+                    return Err(NetError::UnexpectedMessage {
+                        expected: M::NAME,
+                        got: crate::msg::tag_name(t),
+                    });
+                }
+                None => {
+                    return Err(NetError::Malformed {
+                        message: M::NAME,
+                        source: WireError {
+                            what: "empty frame (no envelope tag)".into(),
+                            offset: 0,
+                        },
+                    })
+                }
+            },
+        };
+        let skip = usize::from(M::TAG.is_some());
+        M::decode(body).map_err(|mut source| {
+            source.offset += skip;
+            NetError::Malformed {
+                message: M::NAME,
+                source,
+            }
         })
     }
 
-    /// Receives one raw frame (flushing pending sends first, so two parties never wait on each other).
+    /// Receives one raw frame (flushing pending sends first, so two parties
+    /// never wait on each other). Each wait for bytes is bounded by the
+    /// timeout; the buffer grows as the payload arrives.
     pub async fn recv_bytes(&mut self, what: &str) -> Result<Vec<u8>, NetError> {
         self.flush().await?;
+        let timeout = self.timeout;
         let ctx = || format!("receiving {what}");
         let mut len = [0u8; 4];
-        self.reader
-            .read_exact(&mut len)
-            .await
-            .map_err(|e| io_err(e, ctx()))?;
+        match tokio::time::timeout(timeout, self.reader.read_exact(&mut len)).await {
+            Ok(r) => r.map_err(|e| io_err(e, ctx()))?,
+            Err(_) => {
+                return Err(NetError::Timeout {
+                    seconds: timeout.as_secs_f64(),
+                    context: ctx(),
+                })
+            }
+        };
         let len = u32::from_le_bytes(len) as usize;
         if len > self.max_frame {
             return Err(NetError::FrameTooLarge {
@@ -385,11 +514,43 @@ impl Channel {
                 context: ctx(),
             });
         }
-        let mut buf = vec![0u8; len];
-        self.reader
-            .read_exact(&mut buf)
-            .await
-            .map_err(|e| io_err(e, ctx()))?;
+        let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+        while buf.len() < len {
+            let want = (len - buf.len()).min(READ_CHUNK);
+            let start = buf.len();
+            buf.resize(start + want, 0);
+            let mut filled = 0;
+            while filled < want {
+                let read = tokio::time::timeout(
+                    timeout,
+                    self.reader.read(&mut buf[start + filled..start + want]),
+                )
+                .await;
+                match read {
+                    Ok(Ok(0)) => {
+                        return Err(NetError::Closed {
+                            context: format!(
+                                "{} (frame cut after {} of {len} bytes)",
+                                ctx(),
+                                start + filled
+                            ),
+                        })
+                    }
+                    Ok(Ok(n)) => filled += n,
+                    Ok(Err(e)) => return Err(io_err(e, ctx())),
+                    Err(_) => {
+                        return Err(NetError::Timeout {
+                            seconds: timeout.as_secs_f64(),
+                            context: format!(
+                                "{} ({} of {len} bytes arrived)",
+                                ctx(),
+                                start + filled
+                            ),
+                        })
+                    }
+                }
+            }
+        }
         self.meter.on_receive(len as u64 + 4);
         Ok(buf)
     }

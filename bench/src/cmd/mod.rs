@@ -1,7 +1,9 @@
 //! One module per `pibench` subcommand.
 
 pub mod count;
+pub mod infer;
 pub mod micro;
 pub mod micro_linear;
 pub mod micro_relu;
+pub mod model_args;
 pub mod prune;

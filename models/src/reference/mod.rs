@@ -6,36 +6,40 @@
 //! the [`Evaluator`] trait, and both call the same generic layer kernels of
 //! [`kernels`] (on `f64` and on `u64` field elements respectively).
 //!
-//! # Fixed-point semantics
-//! Values carry a scale: *activation* `2^fa` or *product* `2^(fa+fw)`.
-//! * Input: encoded at `2^fa` (round to nearest).
-//! * Conv / Linear: input at `2^fa`; weights with the batch norm folded in,
-//!   encoded at `2^fw`; bias at `2^(fa+fw)`; output at `2^(fa+fw)`.
-//! * Add: operands at equal scale are added; an activation-scale operand
-//!   (a shortcut from a site's output) is first lifted by an exact
-//!   multiplication with `2^fw`.
-//! * Site (input at `2^(fa+fw)`): `t = truncate(y, fw)` (signed floor), then
-//!   per element: ReLU `max(t, 0)`; identity `t`; polynomial
-//!   `s = truncate(t·t, fa)`, `out = truncate(A2·s + A1·t + A0·2^fa, fw)`
-//!   with `A_i` the channel's coefficients at `2^fw`. Output at `2^fa`.
-//! * Global average pool followed (through Flatten) by a Linear: the pool
-//!   computes plane sums (exact) and the Linear's weights are divided by the
-//!   plane size before encoding.
-//! * Other average pools: `truncate(sum · round(2^fw / window), fw)`; the
-//!   scale is unchanged.
-//! * Standalone batch norm (pre-activation nets): scale at `2^fw`, shift at
-//!   `2^(fa+fw)`; on a product-scale input `truncate(scale·x, fw) + shift`,
-//!   on an activation-scale input `scale·x + shift`; output at `2^(fa+fw)`.
-//! * Logits at `2^(fa+fw)`.
+//! # Fixed-point semantics: the scale plan
+//! Every value carries a scale, a number of fractional bits; the plan
+//! ([`EncodedNetwork::new`]) fixes it per node from the public structure and
+//! the weights, and the protocol follows the same plan (it is part of the
+//! public architecture both parties agree on).
+//! * Input: encoded at `fa` bits (round to nearest).
+//! * Conv / Linear (batch norm folded in): weights at a per-layer `fw_l`
+//!   bits, the largest `≤ max_weight_frac_bits` that keeps every encoded
+//!   weight below `2^15` and — when the output reaches a truncation point —
+//!   keeps the output scale `s_in + fw_l ≤ fa + 16`; bias at `s_in + fw_l`.
+//! * Add: operands are aligned exactly: the lower-scale one is multiplied by
+//!   `2^(s_hi − s_lo)`; output at `s_hi`.
+//! * Average pools (global or `k×k`) sum their window exactly; a
+//!   power-of-two window of `2^m` elements then just reads the sum at scale
+//!   `s + m` (no rounding at all). Other windows multiply by
+//!   `round(2^16 / window)` and truncate by 16 (a truncation point).
+//! * Standalone batch norm (pre-activation nets): per-channel scale at
+//!   `fw_bn` bits, shift at `s_in + fw_bn`; if that leaves the value above
+//!   `fa + 16` bits before a site, it truncates by the excess (a truncation
+//!   point).
+//! * Site (input at `s`): `t = round(y / 2^f)` with `f = s − fa ≤ 16`
+//!   ([`fixed::truncate_round`]; a site fed at scale `fa` is first lifted by
+//!   one bit so that `f ≥ 1`), then per element: ReLU `max(t, 0)`; identity
+//!   `t`; polynomial `round((A2·t² + A1·2^fa·t + A0·2^(2fa)) / 2^(fa+fp))`
+//!   with the channel's coefficients at `fp` bits (one rounding).
+//! * Logits at the last node's scale.
 //!
-//! The pass reports, per truncation point (sites, pools, batch norms), the
-//! largest `|value|` before truncation, and fails with
-//! [`ModelError::Overflow`] as soon as a value (or, for linear layers, the
-//! bound `max|x|·max_o Σ|w| + max|b|`) reaches `2^`[`SAFE_BITS`].
+//! The pass reports, per truncation point, the largest `|value|` before
+//! truncation and its scale, and fails with [`ModelError::Overflow`] as soon
+//! as a value (or, for linear layers, the bound `max|x|·max_o Σ|w| +
+//! max|b|`) reaches `2^`[`SAFE_BITS`].
 
+pub mod gemm;
 pub mod kernels;
-
-use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,12 +79,11 @@ pub trait Evaluator {
         bn: &BatchNorm,
         x: &Self::Value,
     ) -> Result<Self::Value>;
-    /// Fully connected layer; `pooled_from` is set when a global average pool is folded into it.
+    /// Fully connected layer.
     fn linear(
         &mut self,
         ctx: &NodeCtx<'_>,
         linear: &Linear,
-        pooled_from: Option<FeatureShape>,
         x: &Self::Value,
     ) -> Result<Self::Value>;
     /// Average pool.
@@ -91,34 +94,12 @@ pub trait Evaluator {
         stride: usize,
         x: &Self::Value,
     ) -> Result<Self::Value>;
-    /// Global average pool; `folded` when the following Linear takes the division.
-    fn global_avgpool(
-        &mut self,
-        ctx: &NodeCtx<'_>,
-        folded: bool,
-        x: &Self::Value,
-    ) -> Result<Self::Value>;
+    /// Global average pool.
+    fn global_avgpool(&mut self, ctx: &NodeCtx<'_>, x: &Self::Value) -> Result<Self::Value>;
     /// Residual add.
     fn add(&mut self, ctx: &NodeCtx<'_>, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
     /// Activation site.
     fn site(&mut self, ctx: &NodeCtx<'_>, site: &Site, x: &Self::Value) -> Result<Self::Value>;
-}
-
-/// Global average pools whose division is folded into the following Linear.
-pub fn folded_pools(net: &Network) -> HashSet<usize> {
-    let mut set = HashSet::new();
-    for (i, n) in net.nodes.iter().enumerate() {
-        if matches!(n.op, Op::Linear(_)) && net.pooled_input_of(i).is_some() {
-            let flat = n.inputs[0];
-            let pool = if matches!(net.nodes[flat].op, Op::Flatten) {
-                net.nodes[flat].inputs[0]
-            } else {
-                flat
-            };
-            set.insert(pool);
-        }
-    }
-    set
 }
 
 /// Runs `eval` over the network's op list and returns the last node's value.
@@ -165,7 +146,6 @@ fn walk<E: Evaluator>(
             shape: net.input.to_string(),
         });
     }
-    let folded = folded_pools(net);
     // Free each value after its last use.
     let mut last_use = vec![0usize; net.nodes.len()];
     for (i, n) in net.nodes.iter().enumerate() {
@@ -201,9 +181,9 @@ fn walk<E: Evaluator>(
             Op::Input => eval.input(input, net.input)?,
             Op::Conv2d(c) => eval.conv(&ctx, c, arg(0)?)?,
             Op::BatchNorm(bn) => eval.batchnorm(&ctx, bn, arg(0)?)?,
-            Op::Linear(l) => eval.linear(&ctx, l, net.pooled_input_of(i), arg(0)?)?,
+            Op::Linear(l) => eval.linear(&ctx, l, arg(0)?)?,
             Op::AvgPool { kernel, stride } => eval.avgpool(&ctx, *kernel, *stride, arg(0)?)?,
-            Op::GlobalAvgPool => eval.global_avgpool(&ctx, folded.contains(&i), arg(0)?)?,
+            Op::GlobalAvgPool => eval.global_avgpool(&ctx, arg(0)?)?,
             Op::Add => eval.add(&ctx, arg(0)?, arg(1)?)?,
             Op::Flatten => arg(0)?.clone(),
             Op::Site(s) => eval.site(&ctx, s, arg(0)?)?,
@@ -231,9 +211,19 @@ fn geometry(c: &Conv2d, input: FeatureShape) -> ConvGeometry {
     }
 }
 
-/// The float reference (computed in `f64`).
-#[derive(Debug, Default)]
-pub struct FloatEvaluator;
+/// The float reference (computed in `f64`; convolutions as matrix products
+/// over `threads` threads).
+#[derive(Debug)]
+pub struct FloatEvaluator {
+    /// Threads for the convolutions.
+    pub threads: usize,
+}
+
+impl Default for FloatEvaluator {
+    fn default() -> Self {
+        Self { threads: 1 }
+    }
+}
 
 impl Evaluator for FloatEvaluator {
     type Value = Vec<f64>;
@@ -244,11 +234,12 @@ impl Evaluator for FloatEvaluator {
 
     fn conv(&mut self, ctx: &NodeCtx<'_>, conv: &Conv2d, x: &Vec<f64>) -> Result<Vec<f64>> {
         let (w, b) = conv.folded();
-        Ok(kernels::conv2d(
+        Ok(gemm::conv2d_f64(
             x,
             &w,
             Some(&b),
             &geometry(conv, ctx.in_shape),
+            self.threads,
         ))
     }
 
@@ -261,16 +252,10 @@ impl Evaluator for FloatEvaluator {
             .collect())
     }
 
-    fn linear(
-        &mut self,
-        _ctx: &NodeCtx<'_>,
-        l: &Linear,
-        _pooled_from: Option<FeatureShape>,
-        x: &Vec<f64>,
-    ) -> Result<Vec<f64>> {
+    fn linear(&mut self, _ctx: &NodeCtx<'_>, l: &Linear, x: &Vec<f64>) -> Result<Vec<f64>> {
         let w: Vec<f64> = l.weight.data.iter().map(|&v| v as f64).collect();
         let b: Vec<f64> = l.bias.iter().map(|&v| v as f64).collect();
-        Ok(kernels::linear(x, &w, Some(&b), l.out_features))
+        Ok(gemm::linear_f64(x, &w, Some(&b), l.out_features))
     }
 
     fn avgpool(
@@ -287,12 +272,7 @@ impl Evaluator for FloatEvaluator {
             .collect())
     }
 
-    fn global_avgpool(
-        &mut self,
-        ctx: &NodeCtx<'_>,
-        _folded: bool,
-        x: &Vec<f64>,
-    ) -> Result<Vec<f64>> {
+    fn global_avgpool(&mut self, ctx: &NodeCtx<'_>, x: &Vec<f64>) -> Result<Vec<f64>> {
         let k = ctx.in_shape.plane() as f64;
         Ok(kernels::global_sum_pool(x, ctx.in_shape)
             .into_iter()
@@ -325,17 +305,7 @@ impl Evaluator for FloatEvaluator {
 
 /// Float forward pass: logits.
 pub fn forward_float(net: &Network, input: &[f32]) -> Result<Vec<f64>> {
-    forward(net, &mut FloatEvaluator, input)
-}
-
-/// Scale of a fixed-point value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scale {
-    /// `2^fa`.
-    Act,
-    /// `2^(fa+fw)`.
-    Product,
+    forward(net, &mut FloatEvaluator::default(), input)
 }
 
 /// A fixed-point tensor: field elements and their scale.
@@ -343,8 +313,43 @@ pub enum Scale {
 pub struct FixedValue {
     /// Elements in `[0, P)`.
     pub data: Vec<u64>,
-    /// Their scale.
-    pub scale: Scale,
+    /// Fractional bits of every element.
+    pub frac_bits: u32,
+}
+
+/// Which kind of truncation point a [`TruncationStat`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncKind {
+    /// A site's input (all elements; ReLU elements in the garbled circuit).
+    Site,
+    /// The second rounding of a site's polynomial elements.
+    SitePoly,
+    /// A standalone batch norm that truncates.
+    BatchNorm,
+    /// A non-power-of-two average pool.
+    AvgPool,
+    /// A non-power-of-two global average pool.
+    GlobalAvgPool,
+}
+
+impl TruncKind {
+    /// Short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TruncKind::Site => "site",
+            TruncKind::SitePoly => "site_poly",
+            TruncKind::BatchNorm => "batchnorm",
+            TruncKind::AvgPool => "avgpool",
+            TruncKind::GlobalAvgPool => "global_avgpool",
+        }
+    }
+}
+
+impl std::fmt::Display for TruncKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Largest value before truncation at one truncation point.
@@ -354,12 +359,60 @@ pub struct TruncationStat {
     pub node: usize,
     /// Node (site) name.
     pub name: String,
-    /// `site`, `avgpool`, `global_avgpool` or `batchnorm`.
-    pub kind: String,
+    /// What is truncated.
+    pub kind: TruncKind,
     /// Largest `|y|` before truncation (integer at the pre-truncation scale).
     pub max_abs: u64,
     /// Bits of `max_abs` (`ℓ` with `max_abs < 2^ℓ`).
     pub bits: u32,
+    /// Fractional bits of the value before truncation (`max_abs / 2^frac_bits` is real).
+    pub frac_bits: u32,
+    /// Truncation amount.
+    pub trunc_bits: u32,
+}
+
+impl TruncationStat {
+    /// The bound as a real number.
+    pub fn max_real(&self) -> f64 {
+        self.max_abs as f64 / 2f64.powi(self.frac_bits as i32)
+    }
+}
+
+/// How an average pool (or global average pool) is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum PoolPlan {
+    /// Window of `2^shift` elements: the exact sum, read at `shift` more fractional bits.
+    Exact {
+        /// `log2(window)`.
+        shift: u32,
+    },
+    /// Other windows: `round(sum · multiplier / 2^trunc)`, `multiplier = round(2^trunc / window)`.
+    Rounded {
+        /// `round(2^trunc / window)`.
+        multiplier: u64,
+        /// Truncation amount (16).
+        trunc: u32,
+    },
+}
+
+/// A site's replacement polynomial, encoded: the value before the final
+/// rounding is `v = c2·t² + c1·t + c0` (scale `2·fa + frac_bits`), the
+/// output `round(v / 2^trunc)` with `trunc = fa + frac_bits`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolyPlan {
+    /// `A2` per channel (at `frac_bits`).
+    pub c2: Vec<u64>,
+    /// `A1·2^fa` per channel.
+    pub c1: Vec<u64>,
+    /// `A0·2^(2fa)` per channel.
+    pub c0: Vec<u64>,
+    /// Fractional bits of the coefficients.
+    pub frac_bits: u32,
+    /// Final truncation amount `fa + frac_bits` (may exceed 16: the
+    /// protocol's exact mode then truncates in two garbled steps, which is
+    /// the same rounding because `floor(floor(x/2^a)/2^b) = floor(x/2^(a+b))`).
+    pub trunc: u32,
 }
 
 /// Encoded parameters of one node, exactly as the protocol uses them.
@@ -369,48 +422,60 @@ pub enum EncodedOp {
     Conv {
         /// Geometry.
         geometry: ConvGeometry,
-        /// Weights at `2^fw`.
+        /// Weights at `frac_bits`.
         weight: Vec<u64>,
-        /// Bias at `2^(fa+fw)`.
+        /// Bias at the output scale.
         bias: Vec<u64>,
+        /// The layer's weight fractional bits `fw_l`.
+        frac_bits: u32,
         /// `max_o Σ |w|` of the encoded weights.
         l1_max: u128,
         /// `max |b|`.
         bias_max: u64,
     },
-    /// Fully connected layer (weights divided by the pool size when a global pool is folded in).
+    /// Fully connected layer.
     Linear {
-        /// Weights at `2^fw`, `[out, in]`.
+        /// Weights at `frac_bits`, `[out, in]`.
         weight: Vec<u64>,
-        /// Bias at `2^(fa+fw)`.
+        /// Bias at the output scale.
         bias: Vec<u64>,
         /// Output features.
         out_features: usize,
-        /// `max_o Σ |w|`.
+        /// The layer's weight fractional bits `fw_l`.
+        frac_bits: u32,
+        /// `max_o Σ|w|`.
         l1_max: u128,
         /// `max |b|`.
         bias_max: u64,
     },
-    /// Standalone batch norm.
+    /// Standalone batch norm: `round((scale·x + shift) / 2^trunc)`.
     BatchNorm {
-        /// Per-channel scale at `2^fw`.
+        /// Per-channel scale at `frac_bits`.
         scale: Vec<u64>,
-        /// Per-channel shift at `2^(fa+fw)`.
+        /// Per-channel shift at `s_in + frac_bits`.
         shift: Vec<u64>,
+        /// Fractional bits of the scale.
+        frac_bits: u32,
+        /// Truncation amount (0: none).
+        trunc: u32,
         /// `max |scale|`.
         scale_max: u64,
     },
-    /// Average pool (or unfolded global pool): `truncate(sum · multiplier, fw)`.
-    Pool {
-        /// `round(2^fw / window)`.
-        multiplier: u64,
+    /// Average pool or global average pool.
+    Pool(PoolPlan),
+    /// Residual add: input `k` is multiplied by `2^lift[k]` first.
+    Add {
+        /// Exact lifts of the two operands.
+        lift: [u32; 2],
     },
-    /// Global average pool folded into the next Linear: plane sums only.
-    FoldedPool,
-    /// Site polynomial coefficients `A2, A1, A0` at `2^fw` per channel (`None`: identity replacement).
+    /// Activation site.
     Site {
-        /// `[A2, A1, A0]`, one value per channel each.
-        poly: Option<[Vec<u64>; 3]>,
+        /// The input is multiplied by `2^lift` first (so that `trunc ≥ 1`).
+        lift: u32,
+        /// Truncation amount of the site input (`1..=16`).
+        trunc: u32,
+        /// Polynomial replacing the masked-out elements (`None`: identity).
+        poly: Option<PolyPlan>,
     },
 }
 
@@ -438,140 +503,303 @@ fn bits(v: u128) -> u32 {
     128 - v.leading_zeros()
 }
 
-/// The network's parameters encoded for the fixed-point pass (and the protocol).
+/// The largest `f ≤ cap` with `|round(x·2^f)| < 2^WEIGHT_MAGNITUDE_BITS` for the largest `|x|`.
+fn frac_bits_for(max_real: f64, cap: u32) -> u32 {
+    let limit = 2f64.powi(fixed::WEIGHT_MAGNITUDE_BITS as i32);
+    let mut f = cap;
+    while f > 0 && (max_real * 2f64.powi(f as i32)).round() >= limit {
+        f -= 1;
+    }
+    f
+}
+
+/// The network's parameters and scale plan, encoded for the fixed-point
+/// pass and the protocol (one encoding for both).
 #[derive(Debug, Clone)]
 pub struct EncodedNetwork {
     /// Fixed-point parameters.
     pub fixed: FixedPoint,
-    /// Per node (`None` for input, add, flatten).
+    /// Per node (`None` for input and flatten).
     pub ops: Vec<Option<EncodedOp>>,
+    /// Fractional bits of each node's output.
+    pub scales: Vec<u32>,
 }
 
 impl EncodedNetwork {
-    /// Encodes every weight, bias, batch norm, pool multiplier and polynomial.
+    /// Plans every node's scale and encodes every weight, bias, batch norm,
+    /// pool and polynomial (see the module doc).
     pub fn new(net: &Network, fp: FixedPoint) -> Result<Self> {
         fp.validate()?;
         net.validate()?;
-        let folded = folded_pools(net);
-        let mut ops = Vec::with_capacity(net.nodes.len());
+        let fa = fp.act_frac_bits;
+        let top = fa + fixed::MAX_TRUNC_BITS;
+        let n = net.nodes.len();
+        // Does node i's output (through adds and flattens) reach an op that
+        // truncates or consumes a bounded scale?
+        let mut needs_cap = vec![false; n];
+        for i in (0..n).rev() {
+            needs_cap[i] = net.consumers(i).into_iter().any(|j| match net.nodes[j].op {
+                Op::Add | Op::Flatten => needs_cap[j],
+                _ => true,
+            });
+        }
+        let mut scales = vec![0u32; n];
+        let mut ops = Vec::with_capacity(n);
         for (i, node) in net.nodes.iter().enumerate() {
+            let s_in = node.inputs.first().map_or(fa, |&j| scales[j]);
             let in_shape = node
                 .inputs
                 .first()
                 .map_or(net.input, |&j| net.nodes[j].shape);
             let what = |t: &str| format!("{}.{t}", node.name);
-            let op = match &node.op {
+            let plan_err = |reason: String| ModelError::Graph {
+                node: i,
+                name: node.name.clone(),
+                reason,
+            };
+            let weight_cap = |s_in: u32| -> Result<u32> {
+                if !needs_cap[i] {
+                    return Ok(fp.max_weight_frac_bits);
+                }
+                match top.checked_sub(s_in) {
+                    Some(c) if c > 0 => Ok(c.min(fp.max_weight_frac_bits)),
+                    _ => Err(plan_err(format!(
+                        "input at 2^{s_in} leaves no fractional bits for the weights before the next \
+                         truncation (at most {} bits above the activation scale)",
+                        fixed::MAX_TRUNC_BITS
+                    ))),
+                }
+            };
+            // The error's label is formatted only when an element fails.
+            let encode_all = |v: &[f64], f: u32, t: &str| -> Result<Vec<u64>> {
+                v.iter()
+                    .enumerate()
+                    .map(|(k, &x)| {
+                        fixed::encode(x, f, "")
+                            .map_err(|_| fixed::encode(x, f, &format!("{} element {k}", what(t))))
+                            .map_err(|e| match e {
+                                Err(e) => ModelError::from(e),
+                                Ok(_) => ModelError::Graph {
+                                    node: i,
+                                    name: node.name.clone(),
+                                    reason: format!("cannot encode {}", what(t)),
+                                },
+                            })
+                    })
+                    .collect()
+            };
+            let max_real = |v: &[f64]| v.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let (op, scale) = match &node.op {
+                Op::Input => (None, fa),
+                Op::Flatten => (None, s_in),
                 Op::Conv2d(c) => {
                     let (w, b) = c.folded();
-                    let weight = w
-                        .iter()
-                        .map(|&v| fp.encode_weight(v, &what("weight")))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    let bias = b
-                        .iter()
-                        .map(|&v| fp.encode_bias(v, &what("bias")))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    Some(EncodedOp::Conv {
-                        geometry: geometry(c, in_shape),
-                        l1_max: l1_rows(&weight, c.cout),
-                        bias_max: max_abs(&bias),
-                        weight,
-                        bias,
-                    })
+                    let f = frac_bits_for(max_real(&w), weight_cap(s_in)?);
+                    let weight = encode_all(&w, f, "weight")?;
+                    let bias = encode_all(&b, s_in + f, "bias")?;
+                    check_weight_magnitude(i, &node.name, &weight)?;
+                    (
+                        Some(EncodedOp::Conv {
+                            geometry: geometry(c, in_shape),
+                            l1_max: l1_rows(&weight, c.cout),
+                            bias_max: max_abs(&bias),
+                            weight,
+                            bias,
+                            frac_bits: f,
+                        }),
+                        s_in + f,
+                    )
                 }
                 Op::Linear(l) => {
-                    let div = net.pooled_input_of(i).map_or(1.0, |s| s.plane() as f64);
-                    let weight = l
-                        .weight
-                        .data
-                        .iter()
-                        .map(|&v| fp.encode_weight(v as f64 / div, &what("weight")))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    let bias = l
-                        .bias
-                        .iter()
-                        .map(|&v| fp.encode_bias(v as f64, &what("bias")))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    Some(EncodedOp::Linear {
-                        l1_max: l1_rows(&weight, l.out_features),
-                        bias_max: max_abs(&bias),
-                        weight,
-                        bias,
-                        out_features: l.out_features,
-                    })
+                    let w: Vec<f64> = l.weight.data.iter().map(|&v| v as f64).collect();
+                    let b: Vec<f64> = l.bias.iter().map(|&v| v as f64).collect();
+                    let f = frac_bits_for(max_real(&w), weight_cap(s_in)?);
+                    let weight = encode_all(&w, f, "weight")?;
+                    let bias = encode_all(&b, s_in + f, "bias")?;
+                    check_weight_magnitude(i, &node.name, &weight)?;
+                    (
+                        Some(EncodedOp::Linear {
+                            l1_max: l1_rows(&weight, l.out_features),
+                            bias_max: max_abs(&bias),
+                            weight,
+                            bias,
+                            out_features: l.out_features,
+                            frac_bits: f,
+                        }),
+                        s_in + f,
+                    )
                 }
                 Op::BatchNorm(bn) => {
-                    let (s, t) = bn.affine();
-                    let scale = s
-                        .iter()
-                        .map(|&v| fp.encode_weight(v, &what("scale")))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    let shift = t
-                        .iter()
-                        .map(|&v| fp.encode_bias(v, &what("shift")))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    Some(EncodedOp::BatchNorm {
-                        scale_max: max_abs(&scale),
-                        scale,
-                        shift,
-                    })
+                    let (sc, sh) = bn.affine();
+                    let f = frac_bits_for(max_real(&sc), fp.max_weight_frac_bits);
+                    let scale = encode_all(&sc, f, "scale")?;
+                    let shift = encode_all(&sh, s_in + f, "shift")?;
+                    check_weight_magnitude(i, &node.name, &scale)?;
+                    let mid = s_in + f;
+                    let trunc = if needs_cap[i] {
+                        mid.saturating_sub(top)
+                    } else {
+                        0
+                    };
+                    if trunc > fixed::MAX_TRUNC_BITS {
+                        return Err(plan_err(format!(
+                            "would truncate by {trunc} bits (at most {})",
+                            fixed::MAX_TRUNC_BITS
+                        )));
+                    }
+                    (
+                        Some(EncodedOp::BatchNorm {
+                            scale_max: max_abs(&scale),
+                            scale,
+                            shift,
+                            frac_bits: f,
+                            trunc,
+                        }),
+                        mid - trunc,
+                    )
                 }
-                Op::AvgPool { kernel, .. } => Some(EncodedOp::Pool {
-                    multiplier: pool_multiplier(fp, kernel * kernel),
-                }),
-                Op::GlobalAvgPool if folded.contains(&i) => Some(EncodedOp::FoldedPool),
-                Op::GlobalAvgPool => Some(EncodedOp::Pool {
-                    multiplier: pool_multiplier(fp, in_shape.plane()),
-                }),
-                Op::Site(s) => {
-                    let poly = match &s.poly {
+                Op::AvgPool { kernel, .. } => {
+                    let plan = pool_plan(kernel * kernel, s_in, top);
+                    (Some(EncodedOp::Pool(plan)), pool_scale(plan, s_in))
+                }
+                Op::GlobalAvgPool => {
+                    let plan = pool_plan(in_shape.plane(), s_in, top);
+                    (Some(EncodedOp::Pool(plan)), pool_scale(plan, s_in))
+                }
+                Op::Add => {
+                    let sa = scales[node.inputs[0]];
+                    let sb = scales[node.inputs[1]];
+                    let s = sa.max(sb);
+                    (
+                        Some(EncodedOp::Add {
+                            lift: [s - sa, s - sb],
+                        }),
+                        s,
+                    )
+                }
+                Op::Site(site) => {
+                    let lift = if s_in <= fa { fa + 1 - s_in } else { 0 };
+                    let trunc = s_in + lift - fa;
+                    if trunc > fixed::MAX_TRUNC_BITS {
+                        return Err(plan_err(format!(
+                            "site input at 2^{s_in} would truncate by {trunc} bits (at most {})",
+                            fixed::MAX_TRUNC_BITS
+                        )));
+                    }
+                    let poly = match &site.poly {
                         None => None,
                         Some(p) => {
-                            let enc = |v: &[f32], n: &str| {
-                                v.iter()
-                                    .map(|&x| {
-                                        fp.encode_weight(x as f64, &format!("{}.{n}", s.name))
-                                    })
-                                    .collect::<std::result::Result<Vec<_>, _>>()
+                            let all: Vec<f64> =
+                                p.a2.iter()
+                                    .chain(&p.a1)
+                                    .chain(&p.a0)
+                                    .map(|&v| v as f64)
+                                    .collect();
+                            let f = frac_bits_for(max_real(&all), fp.max_weight_frac_bits);
+                            let lifted = |v: &[f32], k: u32, n: &str| {
+                                let vals: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+                                encode_all(&vals, f + k, n)
                             };
-                            Some([enc(&p.a2, "a2")?, enc(&p.a1, "a1")?, enc(&p.a0, "a0")?])
+                            Some(PolyPlan {
+                                c2: lifted(&p.a2, 0, "poly.a2")?,
+                                c1: lifted(&p.a1, fa, "poly.a1")?,
+                                c0: lifted(&p.a0, 2 * fa, "poly.a0")?,
+                                frac_bits: f,
+                                trunc: fa + f,
+                            })
                         }
                     };
-                    Some(EncodedOp::Site { poly })
+                    (Some(EncodedOp::Site { lift, trunc, poly }), fa)
                 }
-                Op::Input | Op::Add | Op::Flatten => None,
             };
+            scales[i] = scale;
             ops.push(op);
         }
-        Ok(Self { fixed: fp, ops })
+        Ok(Self {
+            fixed: fp,
+            ops,
+            scales,
+        })
+    }
+
+    /// Fractional bits of node `i`'s output.
+    pub fn scale(&self, i: usize) -> u32 {
+        self.scales.get(i).copied().unwrap_or(0)
+    }
+
+    /// Fractional bits of the logits.
+    pub fn output_scale(&self) -> u32 {
+        self.scales.last().copied().unwrap_or(0)
+    }
+
+    /// Decodes the logits (field elements at [`EncodedNetwork::output_scale`]).
+    pub fn decode_logits(&self, raw: &[u64]) -> Vec<f64> {
+        let s = self.output_scale();
+        raw.iter().map(|&v| fixed::decode(v, s)).collect()
     }
 }
 
-/// `round(2^fw / window)`, at least 1.
-pub fn pool_multiplier(fp: FixedPoint, window: usize) -> u64 {
-    let m = ((1u64 << fp.weight_frac_bits) as f64 / window.max(1) as f64).round() as u64;
-    m.max(1)
+fn check_weight_magnitude(node: usize, name: &str, w: &[u64]) -> Result<()> {
+    let m = max_abs(w);
+    if bits(m as u128) > fixed::WEIGHT_MAGNITUDE_BITS {
+        return Err(ModelError::Graph {
+            node,
+            name: name.into(),
+            reason: format!(
+                "a weight is {m} even with 0 fractional bits: weights must stay below 2^{}",
+                fixed::WEIGHT_MAGNITUDE_BITS
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn pool_plan(window: usize, s_in: u32, top: u32) -> PoolPlan {
+    let w = window.max(1);
+    if w.is_power_of_two() && s_in + w.trailing_zeros() <= top {
+        PoolPlan::Exact {
+            shift: w.trailing_zeros(),
+        }
+    } else {
+        let trunc = fixed::MAX_TRUNC_BITS;
+        PoolPlan::Rounded {
+            multiplier: ((1u64 << trunc) as f64 / w as f64).round().max(1.0) as u64,
+            trunc,
+        }
+    }
+}
+
+fn pool_scale(plan: PoolPlan, s_in: u32) -> u32 {
+    match plan {
+        PoolPlan::Exact { shift } => s_in + shift,
+        PoolPlan::Rounded { .. } => s_in,
+    }
 }
 
 /// The fixed-point evaluator.
 #[derive(Debug)]
 pub struct FixedEvaluator<'a> {
     enc: &'a EncodedNetwork,
+    /// Threads for the convolutions.
+    pub threads: usize,
     /// Pre-truncation maxima, in node order.
     pub stats: Vec<TruncationStat>,
 }
 
 impl<'a> FixedEvaluator<'a> {
-    /// An evaluator over encoded parameters.
+    /// An evaluator over encoded parameters (one thread).
     pub fn new(enc: &'a EncodedNetwork) -> Self {
         Self {
             enc,
+            threads: 1,
             stats: Vec::new(),
         }
     }
 
-    fn fp(&self) -> FixedPoint {
-        self.enc.fixed
+    /// Uses `threads` threads for the convolutions.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     fn op(&self, ctx: &NodeCtx<'_>) -> Result<&'a EncodedOp> {
@@ -586,6 +814,13 @@ impl<'a> FixedEvaluator<'a> {
             })
     }
 
+    fn out(&self, ctx: &NodeCtx<'_>, data: Vec<u64>) -> FixedValue {
+        FixedValue {
+            data,
+            frac_bits: self.enc.scale(ctx.index),
+        }
+    }
+
     fn check(ctx: &NodeCtx<'_>, magnitude: u128) -> Result<()> {
         if bits(magnitude) > SAFE_BITS {
             return Err(ModelError::Overflow {
@@ -598,50 +833,41 @@ impl<'a> FixedEvaluator<'a> {
         Ok(())
     }
 
-    fn need(ctx: &NodeCtx<'_>, v: &FixedValue, scale: Scale) -> Result<()> {
-        if v.scale != scale {
-            return Err(ModelError::Graph {
-                node: ctx.index,
-                name: ctx.name.into(),
-                reason: format!(
-                    "input at {:?} scale, this op needs {:?} scale",
-                    v.scale, scale
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    fn record(&mut self, ctx: &NodeCtx<'_>, kind: &str, max: u64) {
+    fn record(&mut self, ctx: &NodeCtx<'_>, kind: TruncKind, max: u64, frac: u32, trunc: u32) {
         self.stats.push(TruncationStat {
             node: ctx.index,
             name: ctx.name.into(),
-            kind: kind.into(),
+            kind,
             max_abs: max,
             bits: bits(max as u128),
+            frac_bits: frac,
+            trunc_bits: trunc,
         });
     }
 
-    fn truncating_pool(
+    fn pool(
         &mut self,
         ctx: &NodeCtx<'_>,
-        kind: &str,
+        kind: TruncKind,
+        window: usize,
         sums: Vec<u64>,
-        scale: Scale,
+        x: &FixedValue,
     ) -> Result<FixedValue> {
-        let m = match self.op(ctx)? {
-            EncodedOp::Pool { multiplier } => *multiplier,
-            _ => return Err(wrong_op(ctx)),
-        };
-        let mx = max_abs(&sums);
-        Self::check(ctx, mx as u128 * m as u128)?;
-        let fw = self.fp().weight_frac_bits;
-        let pre: Vec<u64> = sums.iter().map(|&s| fixed::mul(s, m)).collect();
-        self.record(ctx, kind, max_abs(&pre));
-        Ok(FixedValue {
-            data: pre.into_iter().map(|v| fixed::truncate(v, fw)).collect(),
-            scale,
-        })
+        Self::check(ctx, max_abs(&x.data) as u128 * window as u128)?;
+        match self.op(ctx)? {
+            EncodedOp::Pool(PoolPlan::Exact { .. }) => Ok(self.out(ctx, sums)),
+            EncodedOp::Pool(PoolPlan::Rounded { multiplier, trunc }) => {
+                Self::check(ctx, max_abs(&sums) as u128 * *multiplier as u128)?;
+                let pre: Vec<u64> = sums.iter().map(|&s| fixed::mul(s, *multiplier)).collect();
+                self.record(ctx, kind, max_abs(&pre), x.frac_bits + trunc, *trunc);
+                let data = pre
+                    .into_iter()
+                    .map(|v| fixed::truncate_round(v, *trunc))
+                    .collect();
+                Ok(self.out(ctx, data))
+            }
+            _ => Err(wrong_op(ctx)),
+        }
     }
 }
 
@@ -653,11 +879,20 @@ fn wrong_op(ctx: &NodeCtx<'_>) -> ModelError {
     }
 }
 
+/// `x · 2^k` in the field (an exact scale lift).
+pub fn lift(x: u64, k: u32) -> u64 {
+    if k == 0 {
+        x
+    } else {
+        fixed::mul(x, 1u64 << k)
+    }
+}
+
 impl Evaluator for FixedEvaluator<'_> {
     type Value = FixedValue;
 
     fn input(&mut self, x: &[f32], _shape: FeatureShape) -> Result<FixedValue> {
-        let fp = self.fp();
+        let fp = self.enc.fixed;
         let data = x
             .iter()
             .enumerate()
@@ -665,27 +900,27 @@ impl Evaluator for FixedEvaluator<'_> {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(FixedValue {
             data,
-            scale: Scale::Act,
+            frac_bits: fp.act_frac_bits,
         })
     }
 
     fn conv(&mut self, ctx: &NodeCtx<'_>, _conv: &Conv2d, x: &FixedValue) -> Result<FixedValue> {
-        Self::need(ctx, x, Scale::Act)?;
         let EncodedOp::Conv {
             geometry,
             weight,
             bias,
             l1_max,
             bias_max,
+            ..
         } = self.op(ctx)?
         else {
             return Err(wrong_op(ctx));
         };
         Self::check(ctx, max_abs(&x.data) as u128 * l1_max + *bias_max as u128)?;
-        Ok(FixedValue {
-            data: kernels::conv2d_field(&x.data, weight, Some(bias), geometry),
-            scale: Scale::Product,
-        })
+        Ok(self.out(
+            ctx,
+            gemm::conv2d_field(&x.data, weight, Some(bias), geometry, self.threads),
+        ))
     }
 
     fn batchnorm(
@@ -698,61 +933,57 @@ impl Evaluator for FixedEvaluator<'_> {
             scale,
             shift,
             scale_max,
+            frac_bits,
+            trunc,
         } = self.op(ctx)?
         else {
             return Err(wrong_op(ctx));
         };
         let plane = ctx.in_shape.plane();
-        let fw = self.fp().weight_frac_bits;
-        Self::check(ctx, max_abs(&x.data) as u128 * *scale_max as u128)?;
-        let scaled: Vec<u64> = x
+        Self::check(
+            ctx,
+            max_abs(&x.data) as u128 * *scale_max as u128 + max_abs(shift) as u128,
+        )?;
+        let pre: Vec<u64> = x
             .data
             .iter()
             .enumerate()
-            .map(|(i, &v)| fixed::mul(v, scale[i / plane]))
+            .map(|(i, &v)| fixed::add(fixed::mul(v, scale[i / plane]), shift[i / plane]))
             .collect();
-        let scaled = match x.scale {
-            Scale::Act => scaled,
-            Scale::Product => {
-                self.record(ctx, "batchnorm", max_abs(&scaled));
-                scaled.into_iter().map(|v| fixed::truncate(v, fw)).collect()
-            }
-        };
-        let data: Vec<u64> = scaled
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| fixed::add(v, shift[i / plane]))
+        if *trunc == 0 {
+            return Ok(self.out(ctx, pre));
+        }
+        self.record(
+            ctx,
+            TruncKind::BatchNorm,
+            max_abs(&pre),
+            x.frac_bits + frac_bits,
+            *trunc,
+        );
+        let data = pre
+            .into_iter()
+            .map(|v| fixed::truncate_round(v, *trunc))
             .collect();
-        Self::check(ctx, max_abs(&data) as u128)?;
-        Ok(FixedValue {
-            data,
-            scale: Scale::Product,
-        })
+        Ok(self.out(ctx, data))
     }
 
-    fn linear(
-        &mut self,
-        ctx: &NodeCtx<'_>,
-        _l: &Linear,
-        _pooled_from: Option<FeatureShape>,
-        x: &FixedValue,
-    ) -> Result<FixedValue> {
-        Self::need(ctx, x, Scale::Act)?;
+    fn linear(&mut self, ctx: &NodeCtx<'_>, _l: &Linear, x: &FixedValue) -> Result<FixedValue> {
         let EncodedOp::Linear {
             weight,
             bias,
             out_features,
             l1_max,
             bias_max,
+            ..
         } = self.op(ctx)?
         else {
             return Err(wrong_op(ctx));
         };
         Self::check(ctx, max_abs(&x.data) as u128 * l1_max + *bias_max as u128)?;
-        Ok(FixedValue {
-            data: kernels::linear_field(&x.data, weight, Some(bias), *out_features),
-            scale: Scale::Product,
-        })
+        Ok(self.out(
+            ctx,
+            gemm::linear_field(&x.data, weight, Some(bias), *out_features),
+        ))
     }
 
     fn avgpool(
@@ -762,94 +993,100 @@ impl Evaluator for FixedEvaluator<'_> {
         stride: usize,
         x: &FixedValue,
     ) -> Result<FixedValue> {
-        Self::check(ctx, max_abs(&x.data) as u128 * (kernel * kernel) as u128)?;
         let sums = kernels::sum_pool(&x.data, ctx.in_shape, kernel, stride);
-        self.truncating_pool(ctx, "avgpool", sums, x.scale)
+        self.pool(ctx, TruncKind::AvgPool, kernel * kernel, sums, x)
     }
 
-    fn global_avgpool(
-        &mut self,
-        ctx: &NodeCtx<'_>,
-        folded: bool,
-        x: &FixedValue,
-    ) -> Result<FixedValue> {
-        let window = ctx.in_shape.plane();
-        Self::check(ctx, max_abs(&x.data) as u128 * window as u128)?;
+    fn global_avgpool(&mut self, ctx: &NodeCtx<'_>, x: &FixedValue) -> Result<FixedValue> {
         let sums = kernels::global_sum_pool(&x.data, ctx.in_shape);
-        if folded {
-            if !matches!(self.op(ctx)?, EncodedOp::FoldedPool) {
-                return Err(wrong_op(ctx));
-            }
-            return Ok(FixedValue {
-                data: sums,
-                scale: x.scale,
-            });
-        }
-        self.truncating_pool(ctx, "global_avgpool", sums, x.scale)
+        self.pool(ctx, TruncKind::GlobalAvgPool, ctx.in_shape.plane(), sums, x)
     }
 
     fn add(&mut self, ctx: &NodeCtx<'_>, a: &FixedValue, b: &FixedValue) -> Result<FixedValue> {
-        let fw = self.fp().weight_frac_bits;
-        let lift = |v: &FixedValue| -> Result<Vec<u64>> {
-            Self::check(ctx, (max_abs(&v.data) as u128) << fw)?;
-            Ok(v.data.iter().map(|&x| fixed::mul(x, 1u64 << fw)).collect())
+        let EncodedOp::Add { lift: [la, lb] } = self.op(ctx)? else {
+            return Err(wrong_op(ctx));
         };
-        let (da, db, scale) = match (a.scale, b.scale) {
-            (Scale::Act, Scale::Product) => (lift(a)?, b.data.clone(), Scale::Product),
-            (Scale::Product, Scale::Act) => (a.data.clone(), lift(b)?, Scale::Product),
-            (s, _) => (a.data.clone(), b.data.clone(), s),
-        };
-        let data = kernels::add(&da, &db);
-        Self::check(ctx, max_abs(&data) as u128)?;
-        Ok(FixedValue { data, scale })
+        Self::check(
+            ctx,
+            ((max_abs(&a.data) as u128) << la) + ((max_abs(&b.data) as u128) << lb),
+        )?;
+        let data = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(&x, &y)| fixed::add(lift(x, *la), lift(y, *lb)))
+            .collect();
+        Ok(self.out(ctx, data))
     }
 
     fn site(&mut self, ctx: &NodeCtx<'_>, site: &Site, x: &FixedValue) -> Result<FixedValue> {
-        Self::need(ctx, x, Scale::Product)?;
-        let EncodedOp::Site { poly } = self.op(ctx)? else {
+        let EncodedOp::Site {
+            lift: up,
+            trunc,
+            poly,
+        } = self.op(ctx)?
+        else {
             return Err(wrong_op(ctx));
         };
-        let fp = self.fp();
-        let (fa, fw) = (fp.act_frac_bits, fp.weight_frac_bits);
-        let pre_max = max_abs(&x.data);
-        Self::check(ctx, pre_max as u128)?;
-        self.record(ctx, "site", pre_max);
+        let pre_max = (max_abs(&x.data) as u128) << up;
+        Self::check(ctx, pre_max)?;
+        self.record(
+            ctx,
+            TruncKind::Site,
+            pre_max as u64,
+            x.frac_bits + up,
+            *trunc,
+        );
         let plane = site.shape.plane();
-        let one_act = fixed::from_i64(1i64 << fa);
+        let mut poly_max = 0u64;
         let mut out = Vec::with_capacity(x.data.len());
         for (i, (&y, &m)) in x.data.iter().zip(&site.mask).enumerate() {
-            let t = fixed::truncate(y, fw);
+            let t = fixed::truncate_round(lift(y, *up), *trunc);
             let v = if m == 1 {
                 if fixed::to_i64(t) > 0 {
                     t
                 } else {
                     0
                 }
-            } else if let Some([a2, a1, a0]) = poly {
+            } else if let Some(p) = poly {
                 let c = i / plane;
-                let tm = fixed::to_i64(t).unsigned_abs() as u128;
-                Self::check(ctx, tm * tm)?;
-                let s = fixed::truncate(fixed::mul(t, t), fa);
-                let mag = fixed::to_i64(a2[c]).unsigned_abs() as u128
-                    * fixed::to_i64(s).unsigned_abs() as u128
-                    + fixed::to_i64(a1[c]).unsigned_abs() as u128 * tm
-                    + ((fixed::to_i64(a0[c]).unsigned_abs() as u128) << fa);
+                let (v, mag) = poly_pre_trunc(p, c, t);
                 Self::check(ctx, mag)?;
-                let z = fixed::add(
-                    fixed::add(fixed::mul(a2[c], s), fixed::mul(a1[c], t)),
-                    fixed::mul(a0[c], one_act),
-                );
-                fixed::truncate(z, fw)
+                poly_max = poly_max.max(fixed::to_i64(v).unsigned_abs());
+                fixed::truncate_round(v, p.trunc)
             } else {
                 t
             };
             out.push(v);
         }
-        Ok(FixedValue {
-            data: out,
-            scale: Scale::Act,
-        })
+        if let Some(p) = poly {
+            if site.mask.contains(&0) {
+                let fa = self.enc.fixed.act_frac_bits;
+                self.record(
+                    ctx,
+                    TruncKind::SitePoly,
+                    poly_max,
+                    2 * fa + p.frac_bits,
+                    p.trunc,
+                );
+            }
+        }
+        Ok(self.out(ctx, out))
     }
+}
+
+/// A polynomial element before its rounding: `c2·t² + c1·t + c0` of channel
+/// `c`, and a bound on its magnitude (for the overflow check).
+pub fn poly_pre_trunc(p: &PolyPlan, c: usize, t: u64) -> (u64, u128) {
+    let tm = fixed::to_i64(t).unsigned_abs() as u128;
+    let mag = |v: u64| fixed::to_i64(v).unsigned_abs() as u128;
+    let bound = mag(p.c2[c]) * tm * tm + mag(p.c1[c]) * tm + mag(p.c0[c]);
+    let t2 = fixed::mul(t, t);
+    let v = fixed::add(
+        fixed::add(fixed::mul(p.c2[c], t2), fixed::mul(p.c1[c], t)),
+        p.c0[c],
+    );
+    (v, bound.max(tm * tm))
 }
 
 /// Result of a fixed-point forward pass.
@@ -871,14 +1108,10 @@ pub fn forward_fixed_encoded(
 ) -> Result<FixedOutput> {
     let mut ev = FixedEvaluator::new(enc);
     let raw = forward(net, &mut ev, input)?;
-    let fp = enc.fixed;
     let logits = raw
         .data
         .iter()
-        .map(|&v| match raw.scale {
-            Scale::Act => fp.decode_act(v),
-            Scale::Product => fp.decode_product(v),
-        })
+        .map(|&v| fixed::decode(v, raw.frac_bits))
         .collect();
     Ok(FixedOutput {
         raw,

@@ -90,9 +90,11 @@ impl CircuitSpec {
         })
     }
 
-    /// The default `f = 12` (`P_12 = 2^43 − 368`).
+    /// The micro-benchmark's truncation amount `f = 12` (`P_12 = 2^43 −
+    /// 368`, 43-bit inputs), the setting of the published figures. A
+    /// network's sites use their own `f` (the layer's weight scale, up to 16).
     pub fn default_fixed_point() -> Self {
-        match Self::new(pibench_models::fixed::FixedPoint::default().weight_frac_bits) {
+        match Self::new(12) {
             Ok(s) => s,
             Err(_) => unreachable!("the default truncation amount is valid"),
         }

@@ -104,6 +104,7 @@ fn read_u64s(r: &mut WireReader<'_>, what: &str) -> Result<Vec<u64>, WireError> 
 
 impl Wire for GcMessage {
     const NAME: &'static str = "gc";
+    const TAG: Option<u8> = Some(crate::msg::TAG_GC);
 
     fn encode(&self, out: &mut Vec<u8>) {
         match self {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod linear;
 pub mod ntt;
 pub mod params;
+pub mod poly;
 pub mod proto;
 pub mod store;
 pub mod triples;

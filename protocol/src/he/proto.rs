@@ -51,6 +51,7 @@ impl HeMessage {
 
 impl Wire for HeMessage {
     const NAME: &'static str = "he";
+    const TAG: Option<u8> = Some(crate::msg::TAG_HE);
 
     fn encode(&self, out: &mut Vec<u8>) {
         let put_cts = |out: &mut Vec<u8>, layer: u32, cts: &[Vec<u8>]| {
@@ -341,6 +342,79 @@ pub async fn server_triples<R: RngCore + CryptoRng>(
             }
             let cts = load_all(ctx, &ciphertexts, &name)?;
             let (reply, shares) = triples::server_respond(ctx, keys, count, &cts, rng)?;
+            chan.send(&HeMessage::LayerOutput {
+                layer,
+                ciphertexts: serialize_all(&reply)?,
+            })
+            .await?;
+            chan.flush().await?;
+            Ok(shares)
+        }
+        other => Err(HeError::Protocol {
+            layer: name,
+            reason: format!("unexpected {} message", other.kind()),
+        }),
+    }
+}
+
+/// Client: the offline material of `t_c.len()` polynomial elements of node `layer`
+/// ([`super::poly`]).
+pub async fn client_poly(
+    chan: &mut Channel,
+    ctx: &HeContext,
+    keys: &ClientKeys,
+    layer: u32,
+    t_c: &[u64],
+) -> Result<super::poly::ClientPolyShares, HeError> {
+    let cts = super::poly::client_start(ctx, keys, t_c)?;
+    chan.send(&HeMessage::LayerInput {
+        layer,
+        ciphertexts: serialize_all(&cts)?,
+    })
+    .await?;
+    chan.flush().await?;
+    let name = format!("{layer} (polynomial elements)");
+    match chan.recv::<HeMessage>().await? {
+        HeMessage::LayerOutput {
+            layer: got,
+            ciphertexts,
+        } if got == layer => {
+            let cts = load_replies(ctx, &ciphertexts, &name)?;
+            super::poly::client_finish(ctx, keys, t_c.len(), &cts, &name)
+        }
+        other => Err(HeError::Protocol {
+            layer: name,
+            reason: format!("unexpected {} message", other.kind()),
+        }),
+    }
+}
+
+/// Server: answers [`client_poly`] for elements with coefficients `c2`, `c1`.
+#[allow(clippy::too_many_arguments)]
+pub async fn server_poly<R: RngCore + CryptoRng>(
+    chan: &mut Channel,
+    ctx: &HeContext,
+    keys: &ServerKeys,
+    layer: u32,
+    c2: &[u64],
+    c1: &[u64],
+    rng: &mut R,
+) -> Result<super::poly::ServerPolyShares, HeError> {
+    let name = format!("{layer} (polynomial elements)");
+    match chan.recv::<HeMessage>().await? {
+        HeMessage::LayerInput {
+            layer: got,
+            ciphertexts,
+        } if got == layer => {
+            let expected = 2 * c2.len().div_ceil(ctx.n());
+            if ciphertexts.len() != expected {
+                return Err(HeError::Protocol {
+                    layer: name,
+                    reason: format!("{} ciphertexts, expected {expected}", ciphertexts.len()),
+                });
+            }
+            let cts = load_all(ctx, &ciphertexts, &name)?;
+            let (reply, shares) = super::poly::server_respond(ctx, keys, c2, c1, &cts, &name, rng)?;
             chan.send(&HeMessage::LayerOutput {
                 layer,
                 ciphertexts: serialize_all(&reply)?,

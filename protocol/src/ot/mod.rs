@@ -89,6 +89,7 @@ impl OtMessage {
 
 impl Wire for OtMessage {
     const NAME: &'static str = "ot";
+    const TAG: Option<u8> = Some(crate::msg::TAG_OT);
 
     fn encode(&self, out: &mut Vec<u8>) {
         match self {

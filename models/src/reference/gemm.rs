@@ -1,0 +1,334 @@
+//! Fast convolutions and fully connected layers as matrix products, exact
+//! over the field.
+//!
+//! [`super::kernels`] holds the layer math in its plainest form, generic over
+//! the number type; this module computes the same functions much faster and
+//! is tested equal to them (bit for bit on the field, to rounding on `f64`).
+//!
+//! # Exact field products through `f64` GEMM
+//! A convolution is `W · X` with `W` the `cout × K` weight matrix and `X` the
+//! `K × (H'·W')` im2col matrix (`K = cin/groups · k²`). Field elements
+//! `x < P < 2^55` are split into three 19-bit limbs `x = x0 + x1·2^19 +
+//! x2·2^38`; encoded weights are small signed integers, `|w| < 2^15`
+//! ([`crate::fixed::WEIGHT_MAGNITUDE_BITS`]). Every limb product is below
+//! `2^34` and every sum of `K < 2^18` of them below `2^52`, so an `f64`
+//! accumulation is *exact* whatever the summation order (all partial sums
+//! are integers below `2^53`). The three integer results are recombined as
+//! `Y0 + Y1·2^19 + Y2·2^38` in `i128` and reduced modulo `P`. Shares never
+//! lose a bit: this is integer arithmetic carried by the floating-point
+//! units, not a float approximation.
+//!
+//! The matrix products run on `ndarray`'s `general_mat_mul` (matrixmultiply's
+//! `dgemm` with runtime-detected AVX/FMA/AVX-512 kernels), split over
+//! `threads` scoped threads by rows of `W`.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::fixed::{self, P, WEIGHT_MAGNITUDE_BITS};
+
+use super::kernels::ConvGeometry;
+
+/// Limb width of the exact field products.
+const LIMB_BITS: u32 = 19;
+/// Number of limbs of a field element (`3 · 19 ≥ 55`).
+const LIMBS: usize = 3;
+/// Largest reduction length `K` for which the `f64` sums stay exact.
+pub const MAX_EXACT_K: usize = 1 << (53 - LIMB_BITS - WEIGHT_MAGNITUDE_BITS - 1);
+
+/// `C = A · B` for row-major `A` (`m × k`) and `B` (`k × n`), overwriting
+/// `C` (`m × n`), with the rows of `A` split over `threads` threads.
+fn dgemm_rows(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, n: usize, threads: usize) {
+    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    let one = |a: &[f64], c: &mut [f64], rows: usize| {
+        if rows == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            c[..rows * n].iter_mut().for_each(|v| *v = 0.0);
+            return;
+        }
+        let a = ArrayView2::from_shape((rows, k), &a[..rows * k]);
+        let b = ArrayView2::from_shape((k, n), &b[..k * n]);
+        let c = ArrayViewMut2::from_shape((rows, n), &mut c[..rows * n]);
+        if let (Ok(a), Ok(b), Ok(mut c)) = (a, b, c) {
+            general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+        }
+    };
+    // Below ~4 MFLOP a second thread costs more than it saves.
+    let threads = if (m * k * n) < (1 << 22) {
+        1
+    } else {
+        threads.clamp(1, m.max(1))
+    };
+    if threads == 1 {
+        one(a, c, m);
+        return;
+    }
+    let per = m.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (i, c_chunk) in c[..m * n].chunks_mut(per * n).enumerate() {
+            let rows = c_chunk.len() / n;
+            let a_chunk = &a[i * per * k..(i * per + rows) * k];
+            s.spawn(move || one(a_chunk, c_chunk, rows));
+        }
+    });
+}
+
+/// im2col of one group: `K × (oh·ow)` rows (`K = cin_g·k²`), zero padding,
+/// each entry produced by `map` from the input element.
+fn im2col<T: Copy, const L: usize>(
+    input: &[T],
+    g: &ConvGeometry,
+    group: usize,
+    out: &mut [f64],
+    map: impl Fn(T) -> [f64; L],
+) {
+    let o = g.output();
+    let plane = o.h * o.w;
+    let cin_g = g.input.c / g.groups;
+    let k = g.kernel;
+    let (h, w) = (g.input.h as isize, g.input.w as isize);
+    let row_len = L * plane;
+    for ci in 0..cin_g {
+        let c = group * cin_g + ci;
+        let chan = &input[c * g.input.plane()..(c + 1) * g.input.plane()];
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (ci * k + ky) * k + kx;
+                let row = &mut out[r * row_len..(r + 1) * row_len];
+                for oy in 0..o.h {
+                    let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                    for ox in 0..o.w {
+                        let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                        let v = if iy >= 0 && iy < h && ix >= 0 && ix < w {
+                            map(chan[iy as usize * w as usize + ix as usize])
+                        } else {
+                            [0.0; L]
+                        };
+                        let p = oy * o.w + ox;
+                        for (l, &x) in v.iter().enumerate() {
+                            row[l * plane + p] = x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Float convolution (same function as [`super::kernels::conv2d`] on `f64`).
+pub fn conv2d_f64(
+    input: &[f64],
+    weight: &[f64],
+    bias: Option<&[f64]>,
+    g: &ConvGeometry,
+    threads: usize,
+) -> Vec<f64> {
+    let o = g.output();
+    let plane = o.h * o.w;
+    let cin_g = g.input.c / g.groups;
+    let cout_g = g.cout / g.groups;
+    let kk = cin_g * g.kernel * g.kernel;
+    let mut out = vec![0.0; g.cout * plane];
+    let mut cols = vec![0.0; kk * plane];
+    for group in 0..g.groups {
+        im2col::<f64, 1>(input, g, group, &mut cols, |x| [x]);
+        let w = &weight[group * cout_g * kk..(group + 1) * cout_g * kk];
+        let c = &mut out[group * cout_g * plane..(group + 1) * cout_g * plane];
+        dgemm_rows(w, &cols, c, cout_g, kk, plane, threads);
+    }
+    if let Some(b) = bias {
+        for (o, chunk) in out.chunks_mut(plane.max(1)).enumerate() {
+            chunk.iter_mut().for_each(|v| *v += b[o]);
+        }
+    }
+    out
+}
+
+/// Float fully connected layer (same function as [`super::kernels::linear`] on `f64`).
+pub fn linear_f64(
+    input: &[f64],
+    weight: &[f64],
+    bias: Option<&[f64]>,
+    out_features: usize,
+) -> Vec<f64> {
+    let n = input.len();
+    let mut out = vec![0.0; out_features];
+    dgemm_rows(weight, input, &mut out, out_features, n, 1, 1);
+    if let Some(b) = bias {
+        out.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    }
+    out
+}
+
+fn limbs(x: u64) -> [f64; LIMBS] {
+    let m = (1u64 << LIMB_BITS) - 1;
+    [
+        (x & m) as f64,
+        ((x >> LIMB_BITS) & m) as f64,
+        (x >> (2 * LIMB_BITS)) as f64,
+    ]
+}
+
+/// Recombines the limb sums `Y0 + Y1·2^19 + Y2·2^38` modulo `P`, plus `bias`.
+fn recombine(y: [f64; LIMBS], bias: u64) -> u64 {
+    let v = y[0] as i128 + ((y[1] as i128) << LIMB_BITS) + ((y[2] as i128) << (2 * LIMB_BITS));
+    fixed::add(v.rem_euclid(P as i128) as u64, bias)
+}
+
+/// Whether the exact limb method applies: every weight (centred) below
+/// `2^15` in magnitude and `K` small enough.
+pub fn exact_applies(weight: &[u64], k: usize) -> bool {
+    k < MAX_EXACT_K
+        && weight
+            .iter()
+            .all(|&w| fixed::to_i64(w).unsigned_abs() < 1u64 << WEIGHT_MAGNITUDE_BITS)
+}
+
+/// Field convolution on `u64` elements in `[0, P)`, exact (same function as
+/// [`super::kernels::conv2d_field`]); falls back to the generic kernel when
+/// the weights are too large for the limb method.
+pub fn conv2d_field(
+    input: &[u64],
+    weight: &[u64],
+    bias: Option<&[u64]>,
+    g: &ConvGeometry,
+    threads: usize,
+) -> Vec<u64> {
+    let cin_g = g.input.c / g.groups;
+    let kk = cin_g * g.kernel * g.kernel;
+    if !exact_applies(weight, kk) {
+        return super::kernels::conv2d_field(input, weight, bias, g);
+    }
+    let o = g.output();
+    let plane = o.h * o.w;
+    let cout_g = g.cout / g.groups;
+    let wf: Vec<f64> = weight.iter().map(|&w| fixed::to_i64(w) as f64).collect();
+    let mut cols = vec![0.0; kk * LIMBS * plane];
+    let mut prod = vec![0.0; cout_g * LIMBS * plane];
+    let mut out = Vec::with_capacity(g.cout * plane);
+    for group in 0..g.groups {
+        im2col::<u64, LIMBS>(input, g, group, &mut cols, limbs);
+        let w = &wf[group * cout_g * kk..(group + 1) * cout_g * kk];
+        dgemm_rows(w, &cols, &mut prod, cout_g, kk, LIMBS * plane, threads);
+        for oc in 0..cout_g {
+            let row = &prod[oc * LIMBS * plane..(oc + 1) * LIMBS * plane];
+            let b = bias.map_or(0, |b| b[group * cout_g + oc]);
+            for p in 0..plane {
+                out.push(recombine([row[p], row[plane + p], row[2 * plane + p]], b));
+            }
+        }
+    }
+    out
+}
+
+/// Field fully connected layer, exact (same function as
+/// [`super::kernels::linear_field`]).
+pub fn linear_field(
+    input: &[u64],
+    weight: &[u64],
+    bias: Option<&[u64]>,
+    out_features: usize,
+) -> Vec<u64> {
+    let n = input.len();
+    if !exact_applies(weight, n) {
+        return super::kernels::linear_field(input, weight, bias, out_features);
+    }
+    let wf: Vec<f64> = weight.iter().map(|&w| fixed::to_i64(w) as f64).collect();
+    // X is n × 3 (one column per limb).
+    let mut x = vec![0.0; n * LIMBS];
+    for (i, &v) in input.iter().enumerate() {
+        x[i * LIMBS..(i + 1) * LIMBS].copy_from_slice(&limbs(v));
+    }
+    let mut prod = vec![0.0; out_features * LIMBS];
+    dgemm_rows(&wf, &x, &mut prod, out_features, n, LIMBS, 1);
+    (0..out_features)
+        .map(|o| {
+            recombine(
+                [prod[o * LIMBS], prod[o * LIMBS + 1], prod[o * LIMBS + 2]],
+                bias.map_or(0, |b| b[o]),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::FeatureShape;
+    use crate::reference::kernels;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        /// The GEMM kernels compute exactly the generic kernels' field
+        /// function (uniform 55-bit inputs, weights up to the 2^15 bound),
+        /// and the float function to rounding.
+        #[test]
+        fn gemm_kernels_equal_the_generic_kernels(
+            seed in any::<u64>(),
+            c in 1usize..5, hw in 1usize..9, cout_g in 1usize..5, k in 1usize..4,
+            stride in 1usize..3, pad in 0usize..2, groups in 1usize..3, threads in 1usize..4,
+        ) {
+            prop_assume!(hw + 2 * pad >= k);
+            let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(seed);
+            let g = ConvGeometry {
+                input: FeatureShape::new(c * groups, hw, hw),
+                cout: cout_g * groups,
+                kernel: k,
+                stride,
+                padding: pad,
+                groups,
+            };
+            let n_in = g.input.len();
+            let n_w = g.cout * c * k * k;
+            let lim = 1i64 << WEIGHT_MAGNITUDE_BITS;
+            let x: Vec<u64> = (0..n_in).map(|i| if i == 0 { P - 1 } else { rng.gen_range(0..P) }).collect();
+            let w: Vec<u64> = (0..n_w)
+                .map(|i| fixed::from_i64(if i == 0 { -(lim - 1) } else { rng.gen_range(-(lim - 1)..lim) }))
+                .collect();
+            let b: Vec<u64> = (0..g.cout).map(|_| rng.gen_range(0..P)).collect();
+            prop_assert_eq!(
+                conv2d_field(&x, &w, Some(&b), &g, threads),
+                kernels::conv2d_field(&x, &w, Some(&b), &g)
+            );
+            let xf: Vec<f64> = (0..n_in).map(|_| rng.gen_range(-3.0..3.0)).collect();
+            let wf: Vec<f64> = (0..n_w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let bf: Vec<f64> = (0..g.cout).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let fast = conv2d_f64(&xf, &wf, Some(&bf), &g, threads);
+            let slow = kernels::conv2d(&xf, &wf, Some(&bf), &g);
+            for (a, b) in fast.iter().zip(&slow) {
+                prop_assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()));
+            }
+            // Fully connected: a 1×1 map.
+            let out = cout_g * 3;
+            let wl: Vec<u64> = (0..out * n_in).map(|_| fixed::from_i64(rng.gen_range(-(lim - 1)..lim))).collect();
+            prop_assert_eq!(
+                linear_field(&x, &wl, Some(&b[..1].repeat(out)), out),
+                kernels::linear_field(&x, &wl, Some(&b[..1].repeat(out)), out)
+            );
+        }
+    }
+
+    #[test]
+    fn large_weights_fall_back_to_the_generic_kernel() {
+        let g = ConvGeometry {
+            input: FeatureShape::new(2, 3, 3),
+            cout: 2,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        let x: Vec<u64> = (0..18).map(|i| P - 1 - i).collect();
+        let w: Vec<u64> = (0..36).map(|i| fixed::from_i64(1 << 40) + i).collect();
+        assert!(!exact_applies(&w, 18));
+        assert_eq!(
+            conv2d_field(&x, &w, None, &g, 2),
+            kernels::conv2d_field(&x, &w, None, &g)
+        );
+    }
+}

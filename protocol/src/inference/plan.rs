@@ -1,0 +1,378 @@
+//! The protocol plan: what both parties do at each node, derived from the
+//! public model alone, so that the two walks exchange the same messages in
+//! the same order.
+
+use pibench_models::graph::{FeatureShape, Network, Op};
+use pibench_models::reference::kernels::ConvGeometry;
+use pibench_models::reference::PoolPlan;
+
+use super::public::{PublicModel, PublicOp};
+use super::{InferenceError, TruncMode};
+use crate::gc::engine::CircuitShape;
+use crate::gc::{ActivationKind, CircuitSpec, Scheme};
+use crate::he::LayerShape;
+
+/// One batch of garbled circuits of a node: same circuit, same truncation.
+#[derive(Debug, Clone)]
+pub struct GcGroup {
+    /// Name for messages and errors (`<node>/<role>`).
+    pub label: String,
+    /// Circuit.
+    pub shape: CircuitShape,
+    /// Number of circuits.
+    pub count: usize,
+}
+
+/// How the elements of a site are processed.
+#[derive(Debug, Clone)]
+pub struct SitePlan {
+    /// Exact lift of the input.
+    pub lift: u32,
+    /// Truncation of the input.
+    pub trunc: u32,
+    /// Element indices that keep their ReLU.
+    pub relu: Vec<u32>,
+    /// Element indices replaced by the identity.
+    pub ident: Vec<u32>,
+    /// Element indices replaced by the channel's polynomial.
+    pub poly: Vec<u32>,
+    /// Channel of each polynomial element.
+    pub poly_channel: Vec<u32>,
+    /// Final truncation of the polynomial elements (`fa + fp`).
+    pub poly_trunc: u32,
+}
+
+/// The linear part of a node evaluated with HE.
+#[derive(Debug, Clone)]
+pub struct HeLayer {
+    /// HE layer id (0, 1, … in node order).
+    pub id: u32,
+    /// HE shape.
+    pub shape: LayerShape,
+}
+
+/// What a node does.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// The network input.
+    Input,
+    /// Flatten: nothing.
+    Flatten,
+    /// Convolution.
+    Conv {
+        /// HE layer.
+        he: HeLayer,
+        /// Geometry for the online step.
+        geometry: ConvGeometry,
+    },
+    /// Fully connected layer.
+    Fc {
+        /// HE layer.
+        he: HeLayer,
+        /// Output features.
+        out_features: usize,
+    },
+    /// Standalone batch norm: per-channel scale (HE, depthwise) and shift, then `trunc` (0: none).
+    BatchNorm {
+        /// HE layer (a depthwise 1×1 convolution).
+        he: HeLayer,
+        /// Truncation.
+        trunc: u32,
+    },
+    /// Residual add with lifts.
+    Add {
+        /// Lifts of the operands.
+        lift: [u32; 2],
+    },
+    /// `k×k` average pool.
+    AvgPool {
+        /// Window.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Exact or rounded.
+        plan: PoolPlan,
+    },
+    /// Global average pool.
+    GlobalPool {
+        /// Exact or rounded.
+        plan: PoolPlan,
+    },
+    /// Activation site.
+    Site(SitePlan),
+}
+
+/// The plan of a whole network.
+#[derive(Debug, Clone)]
+pub struct InferencePlan {
+    /// The op list without weights.
+    pub net: Network,
+    /// The public model it came from.
+    pub public: PublicModel,
+    /// Per node.
+    pub steps: Vec<Step>,
+    /// Node index of the last use of each node's value.
+    pub last_use: Vec<usize>,
+    /// Truncation mode.
+    pub trunc: TruncMode,
+    /// Garbling scheme.
+    pub scheme: Scheme,
+}
+
+impl InferencePlan {
+    /// Plans the protocol for a public model.
+    pub fn new(
+        public: &PublicModel,
+        trunc: TruncMode,
+        scheme: Scheme,
+    ) -> Result<Self, InferenceError> {
+        let net = public.network()?;
+        let mut steps = Vec::with_capacity(net.nodes.len());
+        let mut he_id = 0u32;
+        let mut next_he = |shape: LayerShape| {
+            let he = HeLayer { id: he_id, shape };
+            he_id += 1;
+            he
+        };
+        for (i, node) in net.nodes.iter().enumerate() {
+            let in_shape = node
+                .inputs
+                .first()
+                .map_or(net.input, |&j| net.nodes[j].shape);
+            let op = &public.ops[i];
+            let step = match (&node.op, op) {
+                (Op::Input, _) => Step::Input,
+                (Op::Flatten, _) => Step::Flatten,
+                (Op::Conv2d(c), _) => Step::Conv {
+                    he: next_he(LayerShape {
+                        cin: c.cin,
+                        cout: c.cout,
+                        h: in_shape.h,
+                        w: in_shape.w,
+                        kh: c.kernel,
+                        kw: c.kernel,
+                        stride: c.stride,
+                        padding: c.padding,
+                        groups: c.groups,
+                    }),
+                    geometry: ConvGeometry {
+                        input: in_shape,
+                        cout: c.cout,
+                        kernel: c.kernel,
+                        stride: c.stride,
+                        padding: c.padding,
+                        groups: c.groups,
+                    },
+                },
+                (Op::Linear(l), _) => Step::Fc {
+                    he: next_he(LayerShape::linear(l.in_features, l.out_features)),
+                    out_features: l.out_features,
+                },
+                (Op::BatchNorm(_), PublicOp::BatchNorm { trunc }) => Step::BatchNorm {
+                    he: next_he(LayerShape {
+                        cin: in_shape.c,
+                        cout: in_shape.c,
+                        h: in_shape.h,
+                        w: in_shape.w,
+                        kh: 1,
+                        kw: 1,
+                        stride: 1,
+                        padding: 0,
+                        groups: in_shape.c,
+                    }),
+                    trunc: *trunc,
+                },
+                (Op::Add, PublicOp::Add { lift }) => Step::Add { lift: *lift },
+                (Op::AvgPool { kernel, stride }, PublicOp::Pool { plan }) => Step::AvgPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                    plan: *plan,
+                },
+                (Op::GlobalAvgPool, PublicOp::Pool { plan }) => Step::GlobalPool { plan: *plan },
+                (
+                    Op::Site(site),
+                    PublicOp::Site {
+                        lift,
+                        trunc,
+                        poly_trunc,
+                    },
+                ) => {
+                    let plane = site.shape.plane().max(1);
+                    let mut sp = SitePlan {
+                        lift: *lift,
+                        trunc: *trunc,
+                        relu: Vec::new(),
+                        ident: Vec::new(),
+                        poly: Vec::new(),
+                        poly_channel: Vec::new(),
+                        poly_trunc: poly_trunc.unwrap_or(0),
+                    };
+                    for (k, &m) in site.mask.iter().enumerate() {
+                        if m == 1 {
+                            sp.relu.push(k as u32);
+                        } else if site.poly.is_some() {
+                            sp.poly.push(k as u32);
+                            sp.poly_channel.push((k / plane) as u32);
+                        } else {
+                            sp.ident.push(k as u32);
+                        }
+                    }
+                    Step::Site(sp)
+                }
+                (op, p) => {
+                    return Err(InferenceError::Model {
+                        reason: format!("node {i} ({}): {} with plan {p:?}", node.name, op.kind()),
+                    })
+                }
+            };
+            steps.push(step);
+        }
+        let mut last_use: Vec<usize> = (0..net.nodes.len()).collect();
+        for (i, n) in net.nodes.iter().enumerate() {
+            for &j in &n.inputs {
+                last_use[j] = i;
+            }
+        }
+        Ok(Self {
+            net,
+            public: public.clone(),
+            steps,
+            last_use,
+            trunc,
+            scheme,
+        })
+    }
+
+    /// The circuit of one truncation.
+    pub fn circuit(
+        &self,
+        trunc: u32,
+        kind: ActivationKind,
+        node: &str,
+    ) -> Result<CircuitShape, InferenceError> {
+        let spec = CircuitSpec::new(trunc).map_err(|e| InferenceError::Model {
+            reason: format!("{node}: {e}"),
+        })?;
+        Ok(CircuitShape::new(spec, kind, self.scheme))
+    }
+
+    /// Shape of node `i`'s input `k`.
+    pub fn input_shape(&self, i: usize, k: usize) -> FeatureShape {
+        self.net.nodes[i]
+            .inputs
+            .get(k)
+            .map_or(self.net.input, |&j| self.net.nodes[j].shape)
+    }
+
+    /// Garbled-circuit groups of node `i`, in protocol order; the second
+    /// field says which online round (0, 1, …) each group's labels go in.
+    pub fn gc_groups(&self, i: usize) -> Result<Vec<(GcGroup, usize)>, InferenceError> {
+        let name = &self.net.nodes[i].name;
+        let exact = self.trunc == TruncMode::Exact;
+        let mut out = Vec::new();
+        let mut push = |role: &str, trunc: u32, kind, count: usize, round: usize| {
+            if count > 0 {
+                out.push((
+                    GcGroup {
+                        label: format!("{name}/{role}"),
+                        shape: self.circuit(trunc, kind, name)?,
+                        count,
+                    },
+                    round,
+                ));
+            }
+            Ok::<(), InferenceError>(())
+        };
+        let all = self.net.nodes[i].shape.len();
+        match &self.steps[i] {
+            Step::Site(sp) => {
+                push("relu", sp.trunc, ActivationKind::Relu, sp.relu.len(), 0)?;
+                if exact {
+                    push(
+                        "identity",
+                        sp.trunc,
+                        ActivationKind::Truncate,
+                        sp.ident.len(),
+                        0,
+                    )?;
+                    push(
+                        "poly-t",
+                        sp.trunc,
+                        ActivationKind::Truncate,
+                        sp.poly.len(),
+                        0,
+                    )?;
+                    let (a, b) = split_trunc(sp.poly_trunc);
+                    push("poly-v", a, ActivationKind::Truncate, sp.poly.len(), 2)?;
+                    if b > 0 {
+                        push("poly-v2", b, ActivationKind::Truncate, sp.poly.len(), 3)?;
+                    }
+                }
+            }
+            Step::BatchNorm { trunc, .. } if *trunc > 0 && exact => {
+                push("truncate", *trunc, ActivationKind::Truncate, all, 0)?;
+            }
+            Step::AvgPool {
+                plan: PoolPlan::Rounded { trunc, .. },
+                ..
+            }
+            | Step::GlobalPool {
+                plan: PoolPlan::Rounded { trunc, .. },
+            } if exact => {
+                push("truncate", *trunc, ActivationKind::Truncate, all, 0)?;
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    /// HE layers in order.
+    pub fn he_layers(&self) -> Vec<(usize, &HeLayer)> {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Step::Conv { he, .. } | Step::Fc { he, .. } | Step::BatchNorm { he, .. } => {
+                    Some((i, he))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether any site has polynomial elements.
+    pub fn has_poly(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Site(sp) if !sp.poly.is_empty()))
+    }
+
+    /// Elements truncated locally per inference with `local` truncation, per node.
+    pub fn local_truncations(&self, i: usize) -> usize {
+        if self.trunc == TruncMode::Exact {
+            return 0;
+        }
+        match &self.steps[i] {
+            Step::Site(sp) => sp.ident.len() + 2 * sp.poly.len(),
+            Step::BatchNorm { trunc, .. } if *trunc > 0 => self.net.nodes[i].shape.len(),
+            Step::AvgPool {
+                plan: PoolPlan::Rounded { .. },
+                ..
+            }
+            | Step::GlobalPool {
+                plan: PoolPlan::Rounded { .. },
+            } => self.net.nodes[i].shape.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A polynomial element's final truncation in exact mode: at most 16 bits per
+/// garbled circuit, so `g` is split into `(min(g, 16), g − 16)`.
+pub fn split_trunc(g: u32) -> (u32, u32) {
+    if g > 16 {
+        (16, g - 16)
+    } else {
+        (g, 0)
+    }
+}

@@ -1,0 +1,311 @@
+//! End-to-end private inference, both parties in one process: a small CNN
+//! with residual connections and every kind of site element (ReLU, identity,
+//! per-channel polynomial, partially masked sites), in both truncation
+//! modes, over the in-memory duplex and over TCP.
+//!
+//! Every node's reconstructed output (server share + client share) is
+//! checked against the fixed-point reference op applied to the
+//! reconstructed inputs: bit for bit for linear ops, adds and pools, and
+//! within the documented last-bit error for truncations (`e ∈ {−1,0,1,2}`
+//! in a garbled circuit, `{−1,0}` locally). The logits are compared with the
+//! pure fixed-point reference.
+
+use std::time::Duration;
+
+use pibench_models::arch::ArchSpec;
+use pibench_models::fixed::{self, FixedPoint};
+use pibench_models::graph::{FeatureShape, Init, Network, Op, PolyCoeffs};
+use pibench_models::reference::{
+    self, lift, poly_pre_trunc, EncodedNetwork, EncodedOp, Evaluator, FixedEvaluator, FixedValue,
+    NodeCtx,
+};
+use pibench_protocol::he::HeParams;
+use pibench_protocol::inference::{
+    run_client, run_server, ClientInput, InferenceError, InputSource, ServerModel, Settings,
+    TruncMode,
+};
+use pibench_protocol::net::{duplex_pair, tcp_accept, tcp_connect, Channel};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha12Rng;
+
+fn test_settings(trunc: TruncMode) -> Settings {
+    Settings {
+        trunc,
+        he_linear: HeParams::insecure_test_linear(),
+        he_poly: HeParams::insecure_test_triples(),
+        threads: 2,
+        timeout: Duration::from_secs(60),
+        trace: true,
+        ..Settings::default()
+    }
+}
+
+/// A residual CNN on 3×8×8 with partial masks, identity sites and one
+/// polynomial site.
+fn mixed_network(seed: u64) -> Network {
+    let mut net = ArchSpec::Resnet {
+        name: "mixed-resnet".into(),
+        stem: 4,
+        blocks: vec![1, 1],
+        widths: vec![4, 8],
+    }
+    .build(FeatureShape::new(3, 8, 8), 10, Init::Seeded(seed))
+    .unwrap();
+    let mut rng = ChaCha12Rng::seed_from_u64(seed + 100);
+    let n_sites = net.sites().count();
+    for (k, site) in net.sites_mut().enumerate() {
+        match k % 4 {
+            // Partially masked: about half ReLU, half identity.
+            0 => site.mask.iter_mut().for_each(|m| *m = rng.gen_range(0..2)),
+            // All ReLU.
+            1 => {}
+            // Partially masked with a polynomial replacement.
+            2 => {
+                site.mask.iter_mut().for_each(|m| *m = rng.gen_range(0..2));
+                let c = site.shape.c;
+                site.poly = Some(PolyCoeffs {
+                    a2: (0..c).map(|_| rng.gen_range(0.05..0.3)).collect(),
+                    a1: (0..c).map(|_| rng.gen_range(0.3..0.7)).collect(),
+                    a0: (0..c).map(|_| rng.gen_range(-0.2..0.2)).collect(),
+                });
+            }
+            // All identity (a culled site).
+            _ => site.fill_mask(0),
+        }
+        let _ = n_sites;
+    }
+    net
+}
+
+fn input(net: &Network, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha12Rng::seed_from_u64(seed);
+    (0..net.input.len())
+        .map(|_| rng.gen_range(-2.0..2.0))
+        .collect()
+}
+
+async fn run_pair(
+    net: &Network,
+    x: Vec<f32>,
+    server_settings: Settings,
+    client_settings: Settings,
+    tcp: bool,
+) -> (
+    Result<pibench_protocol::inference::ServerOutcome, InferenceError>,
+    Result<pibench_protocol::inference::ClientOutcome, InferenceError>,
+) {
+    let model = ServerModel::new(net.clone(), FixedPoint::default()).unwrap();
+    let (mut cch, mut sch): (Channel, Channel) = if tcp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { tcp_accept(&listener).await.unwrap() });
+        let c = tcp_connect(addr.to_string()).await.unwrap();
+        (c, accept.await.unwrap())
+    } else {
+        duplex_pair()
+    };
+    let server = tokio::spawn(async move {
+        let mut rng = ChaCha12Rng::seed_from_u64(1);
+        run_server(&mut sch, &model, &server_settings, &mut rng).await
+    });
+    let mut rng = ChaCha12Rng::seed_from_u64(2);
+    let client = run_client(
+        &mut cch,
+        &ClientInput {
+            inputs: InputSource::Values(vec![x]),
+            expected: None,
+        },
+        &client_settings,
+        &mut rng,
+    )
+    .await;
+    drop(cch);
+    (server.await.unwrap(), client)
+}
+
+/// Checks every node of the reconstructed trace against the reference.
+fn check_trace(
+    net: &Network,
+    enc: &EncodedNetwork,
+    x: &[f32],
+    values: &[Vec<u64>],
+    trunc: TruncMode,
+) {
+    assert_eq!(values.len(), net.nodes.len());
+    let mut ev = FixedEvaluator::new(enc);
+    let fa = enc.fixed.act_frac_bits;
+    let range = |exact: bool| if exact { -1..=2 } else { -1..=0 };
+    let exact = trunc == TruncMode::Exact;
+    for (i, node) in net.nodes.iter().enumerate() {
+        let in_shape = node
+            .inputs
+            .first()
+            .map_or(net.input, |&j| net.nodes[j].shape);
+        let ctx = NodeCtx {
+            index: i,
+            name: &node.name,
+            in_shape,
+            out_shape: node.shape,
+        };
+        let arg = |k: usize| FixedValue {
+            data: values[node.inputs[k]].clone(),
+            frac_bits: enc.scale(node.inputs[k]),
+        };
+        let got = &values[i];
+        let want = match &node.op {
+            Op::Input => ev.input(x, net.input).unwrap(),
+            Op::Conv2d(c) => ev.conv(&ctx, c, &arg(0)).unwrap(),
+            Op::Linear(l) => ev.linear(&ctx, l, &arg(0)).unwrap(),
+            Op::BatchNorm(b) => ev.batchnorm(&ctx, b, &arg(0)).unwrap(),
+            Op::Add => ev.add(&ctx, &arg(0), &arg(1)).unwrap(),
+            Op::Flatten => arg(0),
+            Op::AvgPool { kernel, stride } => ev.avgpool(&ctx, *kernel, *stride, &arg(0)).unwrap(),
+            Op::GlobalAvgPool => ev.global_avgpool(&ctx, &arg(0)).unwrap(),
+            Op::Site(site) => {
+                let Some(Some(EncodedOp::Site {
+                    lift: up,
+                    trunc: f,
+                    poly,
+                })) = enc.ops.get(i)
+                else {
+                    panic!("no site encoding")
+                };
+                let y = &values[node.inputs[0]];
+                let plane = site.shape.plane();
+                for (k, (&yk, &m)) in y.iter().zip(&site.mask).enumerate() {
+                    let t = fixed::to_i64(fixed::truncate_round(lift(yk, *up), *f));
+                    let g = fixed::to_i64(got[k]);
+                    if m == 1 {
+                        assert!(
+                            range(true).any(|e| (t + e).max(0) == g),
+                            "{} element {k}: ReLU of {t} (±e) gave {g}",
+                            node.name
+                        );
+                    } else if let Some(p) = poly {
+                        // The input truncation, then the polynomial's rounding.
+                        let ok = range(exact).any(|e1| {
+                            let (v, _) = poly_pre_trunc(p, k / plane, fixed::from_i64(t + e1));
+                            let r = fixed::to_i64(fixed::truncate_round(v, p.trunc));
+                            // Exact mode truncates in up to two garbled steps.
+                            let e2: Vec<i64> = if exact {
+                                (-2..=3).collect()
+                            } else {
+                                vec![-1, 0]
+                            };
+                            e2.iter().any(|e| r + e == g)
+                        });
+                        assert!(ok, "{} element {k}: polynomial of {t} gave {g}", node.name);
+                    } else {
+                        assert!(
+                            range(exact).any(|e| t + e == g),
+                            "{} element {k}: identity of {t} gave {g}",
+                            node.name
+                        );
+                    }
+                }
+                let _ = fa;
+                continue;
+            }
+        };
+        assert_eq!(
+            &want.data, got,
+            "node {i} ({}) differs from the reference",
+            node.name
+        );
+    }
+}
+
+async fn end_to_end(trunc: TruncMode, tcp: bool) {
+    let net = mixed_network(3);
+    let x = input(&net, 4);
+    let (server, client) = run_pair(
+        &net,
+        x.clone(),
+        test_settings(trunc),
+        test_settings(trunc),
+        tcp,
+    )
+    .await;
+    let server = server.expect("server");
+    let client = client.expect("client");
+    let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
+    let values: Vec<Vec<u64>> = server
+        .trace
+        .iter()
+        .zip(&client.trace)
+        .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
+        .collect();
+    check_trace(&net, &enc, &x, &values, trunc);
+    // Logits: the reconstructed last node, and the pure reference.
+    assert_eq!(&client.raw[0], values.last().unwrap());
+    let want = reference::forward_fixed_encoded(&net, &enc, &x).unwrap();
+    let max = want.logits.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = want
+        .logits
+        .iter()
+        .zip(&client.logits[0])
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("{trunc:?} tcp={tcp}: max |logit| {max:.3}, max |Δlogit| vs reference {err:.5}");
+    assert!(err <= 0.02 * (1.0 + max), "logits off by {err}");
+    // Traffic: the client sent the input and one reply per site with ReLUs.
+    let r = &client.reports[0];
+    assert!(r.traffic("online/input").sent >= 8 * net.input.len() as u64);
+    assert!(r.traffic("offline/he").bytes() > 0);
+    assert!(r.traffic("online/gc").received > 0);
+    let s = &server.reports[0];
+    assert_eq!(
+        s.traffic("online/reply").received,
+        r.traffic("online/reply").sent
+    );
+    assert_eq!(s.traffic("offline").bytes(), r.traffic("offline").bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_truncation_over_duplex() {
+    end_to_end(TruncMode::Local, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_truncation_over_duplex() {
+    end_to_end(TruncMode::Exact, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_truncation_over_tcp() {
+    end_to_end(TruncMode::Local, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_mismatch_names_the_field_on_both_sides() {
+    let net = mixed_network(5);
+    let x = input(&net, 1);
+    let (server, client) = run_pair(
+        &net,
+        x,
+        test_settings(TruncMode::Local),
+        test_settings(TruncMode::Exact),
+        false,
+    )
+    .await;
+    let s = server.unwrap_err().to_string();
+    let c = client.unwrap_err().to_string();
+    assert!(s.contains("truncation"), "server: {s}");
+    assert!(c.contains("truncation"), "client: {c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_input_shape_is_refused() {
+    let net = mixed_network(5);
+    let (server, client) = run_pair(
+        &net,
+        vec![0.5; 7],
+        test_settings(TruncMode::Local),
+        test_settings(TruncMode::Local),
+        false,
+    )
+    .await;
+    let c = client.unwrap_err().to_string();
+    assert!(c.contains("input 0 has 7 values"), "client: {c}");
+    let s = server.unwrap_err().to_string();
+    assert!(s.contains("input 0 has 7 values"), "server: {s}");
+}
