@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod table;
 
 /// Measure the real cost of private inference for ReLU-pruned networks.
 #[derive(Debug, Parser)]
