@@ -8,3 +8,4 @@ pub mod gc;
 pub mod he;
 pub mod net;
 pub mod ot;
+pub mod shaper;
