@@ -25,8 +25,11 @@
 //!    instants never decrease and the delay is constant).
 //!
 //! The delay line holds at most [`ShapedWriter::capacity`] bytes: twice the
-//! one-way bandwidth-delay product plus the burst, at least 1 MiB and at most
-//! 64 MiB (16 MiB for an unlimited rate). A writer that runs ahead of the link
+//! one-way bandwidth-delay product plus the burst, at least 1 MiB (or one
+//! second of data on links slower than 8 Mbit/s) and at most 64 MiB (16 MiB
+//! for an unlimited rate); each queued chunk is charged 64
+//! bytes on top of its payload, so tiny writes cannot pile up bookkeeping.
+//! A writer that runs ahead of the link
 //! by more than that waits, as it would on a full TCP send buffer. A flush
 //! returns once the bytes are in the delay line (they are "on the wire"; a
 //! real socket's flush does not wait for delivery either), so computation
@@ -51,8 +54,8 @@
 //! writes every due chunk. The pump owns the inner writer. It ends when the
 //! [`ShapedWriter`] is shut down or dropped and its queue is delivered (like a
 //! kernel delivering a closed socket's buffer), when the transport fails, or
-//! when, after the writer is gone, the transport makes no progress for the
-//! linger time ([`DEFAULT_LINGER`]). Bytes still queued when the runtime
+//! when, once the writer is shut down or dropped, the transport accepts no
+//! bytes for the linger time ([`DEFAULT_LINGER`]). Bytes still queued when the runtime
 //! itself shuts down are lost: call `shutdown()` on the writer before a
 //! process exits right after its last send.
 //!
@@ -86,10 +89,11 @@
 //! rate 400mbit burst 100000` plus `netem delay 20msec` (WAN: 400 Mbit/s,
 //! 40 ms RTT). On `lo` each direction crosses the qdisc once, so the netem
 //! delay is the one-way delay and the RTT is twice it, as here. The default
-//! burst, 100 000 bytes, is that script's `burst 100000`. PrivShap (seed 002)
-//! quotes other figures (1 GB/s with 1 ms, 300 MB/s with 5 ms); reproduce
-//! them with `rate=8gbit,rtt=2ms` and `rate=2400mbit,rtt=10ms` if its
-//! "latency" is one-way, which the paper does not say.
+//! burst, 100 000 bytes, is that script's `burst 100000`. emp-toolkit's own
+//! LAN is `tbf rate 1gbit` plus `netem delay 1msec`, i.e. `rate=1gbit,rtt=2ms`.
+//! PrivShap (seed 002) quotes "1 GBps, 1 ms latency" and "300MBps, 5 ms
+//! latency" without saying bits or bytes, one-way or round trip; read as
+//! Gbit/s and one-way, the first is emp-toolkit's LAN.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -708,9 +712,13 @@ impl ShapedWriter {
             Some(r) => {
                 let bdp = u128::from(r) / 8 * delay.as_nanos() / 1_000_000_000;
                 let want = 2 * bdp + u128::from(profile.burst_bytes);
+                // A slow link gets at most about a second of data as the
+                // floor, so a dropped writer's queue drains in bounded time.
+                let one_second = usize::try_from(r / 8).unwrap_or(MIN_QUEUE);
+                let floor = one_second.clamp(MAX_CHUNK + CHUNK_OVERHEAD, MIN_QUEUE);
                 usize::try_from(want)
                     .unwrap_or(MAX_QUEUE)
-                    .clamp(MIN_QUEUE, MAX_QUEUE)
+                    .clamp(floor, MAX_QUEUE)
             }
         };
         handle.spawn(pump(inner, Arc::clone(&shared), timer, linger));
@@ -725,12 +733,14 @@ impl ShapedWriter {
         })
     }
 
-    /// Most bytes the delay line holds before writes wait.
+    /// Most bytes the delay line holds before writes wait (each chunk is
+    /// charged 64 bytes on top of its payload).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Bytes written but not yet handed to the transport.
+    /// Bytes written and still waiting in the delay line (not yet taken by
+    /// the pump for the transport); zero after a completed `shutdown`.
     pub fn queued(&self) -> usize {
         self.shared.lock().queued
     }

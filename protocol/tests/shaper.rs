@@ -8,6 +8,13 @@
 //! the model allows) are checked on every attempt, and an upper bound that
 //! fails is retried up to [`ATTEMPTS`] times before the test fails; every
 //! attempt prints its figures (`cargo test -- --nocapture`).
+//!
+//! Robustness: measured on a 2-vCPU VM at load average 5–8 from other
+//! builds running under `nice`, every test passed at the first or second
+//! attempt. Two extra CPU hogs at the *same* priority, always runnable, add
+//! 2–8 ms of scheduling delay to wake-ups after a long sleep, and the 20 ms
+//! and 40 ms ping-pongs then fail (their bulk transfers and the 2 ms
+//! ping-pongs still pass): run long builds beside `make test` under `nice`.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
