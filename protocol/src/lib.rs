@@ -10,3 +10,4 @@ pub mod inference;
 pub mod msg;
 pub mod net;
 pub mod ot;
+pub mod shaper;
