@@ -447,6 +447,21 @@ impl Channel {
         Ok(())
     }
 
+    /// Flushes and shuts the sending side down (the peer reads end of
+    /// stream after the last frame). Bytes still in an emulated link's delay
+    /// line are delivered first.
+    pub async fn shutdown(&mut self) -> Result<(), NetError> {
+        self.flush().await?;
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.writer.shutdown()).await {
+            Ok(r) => r.map_err(|e| io_err(e, "shutting down".into())),
+            Err(_) => Err(NetError::Timeout {
+                seconds: timeout.as_secs_f64(),
+                context: "shutting down (the peer stopped reading)".into(),
+            }),
+        }
+    }
+
     /// Receives a typed message: checks the envelope tag, then decodes.
     pub async fn recv<M: Wire>(&mut self) -> Result<M, NetError> {
         let bytes = self.recv_bytes(M::NAME).await?;

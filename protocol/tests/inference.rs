@@ -309,3 +309,34 @@ async fn wrong_input_shape_is_refused() {
     let s = server.unwrap_err().to_string();
     assert!(s.contains("input 0 has 7 values"), "server: {s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_store_streams_per_node_and_leaves_no_files() {
+    let net = mixed_network(3);
+    let x = input(&net, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(TruncMode::Exact);
+    s.store = Some(dir.path().to_path_buf());
+    let (server, client) = run_pair(&net, x.clone(), s.clone(), s.clone(), false).await;
+    let (server, client) = (server.expect("server"), client.expect("client"));
+    let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
+    let values: Vec<Vec<u64>> = server
+        .trace
+        .iter()
+        .zip(&client.trace)
+        .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
+        .collect();
+    check_trace(&net, &enc, &x, &values, TruncMode::Exact);
+    // Only the manifest is left.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["pibench-store.json".to_string()]);
+    // The folder belongs to this model: another model is refused on both sides.
+    let other = mixed_network(9);
+    let (server, client) = run_pair(&other, input(&other, 1), s.clone(), s, false).await;
+    let e = server.unwrap_err().to_string();
+    assert!(e.contains("belongs to model"), "{e}");
+    assert!(client.is_err());
+}

@@ -22,7 +22,7 @@ use pibench_protocol::inference::{
     run_client, run_server, ClientInput, InputSource, PartyReport, PublicModel, ServerModel,
     Settings, TruncMode,
 };
-use pibench_protocol::net::{tcp_connect, Channel};
+use pibench_protocol::shaper::{self, NetProfile};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,15 @@ pub struct ProtocolArgs {
     /// Seconds a receive waits for the peer before the session is ended.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Network emulation on both parties' outgoing bytes: none, lan (3 Gbit/s, 0.3 ms RTT),
+    /// wan (400 Mbit/s, 40 ms RTT) or rate=R,rtt=T (e.g. rate=1gbit,rtt=2ms). Both parties
+    /// must use the same setting (checked in the handshake).
+    #[arg(long, default_value = "none")]
+    pub net: NetProfile,
+    /// Stream the offline material to this folder, one file per layer, and read it back
+    /// layer by layer online (memory stays at one layer's material).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
     /// Small, INSECURE HE parameters (N = 2048) for quick functional checks.
     #[arg(long, hide = true)]
     pub insecure_test_params: bool,
@@ -88,6 +97,8 @@ impl ProtocolArgs {
                 SchemeArg::ThreeHalves => Scheme::ThreeHalves,
             },
             timeout: Duration::from_secs(self.timeout.max(1)),
+            net: self.net,
+            store: self.store.clone(),
             ..Settings::default()
         };
         if let Some(t) = self.threads {
@@ -116,9 +127,14 @@ impl ProtocolArgs {
             .into(),
             "--timeout".into(),
             self.timeout.to_string(),
+            "--net".into(),
+            self.net.spec(),
         ];
         if let Some(t) = self.threads {
             v.extend(["--threads".into(), t.to_string()]);
+        }
+        if let Some(d) = &self.store {
+            v.extend(["--store".into(), d.display().to_string()]);
         }
         if self.insecure_test_params {
             v.push("--insecure-test-params".into());
@@ -258,9 +274,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
         loop {
             let (stream, peer) = listener.accept().await.context("accepting a client")?;
             served += 1;
-            stream.set_nodelay(true)?;
-            let (r, w) = stream.into_split();
-            let mut ch = Channel::new(r, w);
+            let mut ch = shaper::tcp_channel(stream, &settings.net)?;
             let mut rng = ChaCha20Rng::from_entropy();
             let result = run_server(&mut ch, &model, &settings, &mut rng).await;
             match result {
@@ -382,9 +396,10 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
     };
     let rt = runtime(settings.threads)?;
     let outcome = rt.block_on(async {
-        let mut ch = tcp_connect(args.connect.clone())
+        let stream = tokio::net::TcpStream::connect(&args.connect)
             .await
             .with_context(|| format!("connecting to {}", args.connect))?;
+        let mut ch = shaper::tcp_channel(stream, &settings.net)?;
         let input = ClientInput {
             inputs: source,
             expected,
@@ -840,7 +855,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         settings: cr.settings.clone(),
         security: cr.security.clone(),
-        network: "none (loopback, no emulation)".into(),
+        network: format!("{} on loopback", args.protocol.net),
         local_truncation: failure_bound(&fixed_out.truncations, &cr, local, 1),
         layers: rows(&cr, Some(&s)),
         totals: totals(&cr, &s),

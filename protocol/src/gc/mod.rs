@@ -152,6 +152,16 @@ pub enum GcError {
         #[source]
         source: crate::net::NetError,
     },
+    /// Offline material on disk is unreadable or does not fit the plan.
+    #[error("{file}: at byte offset {offset}: {reason}")]
+    Store {
+        /// The file.
+        file: String,
+        /// Byte offset.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
     /// Oblivious transfer failed.
     #[error("{site}: {source}")]
     Ot {

@@ -520,3 +520,201 @@ impl EvaluatorSession {
         Ok(out)
     }
 }
+
+// ---------------------------------------------------------------- storage
+//
+// Offline material on disk (the inference store): each site is written as
+// its chunks in order; reading takes the expected shape and circuit count
+// from the caller (the protocol plan), derives every length from them and
+// checks every field, so a truncated or foreign file is an error naming the
+// byte offset, never an allocation the plan does not call for.
+
+/// Reads little-endian words from a stream, counting the offset for errors.
+#[derive(Debug)]
+pub struct StoreReader<R> {
+    inner: R,
+    offset: u64,
+    what: String,
+}
+
+impl<R: std::io::Read> StoreReader<R> {
+    /// Wraps a reader; `what` names the file in errors.
+    pub fn new(inner: R, what: impl Into<String>) -> Self {
+        Self {
+            inner,
+            offset: 0,
+            what: what.into(),
+        }
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// An error at the current offset.
+    pub fn error(&self, reason: impl Into<String>) -> GcError {
+        GcError::Store {
+            file: self.what.clone(),
+            offset: self.offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// Fills `buf` exactly.
+    pub fn bytes(&mut self, buf: &mut [u8], what: &str) -> Result<(), GcError> {
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| self.error(format!("{what}: {e}")))?;
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    /// One `u64`.
+    pub fn u64(&mut self, what: &str) -> Result<u64, GcError> {
+        let mut b = [0u8; 8];
+        self.bytes(&mut b, what)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// `n` `u64`s (the caller bounds `n`).
+    pub fn u64s(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
+        let mut raw = vec![0u8; 8 * n];
+        self.bytes(&mut raw, what)?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect())
+    }
+
+    /// `n` field elements (each checked `< P`).
+    pub fn field(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
+        let at = self.offset;
+        let v = self.u64s(n, what)?;
+        if let Some(i) = v.iter().position(|&x| x >= pibench_models::fixed::P) {
+            return Err(GcError::Store {
+                file: self.what.clone(),
+                offset: at + 8 * i as u64,
+                reason: format!("{what}: element {i} is not a field element"),
+            });
+        }
+        Ok(v)
+    }
+
+    /// `n` labels.
+    pub fn blocks(&mut self, n: usize, what: &str) -> Result<Vec<Block>, GcError> {
+        let mut raw = vec![0u8; 16 * n];
+        self.bytes(&mut raw, what)?;
+        Ok(raw
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().unwrap_or([0; 16])))
+            .collect())
+    }
+}
+
+fn put_u64s(w: &mut impl std::io::Write, v: &[u64]) -> std::io::Result<()> {
+    for x in v {
+        w.write_all(&x.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+fn put_blocks(w: &mut impl std::io::Write, v: &[Block]) -> std::io::Result<()> {
+    for x in v {
+        w.write_all(&x.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Chunk sizes of `count` circuits, as [`GarblerSession::offline`] makes them.
+fn chunk_sizes(count: usize) -> impl Iterator<Item = usize> {
+    (0..count.div_ceil(CHUNK_CIRCUITS)).map(move |k| CHUNK_CIRCUITS.min(count - k * CHUNK_CIRCUITS))
+}
+
+impl GarblerSite {
+    /// Writes the site (batch tweaks, Δ, input zero labels, output masks per chunk).
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        for (batch, keys) in &self.chunks {
+            w.write_all(&batch.to_le_bytes())?;
+            w.write_all(&keys.delta.to_le_bytes())?;
+            put_blocks(w, &keys.input_zero_labels)?;
+            put_u64s(w, &keys.output_masks)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a site of `count` circuits of `shape` written by [`GarblerSite::write_to`].
+    pub fn read_from<R: std::io::Read>(
+        r: &mut StoreReader<R>,
+        shape: &CircuitShape,
+        count: usize,
+    ) -> Result<Self, GcError> {
+        let n = shape.input_bits();
+        let mut chunks = Vec::new();
+        for m in chunk_sizes(count) {
+            let batch = r.u64("batch")?;
+            let delta = r.blocks(1, "delta")?[0];
+            let input_zero_labels = r.blocks(m * n, "garbler input labels")?;
+            let output_masks = r.field(m, "output masks")?;
+            chunks.push((
+                batch,
+                GarblerKeys {
+                    delta,
+                    input_zero_labels,
+                    output_masks,
+                },
+            ));
+        }
+        Ok(Self {
+            shape: shape.clone(),
+            chunks,
+        })
+    }
+}
+
+impl EvaluatorSite {
+    /// Writes the site (batch tweaks, tables, control bits, decoding, input labels per chunk).
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        for (batch, garbling, labels) in &self.chunks {
+            w.write_all(&batch.to_le_bytes())?;
+            put_u64s(w, &garbling.tables.words)?;
+            w.write_all(&garbling.tables.control)?;
+            put_u64s(w, &garbling.decoding)?;
+            put_blocks(w, labels)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a site of `count` circuits of `shape` written by [`EvaluatorSite::write_to`].
+    pub fn read_from<R: std::io::Read>(
+        r: &mut StoreReader<R>,
+        shape: &CircuitShape,
+        count: usize,
+    ) -> Result<Self, GcError> {
+        let n = shape.input_bits();
+        let mut chunks = Vec::new();
+        for m in chunk_sizes(count) {
+            let batch = r.u64("batch")?;
+            let words = r.u64s(shape.table_words(m), "garbled tables")?;
+            let mut control = vec![0u8; shape.control_len(m)];
+            r.bytes(&mut control, "control bits")?;
+            if let Some(i) = control.iter().position(|&c| c >= 32) {
+                return Err(r.error(format!("control byte {i} has more than 5 bits")));
+            }
+            let decoding = r.field(shape.decoding_len(m), "output decoding")?;
+            let labels = r.blocks(m * n, "evaluator input labels")?;
+            chunks.push((
+                batch,
+                Garbling {
+                    tables: GarbledTables { words, control },
+                    decoding,
+                },
+                labels,
+            ));
+        }
+        Ok(Self {
+            shape: shape.clone(),
+            chunks,
+        })
+    }
+}

@@ -60,6 +60,7 @@ pub mod party;
 pub mod plan;
 pub mod public;
 pub mod report;
+pub mod store;
 
 pub use messages::{OnlineMessage, SessionMessage};
 pub use party::{
@@ -134,6 +135,9 @@ pub struct Settings {
     pub store: Option<std::path::PathBuf>,
     /// Keep this party's share of every node of the last inference (tests).
     pub trace: bool,
+    /// Network emulation both parties apply to their outgoing bytes (agreed
+    /// in the handshake: a party shaping alone emulates one direction only).
+    pub net: crate::shaper::NetProfile,
 }
 
 impl Default for Settings {
@@ -147,6 +151,7 @@ impl Default for Settings {
             timeout: crate::net::DEFAULT_TIMEOUT,
             store: None,
             trace: false,
+            net: crate::shaper::NetProfile::NONE,
         }
     }
 }
@@ -176,6 +181,7 @@ impl Settings {
             ("truncation".into(), self.trunc.name().into()),
             ("he linear".into(), he_line(&self.he_linear)),
             ("he poly".into(), he_line(&self.he_poly)),
+            ("network emulation".into(), self.net.spec()),
         ]
     }
 

@@ -14,6 +14,7 @@ use super::messages::{OnlineMessage, SessionMessage};
 use super::plan::{split_trunc, GcGroup, InferencePlan, SitePlan, Step};
 use super::public::{hex, PublicModel};
 use super::report::{peak_rss_bytes, Clock, NodeReport, PartyReport, Role};
+use super::store::{ClientNode, ServerNode, Store};
 use super::{InferenceError, Settings, TruncMode, PROTOCOL_VERSION};
 use crate::gc::protocol::{EvaluatorSession, EvaluatorSite, GarblerSession, GarblerSite};
 use crate::he::poly::{self, ClientPolyShares, ServerPolyShares};
@@ -205,7 +206,7 @@ async fn refuse(ch: &mut Channel, err: InferenceError) -> InferenceError {
             reason: err.to_string(),
         })
         .await;
-    let _ = ch.flush().await;
+    let _ = ch.shutdown().await;
     err
 }
 
@@ -548,7 +549,10 @@ pub async fn run_server<R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<ServerOutcome, InferenceError> {
     match server_session(ch, model, settings, rng).await {
-        Ok(o) => Ok(o),
+        Ok(o) => {
+            let _ = ch.shutdown().await;
+            Ok(o)
+        }
         Err(e) => Err(abort(ch, e).await),
     }
 }
@@ -573,6 +577,10 @@ async fn server_session<R: RngCore + CryptoRng>(
     let keys = ServerKeysAll { linear, poly };
     ch.set_phase("setup/ot");
     let mut gc = GarblerSession::setup(ch, rng).await?;
+    let store = match &settings.store {
+        Some(dir) => Some(Store::open(dir, &model.public, Role::Server)?),
+        None => None,
+    };
     let setup_s = setup.elapsed().0;
     let mut reports = Vec::new();
     let mut trace = Vec::new();
@@ -589,13 +597,24 @@ async fn server_session<R: RngCore + CryptoRng>(
             &keys,
             &mut gc,
             settings,
+            store.as_ref(),
             rng,
             &mut report,
         )
         .await?;
         (report.offline_s, report.offline_cpu_s) = clock.elapsed();
         let clock = Clock::start();
-        trace = server_online(ch, &gc, model, &plan, off, settings, &mut report).await?;
+        trace = server_online(
+            ch,
+            &gc,
+            model,
+            &plan,
+            off,
+            settings,
+            store.as_ref(),
+            &mut report,
+        )
+        .await?;
         (report.online_s, report.online_cpu_s) = clock.elapsed();
         ch.set_layer(None);
         report.take_traffic(ch.meter());
@@ -627,6 +646,7 @@ async fn server_offline<R: RngCore + CryptoRng>(
     keys: &ServerKeysAll,
     gc: &mut GarblerSession,
     settings: &Settings,
+    store: Option<&Store>,
     rng: &mut R,
     report: &mut PartyReport,
 ) -> Result<ServerOffline, InferenceError> {
@@ -677,6 +697,16 @@ async fn server_offline<R: RngCore + CryptoRng>(
                 ch.set_phase("offline/poly");
                 let shares = he_proto::server_poly(ch, ctx, k, i as u32, &c2, &c1, rng).await?;
                 off.poly.insert(i, shares);
+            }
+        }
+        if let Some(st) = store {
+            if server_has_material(plan, i)? {
+                let m = ServerNode {
+                    he: off.he.remove(&i),
+                    gc: off.gc.remove(&i).unwrap_or_default(),
+                    poly: off.poly.remove(&i),
+                };
+                st.write_server(report.inference, i, &m)?;
             }
         }
         let (w, c) = clock.elapsed();
@@ -758,6 +788,7 @@ async fn server_online(
     plan: &InferencePlan,
     mut off: ServerOffline,
     settings: &Settings,
+    store: Option<&Store>,
     report: &mut PartyReport,
 ) -> Result<Vec<Vec<u64>>, InferenceError> {
     let n = plan.steps.len();
@@ -769,6 +800,21 @@ async fn server_online(
         let name = node.name.clone();
         ch.set_layer(Some(name.clone()));
         let clock = Clock::start();
+        if let Some(st) = store {
+            if server_has_material(plan, i)? {
+                let m = st.read_server(plan, report.inference, i)?;
+                st.remove(report.inference, i);
+                if let Some(h) = m.he {
+                    off.he.insert(i, h);
+                }
+                if !m.gc.is_empty() {
+                    off.gc.insert(i, m.gc);
+                }
+                if let Some(p) = m.poly {
+                    off.poly.insert(i, p);
+                }
+            }
+        }
         let arg = |k: usize| -> Result<&Vec<u64>, InferenceError> {
             node.inputs
                 .get(k)
@@ -1084,6 +1130,19 @@ async fn server_site(
     Ok(out)
 }
 
+fn server_has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError> {
+    Ok(matches!(
+        plan.steps[i],
+        Step::Conv { .. } | Step::Fc { .. } | Step::BatchNorm { .. }
+    ) || !plan.gc_groups(i)?.is_empty()
+        || matches!(&plan.steps[i], Step::Site(sp) if !sp.poly.is_empty()))
+}
+
+fn client_has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError> {
+    Ok(!plan.gc_groups(i)?.is_empty()
+        || matches!(&plan.steps[i], Step::Site(sp) if !sp.poly.is_empty()))
+}
+
 /// Local truncation of server inputs that already carry the rounding offset.
 fn server_trunc_no_offset(a: &[u64], f: u32) -> Vec<u64> {
     a.iter()
@@ -1125,7 +1184,10 @@ pub async fn run_client<R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<ClientOutcome, InferenceError> {
     match client_session(ch, input, settings, rng).await {
-        Ok(o) => Ok(o),
+        Ok(o) => {
+            let _ = ch.shutdown().await;
+            Ok(o)
+        }
         Err(e) => Err(abort(ch, e).await),
     }
 }
@@ -1161,6 +1223,10 @@ async fn client_session<R: RngCore + CryptoRng>(
     let keys = ClientKeysAll { linear, poly };
     ch.set_phase("setup/ot");
     let mut gc = EvaluatorSession::setup(ch, rng).await?;
+    let store = match &settings.store {
+        Some(dir) => Some(Store::open(dir, &public, Role::Client)?),
+        None => None,
+    };
     let setup_s = setup.elapsed().0;
     let fp = public.fixed;
     let mut outcome = ClientOutcome {
@@ -1183,11 +1249,22 @@ async fn client_session<R: RngCore + CryptoRng>(
         report.inference = k;
         report.setup_s = if k == 0 { setup_s } else { 0.0 };
         let clock = Clock::start();
-        let off =
-            client_offline(ch, &plan, &he, &keys, &mut gc, settings, rng, &mut report).await?;
+        let off = client_offline(
+            ch,
+            &plan,
+            &he,
+            &keys,
+            &mut gc,
+            settings,
+            store.as_ref(),
+            rng,
+            &mut report,
+        )
+        .await?;
         (report.offline_s, report.offline_cpu_s) = clock.elapsed();
         let clock = Clock::start();
-        let (raw, trace) = client_online(ch, &plan, off, &gc, &encoded, &mut report).await?;
+        let (raw, trace) =
+            client_online(ch, &plan, off, &gc, &encoded, store.as_ref(), &mut report).await?;
         (report.online_s, report.online_cpu_s) = clock.elapsed();
         ch.set_layer(None);
         report.take_traffic(ch.meter());
@@ -1211,6 +1288,7 @@ async fn client_offline<R: RngCore + CryptoRng>(
     keys: &ClientKeysAll,
     gc: &mut EvaluatorSession,
     settings: &Settings,
+    store: Option<&Store>,
     rng: &mut R,
     report: &mut PartyReport,
 ) -> Result<ClientOffline, InferenceError> {
@@ -1262,6 +1340,17 @@ async fn client_offline<R: RngCore + CryptoRng>(
                     .await?
             }
         };
+        if let Some(st) = store {
+            if client_has_material(plan, i)? {
+                let m = ClientNode {
+                    gc: off.gc.remove(&i).unwrap_or_default(),
+                    masks: off.masks.remove(&i).unwrap_or_default(),
+                    poly: off.poly.remove(&i),
+                    poly_rv: off.poly_rv.remove(&i),
+                };
+                st.write_client(report.inference, i, &m)?;
+            }
+        }
         if settings.trace {
             off.trace.push(out.clone());
         }
@@ -1444,12 +1533,29 @@ async fn client_online(
     mut off: ClientOffline,
     gc: &EvaluatorSession,
     input: &[u64],
+    store: Option<&Store>,
     report: &mut PartyReport,
 ) -> Result<(Vec<u64>, Vec<Vec<u64>>), InferenceError> {
     for (i, step) in plan.steps.iter().enumerate() {
         let name = plan.net.nodes[i].name.clone();
         ch.set_layer(Some(name.clone()));
         let clock = Clock::start();
+        if let Some(st) = store {
+            if client_has_material(plan, i)? {
+                let m = st.read_client(plan, report.inference, i)?;
+                st.remove(report.inference, i);
+                if !m.gc.is_empty() {
+                    off.gc.insert(i, m.gc);
+                    off.masks.insert(i, m.masks);
+                }
+                if let Some(p) = m.poly {
+                    off.poly.insert(i, p);
+                }
+                if let Some(r) = m.poly_rv {
+                    off.poly_rv.insert(i, r);
+                }
+            }
+        }
         let groups = plan.gc_groups(i)?;
         match step {
             Step::Input => {

@@ -1,0 +1,427 @@
+//! The offline store: each party's offline material streamed to one file per
+//! node (`--store DIR`) and read back node by node online, so that a party's
+//! memory holds one node's material at a time (ResNet-18 on Tiny-ImageNet
+//! has 2.2 M ReLUs, about 16 GB of garbled tables on the client).
+//!
+//! Layout: `DIR/pibench-store.json` names the model (public hash) the
+//! folder belongs to; a folder of another model is refused. Each session
+//! works in its own subfolder `DIR/<role>-<pid>-<n>/`, removed when the
+//! session ends (also on errors); subfolders of processes that no longer
+//! exist are removed when a store is opened. A node file
+//! `i<inference>-n<node>.bin` is written to a temporary name and renamed
+//! when complete; it starts with a header (magic `PIST`, format version,
+//! model hash, role, inference, node) and ends with the trailer `DONE`.
+//! Reading derives every length from the protocol plan and checks the
+//! header, every field element and the trailer, so a half-written, foreign
+//! or corrupted file is an error naming the file and the byte offset.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::gc::protocol::{EvaluatorSite, GarblerSite, StoreReader};
+use crate::he::poly::{ClientPolyShares, ServerPolyShares};
+
+use super::plan::{InferencePlan, Step};
+use super::public::{hex, PublicModel};
+use super::report::Role;
+use super::InferenceError;
+
+const MAGIC: &[u8; 4] = b"PIST";
+const TRAILER: &[u8; 4] = b"DONE";
+const VERSION: u32 = 1;
+const MANIFEST: &str = "pibench-store.json";
+
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The server's material of one node.
+#[derive(Debug, Default)]
+pub struct ServerNode {
+    /// HE share `s` (linear nodes).
+    pub he: Option<Vec<u64>>,
+    /// Garbled groups, in plan order.
+    pub gc: Vec<GarblerSite>,
+    /// Polynomial material.
+    pub poly: Option<ServerPolyShares>,
+}
+
+/// The client's material of one node.
+#[derive(Debug, Default)]
+pub struct ClientNode {
+    /// Garbled groups, in plan order.
+    pub gc: Vec<EvaluatorSite>,
+    /// Fresh masks per group.
+    pub masks: Vec<Vec<u64>>,
+    /// Polynomial material.
+    pub poly: Option<ClientPolyShares>,
+    /// Masks of the polynomial values.
+    pub poly_rv: Option<Vec<u64>>,
+}
+
+/// One session's folder.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    hash: [u8; 32],
+    role: Role,
+}
+
+fn store_err(path: &Path, reason: impl Into<String>) -> InferenceError {
+    InferenceError::Store {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    model: String,
+    model_hash: String,
+}
+
+impl Store {
+    /// Opens (creating) the store folder `base` for `public`, and a fresh session subfolder.
+    pub fn open(base: &Path, public: &PublicModel, role: Role) -> Result<Self, InferenceError> {
+        std::fs::create_dir_all(base)
+            .map_err(|e| store_err(base, format!("cannot create the folder: {e}")))?;
+        let manifest = base.join(MANIFEST);
+        let hash = public.hash();
+        match std::fs::read(&manifest) {
+            Ok(bytes) => {
+                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                    store_err(&manifest, format!("not a pibench store manifest: {e}"))
+                })?;
+                if m.model_hash != hex(&hash) {
+                    return Err(store_err(
+                        base,
+                        format!(
+                            "belongs to model {} (hash {}…); this session runs {} (hash {}…): use another folder",
+                            m.model,
+                            &m.model_hash[..m.model_hash.len().min(16)],
+                            public.name,
+                            &hex(&hash)[..16]
+                        ),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let m = Manifest {
+                    model: public.name.clone(),
+                    model_hash: hex(&hash),
+                };
+                let bytes = serde_json::to_vec_pretty(&m).unwrap_or_default();
+                std::fs::write(&manifest, bytes)
+                    .map_err(|e| store_err(&manifest, format!("cannot write: {e}")))?;
+            }
+            Err(e) => return Err(store_err(&manifest, format!("cannot read: {e}"))),
+        }
+        remove_stale(base);
+        let tag = match role {
+            Role::Server => "server",
+            Role::Client => "client",
+        };
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("{tag}-{}-{n}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| store_err(&dir, format!("cannot clear: {e}")))?;
+        }
+        std::fs::create_dir(&dir).map_err(|e| store_err(&dir, format!("cannot create: {e}")))?;
+        Ok(Self { dir, hash, role })
+    }
+
+    /// The session's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, inference: usize, node: usize) -> PathBuf {
+        self.dir.join(format!("i{inference}-n{node:05}.bin"))
+    }
+
+    fn header(&self, inference: usize, node: usize) -> Vec<u8> {
+        let mut h = Vec::with_capacity(49);
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&self.hash);
+        h.push(self.role as u8);
+        h.extend_from_slice(&(inference as u32).to_le_bytes());
+        h.extend_from_slice(&(node as u32).to_le_bytes());
+        h
+    }
+
+    fn write(
+        &self,
+        inference: usize,
+        node: usize,
+        body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+    ) -> Result<(), InferenceError> {
+        let path = self.path(inference, node);
+        let tmp = path.with_extension("tmp");
+        let io = |e: std::io::Error| store_err(&tmp, format!("cannot write: {e}"));
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
+        w.write_all(&self.header(inference, node)).map_err(io)?;
+        body(&mut w).map_err(io)?;
+        w.write_all(TRAILER).map_err(io)?;
+        w.flush().map_err(io)?;
+        drop(w);
+        std::fs::rename(&tmp, &path).map_err(|e| store_err(&path, format!("cannot rename: {e}")))
+    }
+
+    fn open_node(
+        &self,
+        inference: usize,
+        node: usize,
+    ) -> Result<(StoreReader<BufReader<File>>, PathBuf), InferenceError> {
+        let path = self.path(inference, node);
+        let f = File::open(&path).map_err(|e| {
+            store_err(
+                &path,
+                format!("missing (offline phase incomplete or folder changed): {e}"),
+            )
+        })?;
+        let mut r = StoreReader::new(
+            BufReader::with_capacity(1 << 20, f),
+            path.display().to_string(),
+        );
+        let want = self.header(inference, node);
+        let mut got = vec![0u8; want.len()];
+        r.bytes(&mut got, "header")?;
+        if got[..4] != want[..4] || got[4..8] != want[4..8] {
+            return Err(store_err(&path, "not a pibench store file of this version"));
+        }
+        if got[8..40] != want[8..40] {
+            return Err(store_err(&path, "written for another model"));
+        }
+        if got[40..] != want[40..] {
+            return Err(store_err(
+                &path,
+                "written for another party, inference or node",
+            ));
+        }
+        Ok((r, path))
+    }
+
+    fn finish(mut r: StoreReader<BufReader<File>>, path: &Path) -> Result<(), InferenceError> {
+        let mut t = [0u8; 4];
+        r.bytes(&mut t, "trailer")?;
+        if &t != TRAILER {
+            return Err(store_err(
+                path,
+                format!("bad trailer at byte {}", r.offset() - 4),
+            ));
+        }
+        let mut extra = [0u8; 1];
+        match r_read(&mut r, &mut extra) {
+            0 => Ok(()),
+            _ => Err(store_err(
+                path,
+                format!("trailing bytes after byte {}", r.offset()),
+            )),
+        }
+    }
+
+    /// Writes the server's material of a node.
+    pub fn write_server(
+        &self,
+        inference: usize,
+        node: usize,
+        m: &ServerNode,
+    ) -> Result<(), InferenceError> {
+        self.write(inference, node, |w| {
+            flag_u64s(w, m.he.as_deref())?;
+            for g in &m.gc {
+                g.write_to(w)?;
+            }
+            match &m.poly {
+                None => w.write_all(&[0]),
+                Some(p) => {
+                    w.write_all(&[1])?;
+                    put(w, &p.u)?;
+                    put(w, &p.e)?;
+                    put(w, &p.z)
+                }
+            }
+        })
+    }
+
+    /// Reads the server's material of a node.
+    pub fn read_server(
+        &self,
+        plan: &InferencePlan,
+        inference: usize,
+        node: usize,
+    ) -> Result<ServerNode, InferenceError> {
+        let (mut r, path) = self.open_node(inference, node)?;
+        let len = plan.net.nodes[node].shape.len();
+        let he = read_flag_field(&mut r, len, "HE share")?;
+        let mut gc = Vec::new();
+        for (g, _) in plan.gc_groups(node)? {
+            gc.push(GarblerSite::read_from(&mut r, &g.shape, g.count)?);
+        }
+        let n_poly = poly_len(plan, node);
+        let poly = match read_flag(&mut r)? {
+            false => None,
+            true => Some(ServerPolyShares {
+                u: r.field(n_poly, "u")?,
+                e: r.field(n_poly, "e")?,
+                z: r.field(n_poly, "z")?,
+            }),
+        };
+        Self::finish(r, &path)?;
+        Ok(ServerNode { he, gc, poly })
+    }
+
+    /// Writes the client's material of a node.
+    pub fn write_client(
+        &self,
+        inference: usize,
+        node: usize,
+        m: &ClientNode,
+    ) -> Result<(), InferenceError> {
+        self.write(inference, node, |w| {
+            for g in &m.gc {
+                g.write_to(w)?;
+            }
+            for mask in &m.masks {
+                put(w, mask)?;
+            }
+            match &m.poly {
+                None => w.write_all(&[0])?,
+                Some(p) => {
+                    w.write_all(&[1])?;
+                    put(w, &p.e)?;
+                    put(w, &p.r2)?;
+                }
+            }
+            flag_u64s(w, m.poly_rv.as_deref())
+        })
+    }
+
+    /// Reads the client's material of a node.
+    pub fn read_client(
+        &self,
+        plan: &InferencePlan,
+        inference: usize,
+        node: usize,
+    ) -> Result<ClientNode, InferenceError> {
+        let (mut r, path) = self.open_node(inference, node)?;
+        let groups = plan.gc_groups(node)?;
+        let mut gc = Vec::new();
+        for (g, _) in &groups {
+            gc.push(EvaluatorSite::read_from(&mut r, &g.shape, g.count)?);
+        }
+        let mut masks = Vec::new();
+        for (g, _) in &groups {
+            masks.push(r.field(g.count, "mask")?);
+        }
+        let n_poly = poly_len(plan, node);
+        let poly = match read_flag(&mut r)? {
+            false => None,
+            true => Some(ClientPolyShares {
+                e: r.field(n_poly, "e")?,
+                r2: r.field(n_poly, "r2")?,
+            }),
+        };
+        let poly_rv = read_flag_field(&mut r, n_poly, "polynomial masks")?;
+        Self::finish(r, &path)?;
+        Ok(ClientNode {
+            gc,
+            masks,
+            poly,
+            poly_rv,
+        })
+    }
+
+    /// Removes a node's file once read.
+    pub fn remove(&self, inference: usize, node: usize) {
+        let _ = std::fs::remove_file(self.path(inference, node));
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn r_read(r: &mut StoreReader<BufReader<File>>, buf: &mut [u8]) -> usize {
+    // One byte past the trailer must be end of file.
+    match r.bytes(buf, "end") {
+        Ok(()) => 1,
+        Err(_) => 0,
+    }
+}
+
+fn poly_len(plan: &InferencePlan, node: usize) -> usize {
+    match &plan.steps[node] {
+        Step::Site(sp) => sp.poly.len(),
+        _ => 0,
+    }
+}
+
+fn put(w: &mut impl Write, v: &[u64]) -> std::io::Result<()> {
+    for x in v {
+        w.write_all(&x.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+fn flag_u64s(w: &mut impl Write, v: Option<&[u64]>) -> std::io::Result<()> {
+    match v {
+        None => w.write_all(&[0]),
+        Some(v) => {
+            w.write_all(&[1])?;
+            w.write_all(&(v.len() as u64).to_le_bytes())?;
+            put(w, v)
+        }
+    }
+}
+
+fn read_flag<R: Read>(r: &mut StoreReader<R>) -> Result<bool, InferenceError> {
+    let mut b = [0u8; 1];
+    r.bytes(&mut b, "flag")?;
+    match b[0] {
+        0 => Ok(false),
+        1 => Ok(true),
+        x => Err(r.error(format!("flag byte is {x}, expected 0 or 1")).into()),
+    }
+}
+
+fn read_flag_field<R: Read>(
+    r: &mut StoreReader<R>,
+    max: usize,
+    what: &str,
+) -> Result<Option<Vec<u64>>, InferenceError> {
+    if !read_flag(r)? {
+        return Ok(None);
+    }
+    let n = r.u64("length")?;
+    if n > max as u64 {
+        return Err(r
+            .error(format!("{what}: {n} values, at most {max} expected"))
+            .into());
+    }
+    Ok(Some(r.field(n as usize, what)?))
+}
+
+/// Removes session subfolders of processes that no longer exist.
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("server-")
+            .or_else(|| name.strip_prefix("client-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
