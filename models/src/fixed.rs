@@ -115,10 +115,32 @@ pub fn neg(a: u64) -> u64 {
     }
 }
 
+/// `2^55 − P`: the field prime is a pseudo-Mersenne number.
+const C: u64 = (1u64 << FIELD_BITS) - P;
+const MASK55: u128 = (1u128 << FIELD_BITS) - 1;
+
+/// `x mod P` for any `u128`, using `2^55 ≡ C (mod P)` with `C < 2^21`
+/// (no division): `x = h·2^55 + l ≡ h·C + l`, twice, then at most two
+/// subtractions.
+#[inline]
+pub fn reduce_u128(x: u128) -> u64 {
+    // h < 2^73, h·C < 2^94, so y < 2^95.
+    let y = (x >> FIELD_BITS) * C as u128 + (x & MASK55);
+    // h' < 2^40, h'·C < 2^61, so z < 2^62.
+    let z = ((y >> FIELD_BITS) * C as u128 + (y & MASK55)) as u64;
+    // z < 2^62: one more fold leaves z < 2^55 + 2^28 < 2P.
+    let z = (z >> FIELD_BITS) * C + (z & MASK55 as u64);
+    if z >= P {
+        z - P
+    } else {
+        z
+    }
+}
+
 /// `a · b mod P`.
 #[inline]
 pub fn mul(a: u64, b: u64) -> u64 {
-    ((a as u128 * b as u128) % P as u128) as u64
+    reduce_u128(a as u128 * b as u128)
 }
 
 /// `b^e mod q` for any odd or even modulus `q > 0` (square and multiply over `u128`).
@@ -151,7 +173,11 @@ pub fn from_i64(v: i64) -> u64 {
 /// Maps an `i128` into the field.
 #[inline]
 pub fn from_i128(v: i128) -> u64 {
-    v.rem_euclid(P as i128) as u64
+    if v >= 0 {
+        reduce_u128(v as u128)
+    } else {
+        neg(reduce_u128(v.unsigned_abs()))
+    }
 }
 
 /// The centred representative of a field element, in `(−P/2, P/2)`.
@@ -385,6 +411,32 @@ mod tests {
         assert_eq!((P - 1) % (1 << TWO_ADICITY), 0);
         assert_eq!(truncated_modulus(12), (1 << 43) - 368);
         assert_eq!(P, (1u64 << 55) - 1_507_327);
+    }
+
+    #[test]
+    fn fast_reduction_equals_division() {
+        let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(3);
+        let edges = [
+            0u128,
+            1,
+            P as u128 - 1,
+            P as u128,
+            2 * P as u128,
+            u128::MAX,
+            u128::MAX - 1,
+            (P as u128) * (P as u128),
+            ((P as u128) << 64) - 1,
+            1u128 << 127,
+        ];
+        for x in edges
+            .into_iter()
+            .chain((0..200_000).map(|_| rng.gen::<u128>() >> rng.gen_range(0..128)))
+        {
+            assert_eq!(reduce_u128(x) as u128, x % P as u128, "x = {x}");
+        }
+        for v in [i128::MIN + 1, -1, -(P as i128), i128::MAX, 0] {
+            assert_eq!(from_i128(v), v.rem_euclid(P as i128) as u64);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::fixed::{self, P, WEIGHT_MAGNITUDE_BITS};
+use crate::fixed::{self, WEIGHT_MAGNITUDE_BITS};
 
 use super::kernels::ConvGeometry;
 
@@ -75,40 +75,43 @@ fn dgemm_rows(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, n: usize,
     });
 }
 
-/// im2col of one group: `K × (oh·ow)` rows (`K = cin_g·k²`), zero padding,
-/// each entry produced by `map` from the input element.
-fn im2col<T: Copy, const L: usize>(
-    input: &[T],
-    g: &ConvGeometry,
-    group: usize,
-    out: &mut [f64],
-    map: impl Fn(T) -> [f64; L],
-) {
+/// im2col of one group: for each of the `L` planes (input tensors of the
+/// same shape, e.g. the limbs of a field tensor), `K × (oh·ow)` rows (`K =
+/// cin_g·k²`), zero padding; row `r` of plane `l` is stored at
+/// `out[r·L·plane + l·plane ..]`.
+fn im2col(planes: &[&[f64]], g: &ConvGeometry, group: usize, out: &mut [f64]) {
     let o = g.output();
     let plane = o.h * o.w;
     let cin_g = g.input.c / g.groups;
     let k = g.kernel;
     let (h, w) = (g.input.h as isize, g.input.w as isize);
-    let row_len = L * plane;
+    let nl = planes.len();
+    let row_len = nl * plane;
     for ci in 0..cin_g {
         let c = group * cin_g + ci;
-        let chan = &input[c * g.input.plane()..(c + 1) * g.input.plane()];
+        let range = c * g.input.plane()..(c + 1) * g.input.plane();
         for ky in 0..k {
             for kx in 0..k {
                 let r = (ci * k + ky) * k + kx;
                 let row = &mut out[r * row_len..(r + 1) * row_len];
-                for oy in 0..o.h {
-                    let iy = (oy * g.stride + ky) as isize - g.padding as isize;
-                    for ox in 0..o.w {
-                        let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                        let v = if iy >= 0 && iy < h && ix >= 0 && ix < w {
-                            map(chan[iy as usize * w as usize + ix as usize])
-                        } else {
-                            [0.0; L]
-                        };
-                        let p = oy * o.w + ox;
-                        for (l, &x) in v.iter().enumerate() {
-                            row[l * plane + p] = x;
+                for (l, src) in planes.iter().enumerate() {
+                    let chan = &src[range.clone()];
+                    let dst = &mut row[l * plane..(l + 1) * plane];
+                    for oy in 0..o.h {
+                        let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                        let drow = &mut dst[oy * o.w..(oy + 1) * o.w];
+                        if iy < 0 || iy >= h {
+                            drow.iter_mut().for_each(|d| *d = 0.0);
+                            continue;
+                        }
+                        let srow = &chan[iy as usize * w as usize..(iy as usize + 1) * w as usize];
+                        for (ox, d) in drow.iter_mut().enumerate() {
+                            let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                            *d = if ix >= 0 && ix < w {
+                                srow[ix as usize]
+                            } else {
+                                0.0
+                            };
                         }
                     }
                 }
@@ -133,7 +136,7 @@ pub fn conv2d_f64(
     let mut out = vec![0.0; g.cout * plane];
     let mut cols = vec![0.0; kk * plane];
     for group in 0..g.groups {
-        im2col::<f64, 1>(input, g, group, &mut cols, |x| [x]);
+        im2col(&[input], g, group, &mut cols);
         let w = &weight[group * cout_g * kk..(group + 1) * cout_g * kk];
         let c = &mut out[group * cout_g * plane..(group + 1) * cout_g * plane];
         dgemm_rows(w, &cols, c, cout_g, kk, plane, threads);
@@ -171,10 +174,27 @@ fn limbs(x: u64) -> [f64; LIMBS] {
     ]
 }
 
+/// The three limb planes of a field tensor.
+fn limb_planes(x: &[u64]) -> [Vec<f64>; LIMBS] {
+    let mut p = [
+        Vec::with_capacity(x.len()),
+        Vec::with_capacity(x.len()),
+        Vec::with_capacity(x.len()),
+    ];
+    for &v in x {
+        let l = limbs(v);
+        p[0].push(l[0]);
+        p[1].push(l[1]);
+        p[2].push(l[2]);
+    }
+    p
+}
+
 /// Recombines the limb sums `Y0 + Y1·2^19 + Y2·2^38` modulo `P`, plus `bias`.
+#[inline]
 fn recombine(y: [f64; LIMBS], bias: u64) -> u64 {
     let v = y[0] as i128 + ((y[1] as i128) << LIMB_BITS) + ((y[2] as i128) << (2 * LIMB_BITS));
-    fixed::add(v.rem_euclid(P as i128) as u64, bias)
+    fixed::add(fixed::from_i128(v), bias)
 }
 
 /// Whether the exact limb method applies: every weight (centred) below
@@ -208,8 +228,10 @@ pub fn conv2d_field(
     let mut cols = vec![0.0; kk * LIMBS * plane];
     let mut prod = vec![0.0; cout_g * LIMBS * plane];
     let mut out = Vec::with_capacity(g.cout * plane);
+    let planes = limb_planes(input);
+    let planes = [&planes[0][..], &planes[1][..], &planes[2][..]];
     for group in 0..g.groups {
-        im2col::<u64, LIMBS>(input, g, group, &mut cols, limbs);
+        im2col(&planes, g, group, &mut cols);
         let w = &wf[group * cout_g * kk..(group + 1) * cout_g * kk];
         dgemm_rows(w, &cols, &mut prod, cout_g, kk, LIMBS * plane, threads);
         for oc in 0..cout_g {
@@ -256,6 +278,7 @@ pub fn linear_field(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixed::P;
     use crate::graph::FeatureShape;
     use crate::reference::kernels;
     use proptest::prelude::*;

@@ -5,7 +5,7 @@
 //! protocol's online step on shares). Field kernels are exact modulo `P`:
 //! they accumulate products in `u128` and reduce before overflow.
 
-use crate::fixed::{self, P};
+use crate::fixed;
 use crate::graph::FeatureShape;
 
 /// A number type the kernels run on.
@@ -64,10 +64,10 @@ impl Scalar for u64 {
         acc + x as u128 * w as u128
     }
     fn settle(acc: u128) -> u128 {
-        acc % P as u128
+        fixed::reduce_u128(acc) as u128
     }
     fn finish(acc: u128, bias: u64) -> u64 {
-        fixed::add((acc % P as u128) as u64, bias)
+        fixed::add(fixed::reduce_u128(acc), bias)
     }
     fn add(a: u64, b: u64) -> u64 {
         fixed::add(a, b)
@@ -246,6 +246,7 @@ pub fn linear_field(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixed::P;
     use proptest::prelude::*;
 
     fn geometry(
