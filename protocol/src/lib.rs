@@ -4,6 +4,7 @@
 //! moves those messages over TCP or an in-memory duplex and counts traffic
 //! per phase.
 
+pub mod compute;
 pub mod gc;
 pub mod he;
 pub mod inference;

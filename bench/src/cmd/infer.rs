@@ -19,8 +19,8 @@ use pibench_protocol::gc::Scheme;
 use pibench_protocol::he::HeParams;
 use pibench_protocol::inference::report::Traffic;
 use pibench_protocol::inference::{
-    run_client, run_server, ClientInput, InputSource, PartyReport, PublicModel, ServerModel,
-    Settings, TruncMode,
+    run_client, run_server, ClientInput, InputSource, PartyReport, Progress, ProgressEvent,
+    PublicModel, ServerModel, Settings, TruncMode,
 };
 use pibench_protocol::shaper::{self, NetProfile};
 use rand::SeedableRng;
@@ -99,6 +99,7 @@ impl ProtocolArgs {
             timeout: Duration::from_secs(self.timeout.max(1)),
             net: self.net,
             store: self.store.clone(),
+            progress: progress(),
             ..Settings::default()
         };
         if let Some(t) = self.threads {
@@ -156,6 +157,10 @@ pub struct ServerArgs {
     /// Serve one session, then exit with its status.
     #[arg(long)]
     once: bool,
+    /// Sessions served at the same time (each isolated: its own channel, offline
+    /// material and store subfolder); further clients wait to be accepted.
+    #[arg(long, default_value_t = 1)]
+    max_clients: usize,
     /// Write the bound port to this file once listening.
     #[arg(long)]
     port_file: Option<PathBuf>,
@@ -219,6 +224,53 @@ pub struct RunArgs {
     json_out: Option<PathBuf>,
 }
 
+/// Progress reporting: phase lines on stderr when `PIBENCH_PHASE_LOG` is
+/// set (tests kill processes at phase boundaries with it), an indicatif bar
+/// per phase when stderr is a terminal, nothing otherwise.
+fn progress() -> Option<Progress> {
+    if std::env::var_os("PIBENCH_PHASE_LOG").is_some() {
+        return Some(Progress(std::sync::Arc::new(|e: &ProgressEvent<'_>| {
+            eprintln!(
+                "pibench: phase {:?} {} inference {} node {}/{} {}",
+                e.role, e.phase, e.inference, e.node, e.nodes, e.name
+            );
+        })));
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>> =
+        std::sync::Mutex::new(None);
+    Some(Progress(std::sync::Arc::new(
+        move |e: &ProgressEvent<'_>| {
+            let Ok(mut guard) = bar.lock() else { return };
+            let key = format!("{:?} {} {}", e.role, e.phase, e.inference);
+            let fresh = guard.as_ref().map_or(true, |(k, _)| *k != key);
+            if fresh {
+                if let Some((_, b)) = guard.take() {
+                    b.finish_and_clear();
+                }
+                let b = indicatif::ProgressBar::new(e.nodes as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix:>16} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b.set_prefix(format!("{:?} {}", e.role, e.phase).to_lowercase());
+                *guard = Some((key, b));
+            }
+            if let Some((_, b)) = guard.as_ref() {
+                b.set_position(e.node as u64);
+                b.set_message(e.name.to_string());
+                if e.node + 1 == e.nodes {
+                    b.finish_and_clear();
+                }
+            }
+        },
+    )))
+}
+
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.clamp(1, 4))
@@ -270,29 +322,44 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
             write_json(pf, &local.port())?;
         }
         eprintln!("pibench server: listening on {local}");
+        let model = std::sync::Arc::new(model);
+        let settings = std::sync::Arc::new(settings);
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(args.max_clients.max(1)));
+        let report_json = args.report_json.clone();
         let mut served = 0u64;
         loop {
+            let permit = slots.clone().acquire_owned().await?;
             let (stream, peer) = listener.accept().await.context("accepting a client")?;
             served += 1;
-            let mut ch = shaper::tcp_channel(stream, &settings.net)?;
-            let mut rng = ChaCha20Rng::from_entropy();
-            let result = run_server(&mut ch, &model, &settings, &mut rng).await;
-            match result {
-                Ok(out) => {
-                    eprintln!("pibench server: session {served} from {peer}: done");
-                    if let (Some(p), Some(r)) = (&args.report_json, out.reports.last()) {
-                        write_json(p, r)?;
+            let (model, settings, report_json) =
+                (model.clone(), settings.clone(), report_json.clone());
+            let session = tokio::spawn(async move {
+                let _permit = permit;
+                let n = served;
+                let mut ch = match shaper::tcp_channel(stream, &settings.net) {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        eprintln!("pibench server: session {n} from {peer} ended: {e}");
+                        return Err(anyhow::anyhow!("{e}"));
                     }
-                    if args.once {
-                        return Ok(());
+                };
+                let mut rng = ChaCha20Rng::from_entropy();
+                match run_server(&mut ch, &model, &settings, &mut rng).await {
+                    Ok(out) => {
+                        eprintln!("pibench server: session {n} from {peer}: done");
+                        if let (Some(p), Some(r)) = (&report_json, out.reports.last()) {
+                            write_json(p, r)?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        eprintln!("pibench server: session {n} from {peer} ended: {e}");
+                        Err(anyhow::anyhow!("{e}"))
                     }
                 }
-                Err(e) => {
-                    eprintln!("pibench server: session {served} from {peer} ended: {e}");
-                    if args.once {
-                        bail!("{e}");
-                    }
-                }
+            });
+            if args.once {
+                return session.await?;
             }
         }
     })

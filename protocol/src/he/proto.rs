@@ -186,7 +186,7 @@ pub async fn client_layer(
 ) -> Result<(Vec<u64>, ClientLayerStats), HeError> {
     let mut stats = ClientLayerStats::default();
     let t0 = Instant::now();
-    let cts = serialize_all(&client_encrypt(ctx, keys, plan, mask)?)?;
+    let cts = crate::compute::heavy(|| serialize_all(&client_encrypt(ctx, keys, plan, mask)?))?;
     stats.encrypt_s = t0.elapsed().as_secs_f64();
     stats.bytes_sent = cts.iter().map(|c| c.len() as u64).sum();
     chan.send(&HeMessage::LayerInput {
@@ -225,8 +225,10 @@ pub async fn client_layer(
     }
     stats.bytes_received = ciphertexts.iter().map(|c| c.len() as u64).sum();
     let t1 = Instant::now();
-    let cts = load_replies(ctx, &ciphertexts, &name)?;
-    let share = client_decrypt(ctx, keys, plan, &cts)?;
+    let share = crate::compute::heavy(|| {
+        let cts = load_replies(ctx, &ciphertexts, &name)?;
+        client_decrypt(ctx, keys, plan, &cts)
+    })?;
     stats.decrypt_s = t1.elapsed().as_secs_f64();
     Ok((share, stats))
 }
@@ -272,9 +274,12 @@ pub async fn server_layer<R: RngCore + CryptoRng>(
         });
     }
     let t0 = Instant::now();
-    let cts = load_all(ctx, &ciphertexts, &name)?;
-    let out = server_evaluate(ctx, keys, plan, weights, &cts, threads, rng)?;
-    let bytes = serialize_all(&out.ciphertexts)?;
+    let (out, bytes) = crate::compute::heavy(|| {
+        let cts = load_all(ctx, &ciphertexts, &name)?;
+        let out = server_evaluate(ctx, keys, plan, weights, &cts, threads, rng)?;
+        let bytes = serialize_all(&out.ciphertexts)?;
+        Ok::<_, HeError>((out, bytes))
+    })?;
     let stats = ServerLayerStats {
         evaluate_s: t0.elapsed().as_secs_f64(),
     };
@@ -366,10 +371,10 @@ pub async fn client_poly(
     layer: u32,
     t_c: &[u64],
 ) -> Result<super::poly::ClientPolyShares, HeError> {
-    let cts = super::poly::client_start(ctx, keys, t_c)?;
+    let cts = crate::compute::heavy(|| serialize_all(&super::poly::client_start(ctx, keys, t_c)?))?;
     chan.send(&HeMessage::LayerInput {
         layer,
-        ciphertexts: serialize_all(&cts)?,
+        ciphertexts: cts,
     })
     .await?;
     chan.flush().await?;
@@ -378,10 +383,10 @@ pub async fn client_poly(
         HeMessage::LayerOutput {
             layer: got,
             ciphertexts,
-        } if got == layer => {
+        } if got == layer => crate::compute::heavy(|| {
             let cts = load_replies(ctx, &ciphertexts, &name)?;
             super::poly::client_finish(ctx, keys, t_c.len(), &cts, &name)
-        }
+        }),
         other => Err(HeError::Protocol {
             layer: name,
             reason: format!("unexpected {} message", other.kind()),

@@ -115,6 +115,33 @@ impl std::str::FromStr for TruncMode {
     }
 }
 
+/// Where a party is: called when it starts a node of a phase.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgressEvent<'a> {
+    /// Which party.
+    pub role: Role,
+    /// `offline` or `online`.
+    pub phase: &'static str,
+    /// Inference number in the session.
+    pub inference: usize,
+    /// Node index.
+    pub node: usize,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Node name.
+    pub name: &'a str,
+}
+
+/// A progress callback (progress bars, phase logs).
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(&ProgressEvent<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
 /// Protocol settings of one party. The ones in [`Settings::agreement`] must
 /// match the peer's; the others are local.
 #[derive(Debug, Clone)]
@@ -138,6 +165,8 @@ pub struct Settings {
     /// Network emulation both parties apply to their outgoing bytes (agreed
     /// in the handshake: a party shaping alone emulates one direction only).
     pub net: crate::shaper::NetProfile,
+    /// Called at the start of every node of every phase.
+    pub progress: Option<Progress>,
 }
 
 impl Default for Settings {
@@ -152,6 +181,7 @@ impl Default for Settings {
             store: None,
             trace: false,
             net: crate::shaper::NetProfile::NONE,
+            progress: None,
         }
     }
 }
@@ -172,6 +202,12 @@ fn he_line(p: &HeParams) -> String {
 }
 
 impl Settings {
+    pub(crate) fn progress(&self, ev: ProgressEvent<'_>) {
+        if let Some(p) = &self.progress {
+            (p.0)(&ev);
+        }
+    }
+
     /// The settings both parties must agree on, as `(name, value)` pairs.
     pub fn agreement(&self) -> Vec<(String, String)> {
         vec![

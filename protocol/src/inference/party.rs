@@ -654,6 +654,14 @@ async fn server_offline<R: RngCore + CryptoRng>(
     for (i, step) in plan.steps.iter().enumerate() {
         let name = plan.net.nodes[i].name.clone();
         ch.set_layer(Some(name.clone()));
+        settings.progress(super::ProgressEvent {
+            role: Role::Server,
+            phase: "offline",
+            inference: report.inference,
+            node: i,
+            nodes: plan.steps.len(),
+            name: &name,
+        });
         let clock = Clock::start();
         match step {
             Step::Conv { he: l, .. } | Step::Fc { he: l, .. } | Step::BatchNorm { he: l, .. } => {
@@ -799,6 +807,14 @@ async fn server_online(
         let node = &plan.net.nodes[i];
         let name = node.name.clone();
         ch.set_layer(Some(name.clone()));
+        settings.progress(super::ProgressEvent {
+            role: Role::Server,
+            phase: "online",
+            inference: report.inference,
+            node: i,
+            nodes: plan.steps.len(),
+            name: &name,
+        });
         let clock = Clock::start();
         if let Some(st) = store {
             if server_has_material(plan, i)? {
@@ -855,7 +871,10 @@ async fn server_online(
                 let Some(Some(EncodedOp::Conv { weight, bias, .. })) = model.enc.ops.get(i) else {
                     return Err(proto(&name, "no encoded convolution"));
                 };
-                let y = gemm::conv2d_field(arg(0)?, weight, Some(bias), geometry, settings.threads);
+                let x = arg(0)?;
+                let y = crate::compute::heavy(|| {
+                    gemm::conv2d_field(x, weight, Some(bias), geometry, settings.threads)
+                });
                 add_all(
                     &y,
                     off.he.get(&i).ok_or_else(|| proto(&name, "no HE share"))?,
@@ -866,7 +885,10 @@ async fn server_online(
                 else {
                     return Err(proto(&name, "no encoded linear layer"));
                 };
-                let y = gemm::linear_field(arg(0)?, weight, Some(bias), *out_features);
+                let x = arg(0)?;
+                let y = crate::compute::heavy(|| {
+                    gemm::linear_field(x, weight, Some(bias), *out_features)
+                });
                 add_all(
                     &y,
                     off.he.get(&i).ok_or_else(|| proto(&name, "no HE share"))?,
@@ -1263,8 +1285,17 @@ async fn client_session<R: RngCore + CryptoRng>(
         .await?;
         (report.offline_s, report.offline_cpu_s) = clock.elapsed();
         let clock = Clock::start();
-        let (raw, trace) =
-            client_online(ch, &plan, off, &gc, &encoded, store.as_ref(), &mut report).await?;
+        let (raw, trace) = client_online(
+            ch,
+            &plan,
+            off,
+            &gc,
+            &encoded,
+            settings,
+            store.as_ref(),
+            &mut report,
+        )
+        .await?;
         (report.online_s, report.online_cpu_s) = clock.elapsed();
         ch.set_layer(None);
         report.take_traffic(ch.meter());
@@ -1300,6 +1331,14 @@ async fn client_offline<R: RngCore + CryptoRng>(
         let node = &plan.net.nodes[i];
         let name = node.name.clone();
         ch.set_layer(Some(name.clone()));
+        settings.progress(super::ProgressEvent {
+            role: Role::Client,
+            phase: "offline",
+            inference: report.inference,
+            node: i,
+            nodes: plan.steps.len(),
+            name: &name,
+        });
         let clock = Clock::start();
         let arg = |k: usize| -> Result<&Vec<u64>, InferenceError> {
             node.inputs
@@ -1533,12 +1572,21 @@ async fn client_online(
     mut off: ClientOffline,
     gc: &EvaluatorSession,
     input: &[u64],
+    settings: &Settings,
     store: Option<&Store>,
     report: &mut PartyReport,
 ) -> Result<(Vec<u64>, Vec<Vec<u64>>), InferenceError> {
     for (i, step) in plan.steps.iter().enumerate() {
         let name = plan.net.nodes[i].name.clone();
         ch.set_layer(Some(name.clone()));
+        settings.progress(super::ProgressEvent {
+            role: Role::Client,
+            phase: "online",
+            inference: report.inference,
+            node: i,
+            nodes: plan.steps.len(),
+            name: &name,
+        });
         let clock = Clock::start();
         if let Some(st) = store {
             if client_has_material(plan, i)? {
