@@ -1566,6 +1566,7 @@ async fn recv_open(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn client_online(
     ch: &mut Channel,
     plan: &InferencePlan,
