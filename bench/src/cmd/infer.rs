@@ -245,7 +245,7 @@ fn progress() -> Option<Progress> {
         move |e: &ProgressEvent<'_>| {
             let Ok(mut guard) = bar.lock() else { return };
             let key = format!("{:?} {} {}", e.role, e.phase, e.inference);
-            let fresh = guard.as_ref().map_or(true, |(k, _)| *k != key);
+            let fresh = guard.as_ref().is_none_or(|(k, _)| *k != key);
             if fresh {
                 if let Some((_, b)) = guard.take() {
                     b.finish_and_clear();
