@@ -15,12 +15,12 @@ setup:
 build: setup
 	$(ENV) $(CARGO) build --release --workspace
 
-# Until the end-to-end two-party run lands: ResNet-18's ReLU/FLOP count, then the
-# measured cost of its two building blocks (garbled ReLUs, HE linear layers).
+# The main job: ResNet-18 on CIFAR-100 masked to a seeds-like budget of 50K
+# ReLUs, run between a server process and a client process on loopback with
+# the real protocol, printed layer by layer and checked against the reference.
 demo: build
 	./target/release/pibench count --model resnet18 --dataset cifar100
-	./target/release/pibench micro relu --count 16384 --scheme half-gates
-	./target/release/pibench micro linear --model resnet18 --dataset cifar100
+	./target/release/pibench run --model resnet18 --dataset cifar100 --relus 50000
 
 test: setup
 	$(ENV) $(CARGO) fmt --all -- --check

@@ -585,6 +585,7 @@ async fn server_session<R: RngCore + CryptoRng>(
     let mut reports = Vec::new();
     let mut trace = Vec::new();
     for k in 0..inferences as usize {
+        let baseline = ch.meter().clone();
         let mut report = base_report(&plan, settings, Role::Server);
         report.inference = k;
         report.setup_s = if k == 0 { setup_s } else { 0.0 };
@@ -617,7 +618,7 @@ async fn server_session<R: RngCore + CryptoRng>(
         .await?;
         (report.online_s, report.online_cpu_s) = clock.elapsed();
         ch.set_layer(None);
-        report.take_traffic(ch.meter());
+        report.take_traffic(ch.meter(), if k == 0 { None } else { Some(&baseline) });
         report.peak_rss_bytes = peak_rss_bytes();
         reports.push(report);
     }
@@ -1267,6 +1268,7 @@ async fn client_session<R: RngCore + CryptoRng>(
             .map_err(|e| InferenceError::Input {
                 reason: e.to_string(),
             })?;
+        let baseline = ch.meter().clone();
         let mut report = base_report(&plan, settings, Role::Client);
         report.inference = k;
         report.setup_s = if k == 0 { setup_s } else { 0.0 };
@@ -1298,7 +1300,7 @@ async fn client_session<R: RngCore + CryptoRng>(
         .await?;
         (report.online_s, report.online_cpu_s) = clock.elapsed();
         ch.set_layer(None);
-        report.take_traffic(ch.meter());
+        report.take_traffic(ch.meter(), if k == 0 { None } else { Some(&baseline) });
         report.peak_rss_bytes = peak_rss_bytes();
         let scale = *public.scales.last().unwrap_or(&0);
         outcome

@@ -144,19 +144,43 @@ impl PartyReport {
         t
     }
 
-    /// Fills per-phase and per-node traffic from a channel's meter.
-    pub fn take_traffic(&mut self, meter: &Meter) {
+    /// Fills per-phase and per-node traffic from a channel's meter: what it
+    /// counted since `baseline` (a clone taken when the inference started;
+    /// `None` for everything, setup phases included).
+    pub fn take_traffic(&mut self, meter: &Meter, baseline: Option<&Meter>) {
+        let minus = |t: Traffic, b: Option<Traffic>| match b {
+            None => t,
+            Some(b) => Traffic {
+                sent: t.sent - b.sent.min(t.sent),
+                received: t.received - b.received.min(t.received),
+                messages_sent: t.messages_sent - b.messages_sent.min(t.messages_sent),
+                messages_received: t.messages_received
+                    - b.messages_received.min(t.messages_received),
+                rounds: t.rounds - b.rounds.min(t.rounds),
+            },
+        };
         self.phases = meter
             .phases()
             .iter()
-            .map(|(k, v)| (k.clone(), Traffic::from(*v)))
+            .map(|(k, v)| {
+                let b = baseline.and_then(|b| b.phases().get(k)).map(|v| Traffic::from(*v));
+                (k.clone(), minus(Traffic::from(*v), b))
+            })
+            .filter(|(_, t)| t.messages_sent + t.messages_received > 0)
             .collect();
         for n in &mut self.nodes {
             n.traffic.clear();
         }
         for ((layer, phase), v) in meter.layers() {
+            let b = baseline
+                .and_then(|b| b.layers().get(&(layer.clone(), phase.clone())))
+                .map(|v| Traffic::from(*v));
+            let t = minus(Traffic::from(*v), b);
+            if t.messages_sent + t.messages_received == 0 {
+                continue;
+            }
             if let Some(n) = self.nodes.iter_mut().find(|n| &n.name == layer) {
-                n.traffic.insert(phase.clone(), Traffic::from(*v));
+                n.traffic.insert(phase.clone(), t);
             }
         }
     }
