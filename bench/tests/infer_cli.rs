@@ -162,3 +162,36 @@ fn client_without_a_server_says_so() {
     assert!(!ok);
     assert!(err.contains("connecting to 127.0.0.1:1"), "{err}");
 }
+
+/// The benchmark runs (release build; `make bench-long`): each prints
+/// its per-layer table and must agree with the reference.
+fn long_run(args: &[&str]) {
+    let out = pibench()
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    assert!(out.success(), "pibench run {args:?} failed");
+}
+
+#[test]
+#[ignore = "long: ResNet-18 with real parameters (make bench-long)"]
+fn resnet18_cifar100_12900_relus() {
+    long_run(&["--model", "resnet18", "--dataset", "cifar100", "--relus", "12900"]);
+}
+
+#[test]
+#[ignore = "long: ResNet-18 with real parameters (make bench-long)"]
+fn resnet18_cifar100_all_relus() {
+    long_run(&["--model", "resnet18", "--dataset", "cifar100", "--relus", "557056"]);
+}
+
+#[test]
+#[ignore = "long: ResNet-18 Tiny-ImageNet, 2.2M ReLUs, offline material on disk (make bench-long)"]
+fn resnet18_tinyimagenet_all_relus_with_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().to_string_lossy().into_owned();
+    long_run(&["--model", "resnet18", "--dataset", "tinyimagenet", "--store", &store]);
+}

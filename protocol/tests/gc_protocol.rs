@@ -79,7 +79,8 @@ async fn run_pair(scheme: Scheme, kind: ActivationKind, count: usize) {
     let online = sm.get(phase::ONLINE_GC);
     assert_eq!(
         online.bytes_sent,
-        (count * 43 * 16) as u64 + chunks * (4 + 13)
+        // Per message: 4-byte length, envelope tag, message tag, batch (8), label count (4).
+        (count * 43 * 16) as u64 + chunks * (4 + 1 + 13)
     );
     assert_eq!(online.bytes_received, 0);
     let gc = sm.get(phase::OFFLINE_GC);
