@@ -194,7 +194,9 @@ pub enum PyValue {
     List(Vec<PyValue>),
     /// `tuple`.
     Tuple(Vec<PyValue>),
-    /// `dict` / `OrderedDict`, in insertion order.
+    /// `dict` / `OrderedDict`. The order is not the file's: candle's
+    /// `SETITEMS` pushes each batch of items in reverse; consumers look
+    /// entries up by key.
     Dict(Vec<(PyValue, PyValue)>),
     /// A tensor (or `nn.Parameter`).
     Tensor(TensorData),
