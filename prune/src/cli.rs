@@ -542,6 +542,7 @@ pub fn run(args: PruneCli) -> anyhow::Result<()> {
                     poly: args.poly,
                     dapa_iterations: args.dapa_iterations,
                     dapa_every: 10,
+                    var_min: 0.04,
                     seed: args.seed,
                 },
                 replace,

@@ -112,7 +112,7 @@ fn run_ok(args: &[String]) -> (String, String) {
 }
 
 /// The models crate's float reference reproduces libtorch's logits (1e-4 relative).
-fn check_float_reference(net: &Net, model: &pibench_models::graph::Network, split: &Split) {
+fn check_float_reference(what: &str, net: &Net, model: &pibench_models::graph::Network, split: &Split) {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let pre = Preprocess::new(DatasetKind::Cifar10, net.input().h as i64, Device::Cpu);
@@ -126,7 +126,7 @@ fn check_float_reference(net: &Net, model: &pibench_models::graph::Network, spli
         for (a, b) in t.iter().zip(&float) {
             assert!(
                 (*a as f64 - b).abs() <= 1e-4 * scale,
-                "image {i}: libtorch {t:?} vs reference {float:?}"
+                "{what} image {i}: libtorch {t:?} vs reference {float:?}"
             );
         }
     }
@@ -211,7 +211,8 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
         let mut log = RunLog::default();
         let mut ctx = Context {
             trainer: trainer(&train, &val, &ds.test, &mut log),
-            train: config(1),
+            // Small batches: enough steps for calibrated batch-norm statistics.
+            train: TrainConfig { batch_size: 10, ..config(3) },
             kd: KdConfig::default(),
             device: Device::Cpu,
             dataset: DatasetKind::Cifar10,
@@ -237,10 +238,11 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
             "autorep" => {
                 let replace = TrainConfig {
                     epochs: 2,
+                    batch_size: 10,
                     lr: 1e-4,
                     optimizer: OptimizerKind::Adam,
                     weight_decay: 0.0,
-                    method_lr: Some(0.05),
+                    method_lr: Some(0.3),
                     ..config(2)
                 };
                 let run = methods::AutorepRun {
@@ -251,6 +253,7 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
                         poly: 2,
                         dapa_iterations: 500,
                         dapa_every: 1,
+                        var_min: 0.04,
                         seed: 0,
                     },
                     finetune: TrainConfig { epochs: 1, method_lr: None, ..replace.clone() },
@@ -307,7 +310,7 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
             assert!(polys > 0, "AutoReP exports polynomial sites");
             assert!(loaded.network.sites().filter(|s| s.poly.is_some()).all(|s| s.poly.as_ref().unwrap().a2.iter().any(|&v| v != 0.0)));
         }
-        check_float_reference(&p.net, &loaded.network, &ds.test);
+        check_float_reference(method, &p.net, &loaded.network, &ds.test);
         assert!(!log.results.is_empty());
     }
 }
@@ -342,7 +345,7 @@ fn cli_snl_follows_the_paper_and_resumes() {
     let out2 = dir.path().join("n.safetensors");
     let args = with(
         base_args(dir.path(), &out2, "snl", "2500"),
-        &["--search-epochs", "2", "--snl-select", "top-n", "--teacher", out.with_extension("safetensors.ckpt/teacher.safetensors").to_str().unwrap()],
+        &["--search-epochs", "2", "--snl-select", "top-n", "--teacher", dir.path().join("m.safetensors.ckpt").join("teacher.safetensors").to_str().unwrap()],
     );
     let (stdout, _) = run_ok(&args);
     assert!(stdout.contains("2500 ReLUs (budget 2500 met exactly)"), "{stdout}");
@@ -371,20 +374,19 @@ fn cli_deepreduce_picks_the_nearest_candidate_and_resumes_a_partial_run() {
     common::write_cifar10(dir.path(), 10, 10, 14);
     let out = dir.path().join("d.safetensors");
     // Culling S1 (+ stem) of the 1/16-width ResNet-18 leaves 14,336 ReLUs.
-    let args = with(
-        base_args(dir.path(), &out, "deepreduce", "15000"),
-        &["--criticality-order", "1,4,2,3", "--epochs", "2"],
-    );
+    let two_epochs = |mut a: Vec<String>| {
+        let i = a.iter().position(|x| x == "--epochs").unwrap();
+        a[i + 1] = "2".into();
+        a
+    };
+    let args = two_epochs(with(base_args(dir.path(), &out, "deepreduce", "15000"), &["--criticality-order", "1,4,2,3"]));
     let (stdout, _) = run_ok(&args);
     assert!(stdout.contains("nearest achievable"), "{stdout}");
     let whole = std::fs::read(&out).unwrap();
     assert_eq!(file::load(&out).unwrap().header.relus, 14_336);
     // Interrupted after one epoch (the teacher's first), then resumed: the same model.
     let out2 = dir.path().join("e.safetensors");
-    let args = with(
-        base_args(dir.path(), &out2, "deepreduce", "15000"),
-        &["--criticality-order", "1,4,2,3", "--epochs", "2"],
-    );
+    let args = two_epochs(with(base_args(dir.path(), &out2, "deepreduce", "15000"), &["--criticality-order", "1,4,2,3"]));
     let o = piprune().args(with(args.clone(), &["--interrupt-after", "1"])).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));

@@ -23,8 +23,9 @@
 //!   `c2·x² + c1·x + c0`, the least-squares fit of ReLU under
 //!   `N(μ_c, σ_c²)` ([`dapa2`]), from the channel's running mean and variance
 //!   of the site input (momentum 0.1, as the code's affine-free BatchNorm);
-//!   as in the code, the coefficients are recomputed every 10 iterations
-//!   during the first 500 and trained with the weights afterwards.
+//!   as in the code, the variance is clipped below (`var_min`, 0.04) and the
+//!   coefficients are recomputed every 10 iterations during the first 500
+//!   and trained with the weights afterwards.
 //!   `--poly 1` fits `c1·x + c0` instead ([`dapa1`], the first-order
 //!   ablation), `--poly 0` replaces by the identity. The code's fudge factors
 //!   (`w0/5`, `w2/10`, the variance passed where σ is expected) are not
@@ -127,6 +128,9 @@ pub struct AutorepConfig {
     pub dapa_iterations: usize,
     /// Period of the recomputation (10).
     pub dapa_every: usize,
+    /// Floor of the running variance before Eq. 13 (the code clips at its
+    /// `var_min`; a commented line of it uses 0.04, taken as the default).
+    pub var_min: f64,
     /// Seed of the auxiliary initialisation.
     pub seed: u64,
 }
@@ -222,7 +226,7 @@ impl Autorep {
         let var = Vec::<f64>::try_from(&st.var.to_device(Device::Cpu).to_kind(Kind::Double)).ok()?;
         let (mut a2, mut a1, mut a0) = (Vec::new(), Vec::new(), Vec::new());
         for (m, v) in mean.iter().zip(&var) {
-            let s = v.max(0.0).sqrt();
+            let s = v.max(self.cfg.var_min).sqrt();
             let (c2, c1, c0) = if self.cfg.poly >= 2 { dapa2(*m, s) } else { dapa1(*m, s) };
             a2.push(c2 as f32);
             a1.push(c1 as f32);
