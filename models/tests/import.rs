@@ -32,8 +32,14 @@ fn weights(net: &Network) -> Vec<(String, PyValue)> {
         let c = b.channels();
         out.push((format!("{}.weight", b.name), t(vec![c], b.gamma.clone())));
         out.push((format!("{}.bias", b.name), t(vec![c], b.beta.clone())));
-        out.push((format!("{}.running_mean", b.name), t(vec![c], b.running_mean.clone())));
-        out.push((format!("{}.running_var", b.name), t(vec![c], b.running_var.clone())));
+        out.push((
+            format!("{}.running_mean", b.name),
+            t(vec![c], b.running_mean.clone()),
+        ));
+        out.push((
+            format!("{}.running_var", b.name),
+            t(vec![c], b.running_var.clone()),
+        ));
         out.push((
             format!("{}.num_batches_tracked", b.name),
             PyValue::Tensor(TensorData {
@@ -46,7 +52,10 @@ fn weights(net: &Network) -> Vec<(String, PyValue)> {
     for node in &net.nodes {
         match &node.op {
             Op::Conv2d(c) => {
-                out.push((format!("{}.weight", node.name), t(c.weight.shape.clone(), c.weight.data.clone())));
+                out.push((
+                    format!("{}.weight", node.name),
+                    t(c.weight.shape.clone(), c.weight.data.clone()),
+                ));
                 if let Some(b) = &c.bias {
                     out.push((format!("{}.bias", node.name), t(vec![b.len()], b.clone())));
                 }
@@ -56,8 +65,14 @@ fn weights(net: &Network) -> Vec<(String, PyValue)> {
             }
             Op::BatchNorm(b) => bn(&mut out, b),
             Op::Linear(l) => {
-                out.push((format!("{}.weight", node.name), t(l.weight.shape.clone(), l.weight.data.clone())));
-                out.push((format!("{}.bias", node.name), t(vec![l.bias.len()], l.bias.clone())));
+                out.push((
+                    format!("{}.weight", node.name),
+                    t(l.weight.shape.clone(), l.weight.data.clone()),
+                ));
+                out.push((
+                    format!("{}.bias", node.name),
+                    t(vec![l.bias.len()], l.bias.clone()),
+                ));
             }
             _ => {}
         }
@@ -104,7 +119,8 @@ fn same_logits(a: &Network, b: &Network) {
 fn sorted(v: &PyValue) -> PyValue {
     match v {
         PyValue::Dict(items) => {
-            let mut items: Vec<(PyValue, PyValue)> = items.iter().map(|(k, x)| (k.clone(), sorted(x))).collect();
+            let mut items: Vec<(PyValue, PyValue)> =
+                items.iter().map(|(k, x)| (k.clone(), sorted(x))).collect();
             items.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
             PyValue::Dict(items)
         }
@@ -127,7 +143,10 @@ fn writer_and_reader_round_trip() {
         ("flag".into(), PyValue::Bool(true)),
         ("none".into(), PyValue::None),
         ("list".into(), PyValue::List(vec![PyValue::Int(1), s("a")])),
-        ("w".into(), t(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-7, -1e30])),
+        (
+            "w".into(),
+            t(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-7, -1e30]),
+        ),
         (
             "mask".into(),
             PyValue::Tensor(TensorData {
@@ -144,7 +163,10 @@ fn writer_and_reader_round_trip() {
                 data: vec![0.5, -2.0, 65504.0],
             }),
         ),
-        ("nested".into(), dict(vec![("x".into(), t(vec![], vec![4.0]))])),
+        (
+            "nested".into(),
+            dict(vec![("x".into(), t(vec![], vec![4.0]))]),
+        ),
     ]);
     let bytes = write_pth(&root, "archive").unwrap();
     let back = read(&bytes);
@@ -161,23 +183,33 @@ fn snl_checkpoint(net: &Network) -> Vec<u8> {
         let c = site.shape;
         sd.push((
             format!("{p}.alpha{k}.alphas"),
-            t(vec![1, c.c, c.h, c.w], site.mask.iter().map(|&m| m as f32).collect()),
+            t(
+                vec![1, c.c, c.h, c.w],
+                site.mask.iter().map(|&m| m as f32).collect(),
+            ),
         ));
     }
     let root = dict(vec![
         ("arch".into(), s("resnet18_in")),
         ("state_dict".into(), dict(sd)),
-        ("optimizer".into(), dict(vec![("state".into(), dict(vec![]))])),
+        (
+            "optimizer".into(),
+            dict(vec![("state".into(), dict(vec![]))]),
+        ),
     ]);
     write_pth(&root, "snl_best_checkpoint_resnet18_in_cifar10_50000").unwrap()
 }
 
 #[test]
 fn snl_resnet_and_wrn_import_exactly() {
-    for spec in [tiny(ArchSpec::resnet18()), tiny(ArchSpec::wrn(16, 8).unwrap())] {
+    for spec in [
+        tiny(ArchSpec::resnet18()),
+        tiny(ArchSpec::wrn(16, 8).unwrap()),
+    ] {
         let net = random_net(&spec, 5);
         let ck = read(&snl_checkpoint(&net));
-        let imp = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap();
+        let imp =
+            import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap();
         assert_eq!(imp.network.nodes, net.nodes, "{}", spec.name());
         assert!(imp.unknown.is_empty());
         same_logits(&imp.network, &net);
@@ -194,11 +226,18 @@ fn snl_continuous_alphas_need_a_threshold() {
         let c = site.shape;
         sd.push((
             format!("{p}.alpha{k}.alphas"),
-            t(vec![1, c.c, c.h, c.w], site.mask.iter().map(|&m| if m == 1 { 0.7 } else { 0.001 }).collect()),
+            t(
+                vec![1, c.c, c.h, c.w],
+                site.mask
+                    .iter()
+                    .map(|&m| if m == 1 { 0.7 } else { 0.001 })
+                    .collect(),
+            ),
         ));
     }
     let ck = read(&write_pth(&dict(sd), "a").unwrap());
-    let err = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
+    let err =
+        import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
     assert!(err.to_string().contains("expected 0 or 1"), "{err}");
     let mut opts = ImportOptions::new(Scheme::Snl);
     opts.snl_threshold = Some(1e-2);
@@ -215,13 +254,22 @@ fn stray_tensors_are_refused_and_missing_masks_are_errors() {
     for site in net.sites().filter(|s| s.role == SiteRole::Body) {
         let (p, k) = site.name.rsplit_once(".relu").unwrap();
         let c = site.shape;
-        sd.push((format!("{p}.alpha{k}.alphas"), t(vec![1, c.c, c.h, c.w], site.mask.iter().map(|&m| m as f32).collect())));
+        sd.push((
+            format!("{p}.alpha{k}.alphas"),
+            t(
+                vec![1, c.c, c.h, c.w],
+                site.mask.iter().map(|&m| m as f32).collect(),
+            ),
+        ));
     }
     sd.push(("layer9.0.conv1.weight".into(), t(vec![2], vec![0.0, 1.0])));
     let ck = read(&write_pth(&dict(vec![("state_dict".into(), dict(sd.clone()))]), "a").unwrap());
-    let err = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
+    let err =
+        import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
     match &err {
-        ImportError::Unknown { tensors, .. } => assert_eq!(tensors, &vec!["layer9.0.conv1.weight".to_string()]),
+        ImportError::Unknown { tensors, .. } => {
+            assert_eq!(tensors, &vec!["layer9.0.conv1.weight".to_string()])
+        }
         other => panic!("{other}"),
     }
     assert!(err.to_string().contains("--ignore-unknown"));
@@ -233,17 +281,28 @@ fn stray_tensors_are_refused_and_missing_masks_are_errors() {
     sd.pop();
     let ck = read(
         &write_pth(
-            &dict(vec![("state_dict".into(), dict(sd.clone())), ("ema".into(), t(vec![1], vec![0.0]))]),
+            &dict(vec![
+                ("state_dict".into(), dict(sd.clone())),
+                ("ema".into(), t(vec![1], vec![0.0])),
+            ]),
             "a",
         )
         .unwrap(),
     );
-    let err = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
-    assert!(matches!(&err, ImportError::Unknown { tensors, .. } if tensors == &vec!["ema".to_string()]), "{err}");
+    let err =
+        import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::Unknown { tensors, .. } if tensors == &vec!["ema".to_string()]),
+        "{err}"
+    );
     // A missing mask.
-    let sd: Vec<_> = sd.into_iter().filter(|(n, _)| n != "layer3.1.alpha2.alphas").collect();
+    let sd: Vec<_> = sd
+        .into_iter()
+        .filter(|(n, _)| n != "layer3.1.alpha2.alphas")
+        .collect();
     let ck = read(&write_pth(&dict(sd), "a").unwrap());
-    let err = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
+    let err =
+        import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Snl)).unwrap_err();
     match err {
         ImportError::MissingMask { site, .. } => assert_eq!(site, "layer3.1.relu2"),
         other => panic!("{other}"),
@@ -251,23 +310,45 @@ fn stray_tensors_are_refused_and_missing_masks_are_errors() {
 }
 
 fn autorep_checkpoint(net: &Network, degree: usize, scale_x2: f32) -> Vec<u8> {
-    let mut sd: Vec<(String, PyValue)> = weights(net).into_iter().map(|(n, v)| (format!("model.{n}"), v)).collect();
+    let mut sd: Vec<(String, PyValue)> = weights(net)
+        .into_iter()
+        .map(|(n, v)| (format!("model.{n}"), v))
+        .collect();
     let body: Vec<_> = net.sites().filter(|s| s.role == SiteRole::Body).collect();
     // The shared module is registered under every block's `relu` path.
     for path in ["model.layer1.0.relu", "model.layer4.1.relu"] {
         for (i, site) in body.iter().enumerate() {
             let c = site.shape;
             let dims = vec![c.c, c.h, c.w];
-            sd.push((format!("{path}.alpha_aux_{i}_0"), t(dims.clone(), vec![0.25; c.len()])));
-            sd.push((format!("{path}.alpha_mask_{i}_0"), t(dims, site.mask.iter().map(|&m| m as f32).collect())));
+            sd.push((
+                format!("{path}.alpha_aux_{i}_0"),
+                t(dims.clone(), vec![0.25; c.len()]),
+            ));
+            sd.push((
+                format!("{path}.alpha_mask_{i}_0"),
+                t(dims, site.mask.iter().map(|&m| m as f32).collect()),
+            ));
             if let Some(p) = &site.poly {
                 let a2: Vec<f32> = p.a2.iter().map(|v| v / scale_x2).collect();
-                let paras = if degree == 2 { vec![p.a0.clone(), p.a1.clone(), a2] } else { vec![p.a0.clone(), p.a1.clone()] };
+                let paras = if degree == 2 {
+                    vec![p.a0.clone(), p.a1.clone(), a2]
+                } else {
+                    vec![p.a0.clone(), p.a1.clone()]
+                };
                 for (k, v) in paras.into_iter().enumerate() {
-                    sd.push((format!("{path}.poly_para_{i}_{k}"), t(vec![1, c.c, 1, 1], v)));
+                    sd.push((
+                        format!("{path}.poly_para_{i}_{k}"),
+                        t(vec![1, c.c, 1, 1], v),
+                    ));
                 }
-                sd.push((format!("{path}.bn_{i}.running_mean"), t(vec![c.c], vec![0.0; c.c])));
-                sd.push((format!("{path}.bn_{i}.running_var"), t(vec![c.c], vec![1.0; c.c])));
+                sd.push((
+                    format!("{path}.bn_{i}.running_mean"),
+                    t(vec![c.c], vec![0.0; c.c]),
+                ));
+                sd.push((
+                    format!("{path}.bn_{i}.running_var"),
+                    t(vec![c.c], vec![1.0; c.c]),
+                ));
             }
         }
         sd.push((format!("{path}.itr_cnt"), t(vec![1], vec![508.0])));
@@ -289,7 +370,11 @@ fn autorep_masks_and_dapa_polynomials() {
     for site in net.sites_mut().filter(|s| s.role == SiteRole::Body) {
         let c = site.shape.c;
         let mut r = |lo: f32, hi: f32| (0..c).map(|_| rng.gen_range(lo..hi)).collect::<Vec<f32>>();
-        site.poly = Some(pibench_models::graph::PolyCoeffs { a2: r(0.0, 0.01), a1: r(0.4, 0.9), a0: r(0.0, 0.1) });
+        site.poly = Some(pibench_models::graph::PolyCoeffs {
+            a2: r(0.0, 0.01),
+            a1: r(0.4, 0.9),
+            a0: r(0.0, 0.1),
+        });
     }
     let scale_x2 = 0.5; // a power of two keeps a2 / s · s exact
     let ck = read(&autorep_checkpoint(&net, 2, scale_x2));
@@ -304,13 +389,17 @@ fn autorep_masks_and_dapa_polynomials() {
         site.poly = None;
     }
     let ck = read(&autorep_checkpoint(&net, 2, 1.0));
-    let imp = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Autorep)).unwrap();
+    let imp =
+        import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Autorep)).unwrap();
     assert_eq!(imp.network.nodes, net.nodes);
 }
 
 #[test]
 fn relupruner_masks_list_shortcut_names_and_relu_count() {
-    for spec in [tiny(ArchSpec::resnet18()), tiny(ArchSpec::wrn(16, 8).unwrap())] {
+    for spec in [
+        tiny(ArchSpec::resnet18()),
+        tiny(ArchSpec::wrn(16, 8).unwrap()),
+    ] {
         let mut net = random_net(&spec, 9);
         // ReLUPruner's WRN masks its final BN-ReLU too.
         let mut rng = ChaCha8Rng::seed_from_u64(90);
@@ -321,7 +410,13 @@ fn relupruner_masks_list_shortcut_names_and_relu_count() {
         }
         let sd: Vec<(String, PyValue)> = weights(&net)
             .into_iter()
-            .map(|(n, v)| (n.replace(".shortcut.0.", ".conv_sc.").replace(".shortcut.1.", ".bn_sc."), v))
+            .map(|(n, v)| {
+                (
+                    n.replace(".shortcut.0.", ".conv_sc.")
+                        .replace(".shortcut.1.", ".bn_sc."),
+                    v,
+                )
+            })
             .collect();
         let masks: Vec<PyValue> = net
             .sites()
@@ -334,18 +429,35 @@ fn relupruner_masks_list_shortcut_names_and_relu_count() {
                 ("format_version".into(), PyValue::Int(1)),
                 ("epoch".into(), PyValue::Int(150)),
                 ("model".into(), dict(sd.clone())),
-                ("config".into(), dict(vec![("budget".into(), PyValue::Int(50_000))])),
+                (
+                    "config".into(),
+                    dict(vec![("budget".into(), PyValue::Int(50_000))]),
+                ),
                 ("metrics".into(), dict(vec![])),
                 ("masks".into(), PyValue::List(masks.clone())),
                 ("relu_count".into(), PyValue::Int(rc as i64)),
             ])
         };
         let ck = read(&write_pth(&make(count), "ckpt").unwrap());
-        let imp = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Relupruner)).unwrap();
+        let imp = import_checkpoint(
+            &ck,
+            &spec,
+            CIFAR,
+            10,
+            &ImportOptions::new(Scheme::Relupruner),
+        )
+        .unwrap();
         assert_eq!(imp.network.nodes, net.nodes, "{}", spec.name());
         same_logits(&imp.network, &net);
         let ck = read(&write_pth(&make(count + 1), "ckpt").unwrap());
-        let err = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Relupruner)).unwrap_err();
+        let err = import_checkpoint(
+            &ck,
+            &spec,
+            CIFAR,
+            10,
+            &ImportOptions::new(Scheme::Relupruner),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("relu_count"), "{err}");
     }
 }
@@ -358,7 +470,14 @@ fn plain_teacher_is_all_relu() {
     let imp = import_checkpoint(&ck, &spec, CIFAR, 10, &ImportOptions::new(Scheme::Plain)).unwrap();
     assert_eq!(imp.network.nodes, net.nodes);
     // A wrong architecture is named.
-    let err = import_checkpoint(&ck, &tiny(ArchSpec::resnet34()), CIFAR, 10, &ImportOptions::new(Scheme::Plain)).unwrap_err();
+    let err = import_checkpoint(
+        &ck,
+        &tiny(ArchSpec::resnet34()),
+        CIFAR,
+        10,
+        &ImportOptions::new(Scheme::Plain),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("missing tensor"), "{err}");
 }
 
@@ -366,7 +485,8 @@ fn plain_teacher_is_all_relu() {
 fn archive_with_pickle(pkl: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let o =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zw.start_file("a/data.pkl", o).unwrap();
     zw.write_all(pkl).unwrap();
     zw.finish().unwrap().into_inner()
@@ -376,29 +496,41 @@ fn archive_with_pickle(pkl: &[u8]) -> Vec<u8> {
 fn hostile_pickles_fail_cleanly() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("no stop", vec![0x80, 2, b'}'], "STOP"),
-        ("huge string", {
-            let mut v = vec![0x80, 2, b'X'];
-            v.extend_from_slice(&u32::MAX.to_le_bytes());
-            v.extend_from_slice(b"abc.");
-            v
-        }, "past the end"),
+        (
+            "huge string",
+            {
+                let mut v = vec![0x80, 2, b'X'];
+                v.extend_from_slice(&u32::MAX.to_le_bytes());
+                v.extend_from_slice(b"abc.");
+                v
+            },
+            "past the end",
+        ),
         ("long1", vec![0x80, 2, 0x8a, 200, 1, 2, 3, b'.'], "LONG1"),
-        ("deep", {
-            let mut v = vec![0x80, 2];
-            v.extend(std::iter::repeat(b']').take(2000));
-            v.extend(std::iter::repeat(b'a').take(1999));
-            v.push(b'.');
-            v
-        }, "nested deeper"),
-        ("laughs", {
-            // memo[0] = (memo[0], memo[0]), doubling the object each time.
-            let mut v = vec![0x80, 2, b']', b'q', 0];
-            for _ in 0..60 {
-                v.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
-            }
-            v.push(b'.');
-            v
-        }, "objects"),
+        (
+            "deep",
+            {
+                let mut v = vec![0x80, 2];
+                v.extend(std::iter::repeat_n(b']', 2000));
+                v.extend(std::iter::repeat_n(b'a', 1999));
+                v.push(b'.');
+                v
+            },
+            "nested deeper",
+        ),
+        (
+            "laughs",
+            {
+                // memo[0] = (memo[0], memo[0]), doubling the object each time.
+                let mut v = vec![0x80, 2, b']', b'q', 0];
+                for _ in 0..60 {
+                    v.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+                }
+                v.push(b'.');
+                v
+            },
+            "objects",
+        ),
         ("unknown opcode", vec![0x80, 2, 0xff, b'.'], "opcode"),
         ("empty stack", vec![0x80, 2, b'a', b'.'], "opcode"),
     ];
@@ -421,7 +553,8 @@ fn hostile_pickles_fail_cleanly() {
     let bytes = {
         use std::io::Write;
         let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let o = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
         zw.start_file("a/data.pkl", o).unwrap();
         zw.write_all(&pkl).unwrap();
         zw.start_file("a/data/0", o).unwrap();

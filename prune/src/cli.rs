@@ -318,7 +318,10 @@ impl PruneCli {
 
     /// Whether uncounted sites are the identity (the method's published network).
     pub fn identity_uncounted(&self) -> bool {
-        matches!(self.method, Method::Snl | Method::Autorep | Method::Relupruner)
+        matches!(
+            self.method,
+            Method::Snl | Method::Autorep | Method::Relupruner
+        )
     }
 
     fn coarse(&self) -> bool {

@@ -195,7 +195,9 @@ impl Split {
         use rand::SeedableRng;
         let n = n.min(self.len().saturating_sub(1));
         let mut order: Vec<i64> = (0..self.len() as i64).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7a11_da7e));
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ 0x7a11_da7e,
+        ));
         let (val, train) = order.split_at(n);
         let mut train = train.to_vec();
         let mut val = val.to_vec();

@@ -33,7 +33,9 @@
 use std::path::Path;
 
 use pibench_models::count::Convention;
-use pibench_models::graph::{FeatureShape, Network as Graph, Op, PolyCoeffs, SiteRole, Tensor as GTensor};
+use pibench_models::graph::{
+    FeatureShape, Network as Graph, Op, PolyCoeffs, SiteRole, Tensor as GTensor,
+};
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
@@ -269,9 +271,24 @@ impl Net {
         let make_bn = |bn: &pibench_models::graph::BatchNorm| -> Bn {
             let c = bn.channels() as i64;
             Bn {
-                w: var(&format!("{}.weight", bn.name), &[c], Init::Const(1.0), Some(&bn.gamma)),
-                b: var(&format!("{}.bias", bn.name), &[c], Init::Const(0.0), Some(&bn.beta)),
-                mean: stat(&format!("{}.running_mean", bn.name), c, 0.0, &bn.running_mean),
+                w: var(
+                    &format!("{}.weight", bn.name),
+                    &[c],
+                    Init::Const(1.0),
+                    Some(&bn.gamma),
+                ),
+                b: var(
+                    &format!("{}.bias", bn.name),
+                    &[c],
+                    Init::Const(0.0),
+                    Some(&bn.beta),
+                ),
+                mean: stat(
+                    &format!("{}.running_mean", bn.name),
+                    c,
+                    0.0,
+                    &bn.running_mean,
+                ),
                 var: stat(&format!("{}.running_var", bn.name), c, 1.0, &bn.running_var),
                 eps: bn.eps as f64,
             }
@@ -294,7 +311,10 @@ impl Net {
                         var(
                             &format!("{}.bias", node.name),
                             &[c.cout as i64],
-                            Init::Uniform { lo: -bound, up: bound },
+                            Init::Uniform {
+                                lo: -bound,
+                                up: bound,
+                            },
                             Some(b),
                         )
                     });
@@ -320,7 +340,10 @@ impl Net {
                         b: var(
                             &format!("{}.bias", node.name),
                             &[l.out_features as i64],
-                            Init::Uniform { lo: -bound, up: bound },
+                            Init::Uniform {
+                                lo: -bound,
+                                up: bound,
+                            },
                             Some(&l.bias),
                         ),
                     }
@@ -461,7 +484,9 @@ impl Net {
                 }
                 Layer::Bn(bn) => bn.forward(arg(0), train),
                 Layer::Linear { w, b } => arg(0).linear(&cast(w), Some(&cast(b))),
-                Layer::AvgPool { k, s } => arg(0).avg_pool2d([*k, *k], [*s, *s], [0, 0], false, true, None::<i64>),
+                Layer::AvgPool { k, s } => {
+                    arg(0).avg_pool2d([*k, *k], [*s, *s], [0, 0], false, true, None::<i64>)
+                }
                 Layer::Gap => arg(0).adaptive_avg_pool2d([1, 1]),
                 Layer::Add => arg(0) + arg(1),
                 Layer::Flatten => arg(0).flatten(1, -1),
@@ -490,7 +515,11 @@ impl Net {
 
     /// Counted kept ReLUs (the run's convention).
     pub fn relu_count(&self) -> i64 {
-        self.sites.iter().filter(|s| s.counted).map(|s| s.kept).sum()
+        self.sites
+            .iter()
+            .filter(|s| s.counted)
+            .map(|s| s.kept)
+            .sum()
     }
 
     /// Kept ReLUs over all sites, counted or not.
@@ -500,7 +529,11 @@ impl Net {
 
     /// Elements of the counted sites (the all-ReLU count).
     pub fn full_relus(&self) -> i64 {
-        self.sites.iter().filter(|s| s.counted).map(|s| s.numel()).sum()
+        self.sites
+            .iter()
+            .filter(|s| s.counted)
+            .map(|s| s.numel())
+            .sum()
     }
 
     /// Replaces site `i`'s mask (values 0 or 1, shape `[C, H, W]`).
@@ -508,7 +541,12 @@ impl Net {
         let site = &mut self.sites[i];
         tch::no_grad(|| {
             let mut m = site.mask.shallow_clone();
-            m.copy_(&mask.to_kind(Kind::Float).view(site.shape).to_device(m.device()));
+            m.copy_(
+                &mask
+                    .to_kind(Kind::Float)
+                    .view(site.shape)
+                    .to_device(m.device()),
+            );
         });
         site.refresh();
     }
@@ -520,7 +558,12 @@ impl Net {
         let site = &mut self.sites[i];
         tch::no_grad(|| {
             let mut m = site.mask.shallow_clone();
-            m.copy_(&mask.to_kind(Kind::Float).view(site.shape).to_device(m.device()));
+            m.copy_(
+                &mask
+                    .to_kind(Kind::Float)
+                    .view(site.shape)
+                    .to_device(m.device()),
+            );
         });
     }
 
@@ -528,7 +571,10 @@ impl Net {
     pub fn fill_site(&mut self, i: usize, keep: bool) {
         let site = &mut self.sites[i];
         tch::no_grad(|| {
-            let _ = site.mask.shallow_clone().fill_(if keep { 1.0 } else { 0.0 });
+            let _ = site
+                .mask
+                .shallow_clone()
+                .fill_(if keep { 1.0 } else { 0.0 });
         });
         site.refresh();
     }
@@ -601,7 +647,11 @@ impl Net {
                 what: name.to_string(),
                 reason: "no such variable".into(),
             })?;
-            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            let t = t
+                .detach()
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous();
             Ok(Vec::<f32>::try_from(&t.flatten(0, -1))?)
         };
         let mut g = self.graph.clone();
@@ -634,12 +684,21 @@ impl Net {
                 }
                 Op::Site(s) => {
                     let site = &self.sites[si];
-                    let m = site.mask.detach().to_device(Device::Cpu).to_kind(Kind::Uint8).contiguous();
+                    let m = site
+                        .mask
+                        .detach()
+                        .to_device(Device::Cpu)
+                        .to_kind(Kind::Uint8)
+                        .contiguous();
                     s.mask = Vec::<u8>::try_from(&m.flatten(0, -1))?;
                     s.poly = match &site.poly {
                         Some(p) => {
                             let v = Vec::<f32>::try_from(
-                                &p.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().flatten(0, -1),
+                                &p.detach()
+                                    .to_device(Device::Cpu)
+                                    .to_kind(Kind::Float)
+                                    .contiguous()
+                                    .flatten(0, -1),
                             )?;
                             let c = s.shape.c;
                             Some(PolyCoeffs {

@@ -93,7 +93,11 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// An optimiser over `(name, tensor, group)`.
-    pub fn new(algorithm: Algorithm, groups: Vec<Group>, params: Vec<(String, Tensor, usize)>) -> Self {
+    pub fn new(
+        algorithm: Algorithm,
+        groups: Vec<Group>,
+        params: Vec<(String, Tensor, usize)>,
+    ) -> Self {
         let params = params
             .into_iter()
             .map(|(name, tensor, group)| Param {
@@ -150,9 +154,15 @@ impl Optimizer {
                     continue;
                 }
                 let group = self.groups[p.group];
-                let mut d = if inv == 1.0 { g.shallow_clone() } else { &g * inv };
+                let mut d = if inv == 1.0 {
+                    g.shallow_clone()
+                } else {
+                    &g * inv
+                };
                 if group.weight_decay != 0.0 {
-                    d = d + &p.tensor * group.weight_decay;
+                    // Out of place: `d` may share the gradient's storage.
+                    let decayed = &d + &p.tensor * group.weight_decay;
+                    d = decayed;
                 }
                 match self.algorithm {
                     Algorithm::Sgd {
@@ -169,7 +179,11 @@ impl Optimizer {
                                     b
                                 }
                             };
-                            d = if nesterov { d + &buf * momentum } else { buf.shallow_clone() };
+                            d = if nesterov {
+                                &d + &buf * momentum
+                            } else {
+                                buf.shallow_clone()
+                            };
                             p.buf = Some(buf);
                         }
                         let _ = p.tensor.g_sub_(&(d * group.lr));

@@ -479,8 +479,9 @@ impl Trainer<'_> {
                         path: state_path.clone(),
                         reason: e.to_string(),
                     })?;
-                let tensors: HashMap<String, Tensor> =
-                    Tensor::read_safetensors(ck.weights(phase))?.into_iter().collect();
+                let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(ck.weights(phase))?
+                    .into_iter()
+                    .collect();
                 load_vars(net, &tensors, &ck.weights(phase))?;
                 opt.load_state(&tensors, state.optimizer_steps);
                 hooks.restore(&state.hooks);
@@ -495,7 +496,9 @@ impl Trainer<'_> {
                     };
                 }
                 start_epoch = state.epochs_done;
-                eprintln!("phase {phase}: resuming at epoch {start_epoch} (optimiser state restored)");
+                eprintln!(
+                    "phase {phase}: resuming at epoch {start_epoch} (optimiser state restored)"
+                );
             }
         }
 
@@ -571,10 +574,14 @@ impl Trainer<'_> {
                         .sum(Kind::Float)
                         .view([1])
                     };
-                    let both = Tensor::cat(&[loss.detach().to_kind(Kind::Float).view([1]), gsum], 0)
-                        .to_device(Device::Cpu);
+                    let both =
+                        Tensor::cat(&[loss.detach().to_kind(Kind::Float).view([1]), gsum], 0)
+                            .to_device(Device::Cpu);
                     let v = Vec::<f64>::try_from(&both.to_kind(Kind::Double)).unwrap_or_default();
-                    (v.first().copied().unwrap_or(f64::NAN), v.get(1).is_some_and(|g| g.is_finite()))
+                    (
+                        v.first().copied().unwrap_or(f64::NAN),
+                        v.get(1).is_some_and(|g| g.is_finite()),
+                    )
                 } else {
                     let l = loss.double_value(&[]);
                     (l, l.is_finite())
@@ -657,7 +664,11 @@ impl Trainer<'_> {
             self.log.epochs.push(record);
             self.log.flush()?;
             let done = control == Control::Stop || epoch + 1 == cfg.epochs;
-            let result = if done { Some(self.finish(phase, net)?) } else { None };
+            let result = if done {
+                Some(self.finish(phase, net)?)
+            } else {
+                None
+            };
             self.save_checkpoint(phase, net, &opt, scaler.scale, epoch + 1, result, hooks)?;
             if let Some(r) = result {
                 return Ok(r);
@@ -765,7 +776,11 @@ impl Trainer<'_> {
 }
 
 /// Copies the variables of `net` from `tensors` (every variable must be there).
-pub fn load_vars(net: &mut Net, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
+pub fn load_vars(
+    net: &mut Net,
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<(), TrainError> {
     let mut vars = net.vs.variables();
     tch::no_grad(|| -> Result<(), TrainError> {
         for (name, var) in vars.iter_mut() {
@@ -776,7 +791,11 @@ pub fn load_vars(net: &mut Net, tensors: &HashMap<String, Tensor>, path: &Path) 
             if src.size() != var.size() {
                 return Err(TrainError::File {
                     path: path.to_path_buf(),
-                    reason: format!("variable {name} has shape {:?}, expected {:?}", src.size(), var.size()),
+                    reason: format!(
+                        "variable {name} has shape {:?}, expected {:?}",
+                        src.size(),
+                        var.size()
+                    ),
                 });
             }
             var.copy_(&src.to_device(var.device()));
@@ -788,7 +807,12 @@ pub fn load_vars(net: &mut Net, tensors: &HashMap<String, Tensor>, path: &Path) 
 }
 
 /// Top-1 accuracy of `net` on `split` (0 for an empty split).
-pub fn evaluate(net: &Net, split: &Split, pre: &Preprocess, batch: usize) -> Result<f64, TrainError> {
+pub fn evaluate(
+    net: &Net,
+    split: &Split,
+    pre: &Preprocess,
+    batch: usize,
+) -> Result<f64, TrainError> {
     if split.is_empty() {
         return Ok(0.0);
     }

@@ -38,10 +38,16 @@ fn cand(culled: &[usize], thinned: bool, a: f64, r: f64) -> Candidate {
 #[test]
 fn resnet18_cifar_full_and_per_stage_counts() {
     let f = factory("resnet18", 32, None);
-    assert_eq!(f.relus(&Candidate::plain(Pattern::full())).unwrap(), 557_056); // Table 4: 557.06K
+    assert_eq!(
+        f.relus(&Candidate::plain(Pattern::full())).unwrap(),
+        557_056
+    ); // Table 4: 557.06K
     let tiny = factory("resnet18", 64, None);
-    assert_eq!(tiny.relus(&Candidate::plain(Pattern::full())).unwrap(), 2_228_224); // Table 5
-    // Table 1 (ReLUs only in one stage).
+    assert_eq!(
+        tiny.relus(&Candidate::plain(Pattern::full())).unwrap(),
+        2_228_224
+    ); // Table 5
+       // Table 1 (ReLUs only in one stage).
     for (stage, relus) in [(1, 262_144), (2, 131_072), (3, 65_536), (4, 32_768)] {
         let c = Candidate::plain(Pattern::only_stage(stage, &[1, 2, 3, 4]));
         assert_eq!(f.relus(&c).unwrap(), relus);
@@ -161,7 +167,10 @@ fn one_architecture_definition() {
     assert_eq!(h, arch::resolve("hrn-2x5x3x-m8", None, 1.0).unwrap());
     assert_eq!(h.name(), "hrn-2x5x3x-m8");
     assert!(arch::resolve("hrn-2x5x3x-m8", Some(16), 1.0).is_err());
-    assert_eq!(arch::resolve("hrn-2x5x3x", None, 1.0).unwrap().name(), "hrn-2x5x3x-m16");
+    assert_eq!(
+        arch::resolve("hrn-2x5x3x", None, 1.0).unwrap().name(),
+        "hrn-2x5x3x-m16"
+    );
     for name in ["resnet18", "resnet34", "vgg16", "wrn22_8", "wrn-16-4"] {
         assert!(arch::resolve(name, None, 0.25).is_ok(), "{name}");
     }

@@ -33,7 +33,8 @@ fn randomise(g: &mut Graph, seed: u64) {
         }
         if k % 3 == 1 {
             let c = site.shape.c;
-            let mut r = |lo: f32, hi: f32| (0..c).map(|_| rng.gen_range(lo..hi)).collect::<Vec<_>>();
+            let mut r =
+                |lo: f32, hi: f32| (0..c).map(|_| rng.gen_range(lo..hi)).collect::<Vec<_>>();
             site.poly = Some(PolyCoeffs {
                 a2: r(0.0, 0.05),
                 a1: r(0.3, 1.0),
@@ -46,7 +47,11 @@ fn randomise(g: &mut Graph, seed: u64) {
 fn calibrate(net: &Net, input: FeatureShape) {
     tch::no_grad(|| {
         for _ in 0..25 {
-            let x = Tensor::randn([8, 3, input.h as i64, input.w as i64], (Kind::Float, Device::Cpu)) * 2.0 + 0.5;
+            let x = Tensor::randn(
+                [8, 3, input.h as i64, input.w as i64],
+                (Kind::Float, Device::Cpu),
+            ) * 2.0
+                + 0.5;
             let _ = net.forward_t(&x, true);
         }
     });
@@ -82,7 +87,10 @@ fn module_from_graph_matches_the_float_reference_for_every_architecture() {
         // activations bounded (seeded statistics let ResNet-34 overflow f32).
         calibrate(&net, input);
         let g = net.to_graph().unwrap();
-        let x = Tensor::randn([2, 3, input.h as i64, input.w as i64], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn(
+            [2, 3, input.h as i64, input.w as i64],
+            (Kind::Float, Device::Cpu),
+        );
         compare(&net, &g, &x, spec.name());
     }
 }
@@ -98,7 +106,10 @@ fn trained_statistics_export_and_match() {
         // Training-mode passes update the BN statistics (a fresh module starts at 0/1).
         calibrate(&net, input);
         let exported = net.to_graph().unwrap();
-        let x = Tensor::randn([2, 3, input.h as i64, input.w as i64], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn(
+            [2, 3, input.h as i64, input.w as i64],
+            (Kind::Float, Device::Cpu),
+        );
         compare(&net, &exported, &x, spec.name());
     }
 }
@@ -108,7 +119,9 @@ fn bf16_forward_follows_fp32_on_cpu() {
     tch::set_num_threads(1);
     tch::manual_seed(3);
     let spec = scale_channels(&ArchSpec::resnet18(), 0.0625).unwrap();
-    let g = spec.build(FeatureShape::new(3, 32, 32), 10, Init::Seeded(3)).unwrap();
+    let g = spec
+        .build(FeatureShape::new(3, 32, 32), 10, Init::Seeded(3))
+        .unwrap();
     let net = Net::new(&g, Device::Cpu, Convention::default(), Weights::FromGraph).unwrap();
     let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
     let (full, half) = tch::no_grad(|| {

@@ -28,7 +28,14 @@ use tch::{Device, Kind, Tensor};
 type Sd = HashMap<String, Tensor>;
 
 fn conv(sd: &Sd, name: &str, x: &Tensor, stride: i64, pad: i64) -> Tensor {
-    x.conv2d(&sd[&format!("{name}.weight")], None::<Tensor>, [stride, stride], [pad, pad], [1, 1], 1)
+    x.conv2d(
+        &sd[&format!("{name}.weight")],
+        None::<Tensor>,
+        [stride, stride],
+        [pad, pad],
+        [1, 1],
+        1,
+    )
 }
 
 fn bn(sd: &Sd, name: &str, x: &Tensor) -> Tensor {
@@ -60,12 +67,24 @@ fn resnet_forward(
         for b in 0..n {
             let p = format!("layer{}.{b}", s + 1);
             let stride = if s > 0 && b == 0 { 2 } else { 1 };
-            let o = bn(sd, &format!("{p}.bn1"), &conv(sd, &format!("{p}.conv1"), &out, stride, 1));
+            let o = bn(
+                sd,
+                &format!("{p}.bn1"),
+                &conv(sd, &format!("{p}.conv1"), &out, stride, 1),
+            );
             let o = act(k, &o);
             k += 1;
-            let o = bn(sd, &format!("{p}.bn2"), &conv(sd, &format!("{p}.conv2"), &o, 1, 1));
+            let o = bn(
+                sd,
+                &format!("{p}.bn2"),
+                &conv(sd, &format!("{p}.conv2"), &o, 1, 1),
+            );
             let short = if sd.contains_key(&format!("{p}.{}.weight", sc.0)) {
-                bn(sd, &format!("{p}.{}", sc.1), &conv(sd, &format!("{p}.{}", sc.0), &out, stride, 0))
+                bn(
+                    sd,
+                    &format!("{p}.{}", sc.1),
+                    &conv(sd, &format!("{p}.{}", sc.0), &out, stride, 0),
+                )
             } else {
                 out.shallow_clone()
             };
@@ -86,7 +105,12 @@ fn t(x: &Tensor) -> PyValue {
 }
 
 fn dict(items: Vec<(String, PyValue)>) -> PyValue {
-    PyValue::Dict(items.into_iter().map(|(k, v)| (PyValue::Str(k), v)).collect())
+    PyValue::Dict(
+        items
+            .into_iter()
+            .map(|(k, v)| (PyValue::Str(k), v))
+            .collect(),
+    )
 }
 
 /// A trained-looking 1/16-width ResNet-18: random weights, BN statistics from a few passes.
@@ -126,7 +150,9 @@ fn random_masks(shapes: &[(String, [i64; 3])], seed: u64) -> Vec<Tensor> {
         .iter()
         .map(|(_, s)| {
             let n = (s[0] * s[1] * s[2]) as usize;
-            let v: Vec<f32> = (0..n).map(|_| f32::from(u8::from(rng.gen_bool(0.5)))).collect();
+            let v: Vec<f32> = (0..n)
+                .map(|_| f32::from(u8::from(rng.gen_bool(0.5))))
+                .collect();
             Tensor::from_slice(&v).view(*s)
         })
         .collect()
@@ -145,7 +171,11 @@ fn compare(bytes: &[u8], scheme: ImportOptions, reference: &dyn Fn(&Tensor) -> T
         assert!(want.iter().all(|v| v.is_finite()), "{want:?}");
         let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
         for (a, b) in want.iter().zip(&got) {
-            assert!((*a as f64 - b).abs() <= 1e-4 * scale, "{:?}: PyTorch {want:?} vs imported {got:?}", scheme.scheme);
+            assert!(
+                (*a as f64 - b).abs() <= 1e-4 * scale,
+                "{:?}: PyTorch {want:?} vs imported {got:?}",
+                scheme.scheme
+            );
         }
     }
 }
@@ -159,7 +189,10 @@ fn snl_checkpoint_logits() {
     let mut items: Vec<(String, PyValue)> = sd.iter().map(|(n, v)| (n.clone(), t(v))).collect();
     for ((name, s), m) in shapes.iter().zip(&masks) {
         let (p, k) = name.rsplit_once(".relu").unwrap();
-        items.push((format!("{p}.alpha{k}.alphas"), t(&m.view([1, s[0], s[1], s[2]]))));
+        items.push((
+            format!("{p}.alpha{k}.alphas"),
+            t(&m.view([1, s[0], s[1], s[2]])),
+        ));
     }
     let root = dict(vec![
         ("arch".into(), PyValue::Str("resnet18_in".into())),
@@ -168,7 +201,9 @@ fn snl_checkpoint_logits() {
     let bytes = write_pth(&root, "snl_best_checkpoint").unwrap();
     // LearnableAlpha: relu(x)·α + (1 − α)·x.
     let act = |k: usize, x: &Tensor| x.relu() * &masks[k] + (1.0 - &masks[k]) * x;
-    compare(&bytes, ImportOptions::new(Scheme::Snl), &|x| resnet_forward(&sd, &[2, 2, 2, 2], x, &act, ("shortcut.0", "shortcut.1")));
+    compare(&bytes, ImportOptions::new(Scheme::Snl), &|x| {
+        resnet_forward(&sd, &[2, 2, 2, 2], x, &act, ("shortcut.0", "shortcut.1"))
+    });
 }
 
 #[test]
@@ -190,7 +225,10 @@ fn autorep_checkpoint_logits() {
             [r(0.0, 0.1), r(0.4, 1.0), r(0.0, 0.1)]
         })
         .collect();
-    let mut items: Vec<(String, PyValue)> = sd.iter().map(|(n, v)| (format!("model.{n}"), t(v))).collect();
+    let mut items: Vec<(String, PyValue)> = sd
+        .iter()
+        .map(|(n, v)| (format!("model.{n}"), t(v)))
+        .collect();
     for path in ["model.layer1.0.relu", "model.layer3.1.relu"] {
         for (i, m) in masks.iter().enumerate() {
             items.push((format!("{path}.alpha_aux_{i}_0"), t(&(m - 0.5))));
@@ -200,7 +238,14 @@ fn autorep_checkpoint_logits() {
             }
         }
     }
-    let bytes = write_pth(&dict(vec![("state_dict".into(), dict(items)), ("epoch".into(), PyValue::Int(150))]), "checkpoint").unwrap();
+    let bytes = write_pth(
+        &dict(vec![
+            ("state_dict".into(), dict(items)),
+            ("epoch".into(), PyValue::Int(150)),
+        ]),
+        "checkpoint",
+    )
+    .unwrap();
     // out = relu(x)·m + x2act_auto(x)·(1 − m), x2act = scale_x2·p2·x² + p1·x + p0.
     let act = |k: usize, x: &Tensor| {
         let [p0, p1, p2] = &paras[k];
@@ -209,7 +254,9 @@ fn autorep_checkpoint_logits() {
     };
     let mut opts = ImportOptions::new(Scheme::Autorep);
     opts.autorep_scale_x2 = scale_x2 as f32;
-    compare(&bytes, opts, &|x| resnet_forward(&sd, &[2, 2, 2, 2], x, &act, ("shortcut.0", "shortcut.1")));
+    compare(&bytes, opts, &|x| {
+        resnet_forward(&sd, &[2, 2, 2, 2], x, &act, ("shortcut.0", "shortcut.1"))
+    });
 }
 
 #[test]
@@ -220,19 +267,33 @@ fn relupruner_checkpoint_logits() {
     let masks = random_masks(&shapes, 4);
     let renamed: Sd = sd
         .iter()
-        .map(|(n, v)| (n.replace(".shortcut.0.", ".conv_sc.").replace(".shortcut.1.", ".bn_sc."), v.shallow_clone()))
+        .map(|(n, v)| {
+            (
+                n.replace(".shortcut.0.", ".conv_sc.")
+                    .replace(".shortcut.1.", ".bn_sc."),
+                v.shallow_clone(),
+            )
+        })
         .collect();
-    let count: f64 = masks.iter().map(|m| m.sum(Kind::Float).double_value(&[])).sum();
+    let count: f64 = masks
+        .iter()
+        .map(|m| m.sum(Kind::Float).double_value(&[]))
+        .sum();
     let root = dict(vec![
         ("format_version".into(), PyValue::Int(1)),
-        ("model".into(), dict(renamed.iter().map(|(n, v)| (n.clone(), t(v))).collect())),
+        (
+            "model".into(),
+            dict(renamed.iter().map(|(n, v)| (n.clone(), t(v))).collect()),
+        ),
         ("masks".into(), PyValue::List(masks.iter().map(t).collect())),
         ("relu_count".into(), PyValue::Int(count as i64)),
     ]);
     let bytes = write_pth(&root, "ckpt").unwrap();
     // masked_relu: relu(a·m) + a·(1 − m).
     let act = |k: usize, x: &Tensor| (x * &masks[k]).relu() + x * (1.0 - &masks[k]);
-    compare(&bytes, ImportOptions::new(Scheme::Relupruner), &|x| resnet_forward(&renamed, &[2, 2, 2, 2], x, &act, ("conv_sc", "bn_sc")));
+    compare(&bytes, ImportOptions::new(Scheme::Relupruner), &|x| {
+        resnet_forward(&renamed, &[2, 2, 2, 2], x, &act, ("conv_sc", "bn_sc"))
+    });
 }
 
 #[test]
@@ -240,22 +301,53 @@ fn a_pytorch_teacher_checkpoint_serves_as_teacher() {
     let dir = tempfile::tempdir().unwrap();
     common::write_cifar10(dir.path(), 10, 10, 31);
     let (_, sd) = source_net();
-    let root = dict(vec![("state_dict".into(), dict(sd.iter().map(|(n, v)| (n.clone(), t(v))).collect()))]);
+    let root = dict(vec![(
+        "state_dict".into(),
+        dict(sd.iter().map(|(n, v)| (n.clone(), t(v))).collect()),
+    )]);
     let teacher = dir.path().join("teacher.pth.tar");
     std::fs::write(&teacher, write_pth(&root, "teacher").unwrap()).unwrap();
     let out = dir.path().join("d.safetensors");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_piprune"))
         .args([
-            "--method", "deepreduce", "--model", "resnet18", "--dataset", "cifar10",
-            "--data", dir.path().to_str().unwrap(), "--budget", "15000", "--epochs", "1",
-            "--device", "cpu", "--out", out.to_str().unwrap(), "--width-multiplier", "0.0625",
-            "--batch-size", "50", "--no-progress", "--threads", "1",
-            "--criticality-order", "1,4,2,3", "--teacher", teacher.to_str().unwrap(),
+            "--method",
+            "deepreduce",
+            "--model",
+            "resnet18",
+            "--dataset",
+            "cifar10",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--budget",
+            "15000",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+            "--width-multiplier",
+            "0.0625",
+            "--batch-size",
+            "50",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--criticality-order",
+            "1,4,2,3",
+            "--teacher",
+            teacher.to_str().unwrap(),
         ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    assert!(!stderr.contains("teacher epoch"), "the teacher was trained: {stderr}");
-    assert_eq!(pibench_models::file::load(&out).unwrap().header.relus, 14_336);
+    assert!(
+        !stderr.contains("teacher epoch"),
+        "the teacher was trained: {stderr}"
+    );
+    assert_eq!(
+        pibench_models::file::load(&out).unwrap().header.relus,
+        14_336
+    );
 }

@@ -82,7 +82,10 @@ fn snl_phases_use_the_published_optimisers() {
     assert_eq!(f.schedule, Schedule::Cosine);
     assert_eq!(f.epochs, 100);
     let p = snl::SnlConfig::published(50_000, 0);
-    assert_eq!((p.lambda, p.lambda_growth, p.threshold, p.patience), (1e-5, 1.1, 1e-2, 5));
+    assert_eq!(
+        (p.lambda, p.lambda_growth, p.threshold, p.patience),
+        (1e-5, 1.1, 1e-2, 5)
+    );
     assert!(!p.clamp);
     assert_eq!(p.select, snl::Select::Threshold);
 }
@@ -104,7 +107,10 @@ fn snl_lambda_schedule_follows_the_code() {
         } else if epoch >= 5 {
             want *= 1.1;
         }
-        assert!((lambda - want).abs() < 1e-18, "epoch {epoch}: {lambda} vs {want}");
+        assert!(
+            (lambda - want).abs() < 1e-18,
+            "epoch {epoch}: {lambda} vs {want}"
+        );
     }
     // Epochs 5 (80 = lowest), 6 (85), 8 and 9 (70 = lowest) grow λ: 1.1^4.
     assert!((lambda - 1e-5 * 1.1f64.powi(4)).abs() < 1e-15);
@@ -133,10 +139,21 @@ fn snl_top_n_breaks_ties_by_value_then_a_seeded_random_order() {
     let a = snl::top_n_indices(&v, 100, 7);
     assert_eq!(a[0], 999);
     assert_eq!(a.len(), 100);
-    assert_eq!(a, snl::top_n_indices(&v, 100, 7), "deterministic for a seed");
-    assert_ne!(a, snl::top_n_indices(&v, 100, 8), "another seed, another order");
+    assert_eq!(
+        a,
+        snl::top_n_indices(&v, 100, 7),
+        "deterministic for a seed"
+    );
+    assert_ne!(
+        a,
+        snl::top_n_indices(&v, 100, 8),
+        "another seed, another order"
+    );
     let first_hundred = a.iter().filter(|&&i| i < 100).count();
-    assert!(first_hundred < 30, "ties must not favour early positions: {first_hundred}");
+    assert!(
+        first_hundred < 30,
+        "ties must not favour early positions: {first_hundred}"
+    );
     let late = a.iter().filter(|&&i| i >= 500).count();
     assert!((25..=75).contains(&late), "{late}");
 }
@@ -157,19 +174,29 @@ fn snl_select_threshold_and_fallback() {
         snl::attach_alphas(&mut net);
         tch::no_grad(|| {
             for (_, a) in snl::alphas(&net) {
-                a.shallow_clone().copy_(&(Tensor::rand(a.size(), (Kind::Float, Device::Cpu)) - 0.5));
+                a.shallow_clone()
+                    .copy_(&(Tensor::rand(a.size(), (Kind::Float, Device::Cpu)) - 0.5));
             }
         });
         net
     };
-    assert!(snl::alphas(&make()).iter().all(|(i, _)| *i != 0), "no stem α under SNL's convention");
+    assert!(
+        snl::alphas(&make()).iter().all(|(i, _)| *i != 0),
+        "no stem α under SNL's convention"
+    );
     let mut cfg = snl::SnlConfig::published(5000, 3);
     let mut net = make();
     let above = snl::alpha_count(&net, cfg.threshold);
-    assert_eq!(snl::select_mask(&mut net, &cfg, true), snl::Selection::Threshold);
+    assert_eq!(
+        snl::select_mask(&mut net, &cfg, true),
+        snl::Selection::Threshold
+    );
     assert_eq!(net.relu_count(), above);
     let mut net = make();
-    assert_eq!(snl::select_mask(&mut net, &cfg, false), snl::Selection::Fallback);
+    assert_eq!(
+        snl::select_mask(&mut net, &cfg, false),
+        snl::Selection::Fallback
+    );
     assert_eq!(net.relu_count(), 5000);
     cfg.select = snl::Select::TopN;
     let mut net = make();
@@ -180,6 +207,7 @@ fn snl_select_threshold_and_fallback() {
 
 /// `E[(ReLU(Z) − p(Z))²]`-minimising coefficients by numerical least squares
 /// (Simpson quadrature of the normal equations over μ ± 12σ).
+#[allow(clippy::needless_range_loop)] // Normal equations read best with indices.
 fn numeric_fit(mu: f64, sigma: f64, degree: usize) -> Vec<f64> {
     let n = 20_000;
     let (lo, hi) = (mu - 12.0 * sigma, mu + 12.0 * sigma);
@@ -189,8 +217,15 @@ fn numeric_fit(mu: f64, sigma: f64, degree: usize) -> Vec<f64> {
     let mut b = vec![0.0; k];
     for i in 0..=n {
         let z = lo + i as f64 * h;
-        let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
-        let p = (-(z - mu).powi(2) / (2.0 * sigma * sigma)).exp() / (sigma * (2.0 * std::f64::consts::PI).sqrt());
+        let w = if i == 0 || i == n {
+            1.0
+        } else if i % 2 == 1 {
+            4.0
+        } else {
+            2.0
+        };
+        let p = (-(z - mu).powi(2) / (2.0 * sigma * sigma)).exp()
+            / (sigma * (2.0 * std::f64::consts::PI).sqrt());
         let wp = w * p * h / 3.0;
         for r in 0..k {
             b[r] += wp * z.max(0.0) * z.powi(r as i32);
@@ -201,7 +236,9 @@ fn numeric_fit(mu: f64, sigma: f64, degree: usize) -> Vec<f64> {
     }
     // Gaussian elimination.
     for col in 0..k {
-        let piv = (col..k).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs())).unwrap();
+        let piv = (col..k)
+            .max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))
+            .unwrap();
         a.swap(col, piv);
         b.swap(col, piv);
         for r in 0..k {
@@ -219,11 +256,21 @@ fn numeric_fit(mu: f64, sigma: f64, degree: usize) -> Vec<f64> {
 
 #[test]
 fn dapa_coefficients_are_the_least_squares_fit() {
-    for (mu, sigma) in [(0.0, 1.0), (0.0, 2.0f64.sqrt()), (0.7, 0.5), (-1.2, 0.8), (2.0, 3.0), (-0.3, 0.05)] {
+    for (mu, sigma) in [
+        (0.0, 1.0),
+        (0.0, 2.0f64.sqrt()),
+        (0.7, 0.5),
+        (-1.2, 0.8),
+        (2.0, 3.0),
+        (-0.3, 0.05),
+    ] {
         let fit = numeric_fit(mu, sigma, 2);
         let (c2, c1, c0) = autorep::dapa2(mu, sigma);
         for (got, want, name) in [(c0, fit[0], "c0"), (c1, fit[1], "c1"), (c2, fit[2], "c2")] {
-            assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "N({mu}, {sigma}²) {name}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                "N({mu}, {sigma}²) {name}: {got} vs {want}"
+            );
         }
         let fit = numeric_fit(mu, sigma, 1);
         let (z2, d1, d0) = autorep::dapa1(mu, sigma);
@@ -259,11 +306,19 @@ fn hysteresis_is_eq10_and_ste_passes_softplus() {
     let aux = Tensor::from_slice(&[-1.0f32, 0.0, 2.0]).set_requires_grad(true);
     let mask = Tensor::from_slice(&[0.0f32, 1.0, 1.0]);
     let g = autorep::ste(&mask, &aux);
-    assert_eq!(Vec::<f32>::try_from(&g.detach()).unwrap(), vec![0.0, 1.0, 1.0]);
-    (g * Tensor::from_slice(&[1.0f32, 2.0, 3.0])).sum(Kind::Float).backward();
+    assert_eq!(
+        Vec::<f32>::try_from(&g.detach()).unwrap(),
+        vec![0.0, 1.0, 1.0]
+    );
+    (g * Tensor::from_slice(&[1.0f32, 2.0, 3.0]))
+        .sum(Kind::Float)
+        .backward();
     let grad = Vec::<f32>::try_from(&aux.grad()).unwrap();
     let sp = |x: f32| (1.0 + x.exp()).ln();
-    for (k, (x, w)) in [(-1.0f32, 1.0f32), (0.0, 2.0), (2.0, 3.0)].iter().enumerate() {
+    for (k, (x, w)) in [(-1.0f32, 1.0f32), (0.0, 2.0), (2.0, 3.0)]
+        .iter()
+        .enumerate()
+    {
         assert!((grad[k] - w * sp(*x)).abs() < 1e-6);
     }
 }
@@ -283,7 +338,11 @@ fn relupruner_taylor_terms_match_finite_differences() {
     let site = 3usize;
     let shape = net.sites[site].shape;
     // ∂L/∂a via the probe, z via the tap.
-    let probe = Tensor::zeros([6, shape[0], shape[1], shape[2]], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let probe = Tensor::zeros(
+        [6, shape[0], shape[1], shape[2]],
+        (Kind::Double, Device::Cpu),
+    )
+    .set_requires_grad(true);
     net.sites[site].probe = Some(probe.shallow_clone());
     let mut z = None;
     let loss = net
@@ -302,12 +361,21 @@ fn relupruner_taylor_terms_match_finite_differences() {
     // Finite difference of the loss in one relaxed gate g_k at g = 1, at the
     // element with the largest first-order term.
     let arg = first.abs().flatten(0, -1).argmax(0, false).int64_value(&[]);
-    let k = [arg / (shape[1] * shape[2]), (arg / shape[2]) % shape[1], arg % shape[2]];
+    let k = [
+        arg / (shape[1] * shape[2]),
+        (arg / shape[2]) % shape[1],
+        arg % shape[2],
+    ];
     let loss_at = |net: &mut Net, gk: f64| -> f64 {
         let gate = Tensor::ones(shape, (Kind::Double, Device::Cpu));
         let _ = gate.get(k[0]).get(k[1]).get(k[2]).fill_(gk);
         net.sites[site].gate = Some(gate);
-        let l = tch::no_grad(|| net.forward_t(&x, false).log_softmax(-1, Kind::Double).nll_loss(&y).double_value(&[]));
+        let l = tch::no_grad(|| {
+            net.forward_t(&x, false)
+                .log_softmax(-1, Kind::Double)
+                .nll_loss(&y)
+                .double_value(&[])
+        });
         net.sites[site].gate = None;
         l
     };
@@ -315,7 +383,10 @@ fn relupruner_taylor_terms_match_finite_differences() {
     let fd = (loss_at(&mut net, 1.0 + h) - loss_at(&mut net, 1.0 - h)) / (2.0 * h);
     let got = first.get(k[0]).get(k[1]).get(k[2]).double_value(&[]);
     assert!(fd.abs() > 1e-9, "the largest first-order term is not zero");
-    assert!((got - fd).abs() <= 1e-3 * fd.abs(), "first-order {got} vs finite difference {fd}");
+    assert!(
+        (got - fd).abs() <= 1e-3 * fd.abs(),
+        "first-order {got} vs finite difference {fd}"
+    );
     // Second order: E_b[(B·∂L/∂a_b·(σ(z_b) − z_b))²].
     let b = 6.0;
     let d = z.relu() - &z;

@@ -50,7 +50,12 @@ fn config(epochs: usize) -> TrainConfig {
     }
 }
 
-fn trainer<'a>(train: &'a Split, val: &'a Split, test: &'a Split, log: &'a mut RunLog) -> Trainer<'a> {
+fn trainer<'a>(
+    train: &'a Split,
+    val: &'a Split,
+    test: &'a Split,
+    log: &'a mut RunLog,
+) -> Trainer<'a> {
     Trainer {
         train,
         val,
@@ -112,7 +117,12 @@ fn run_ok(args: &[String]) -> (String, String) {
 }
 
 /// The models crate's float reference reproduces libtorch's logits (1e-4 relative).
-fn check_float_reference(what: &str, net: &Net, model: &pibench_models::graph::Network, split: &Split) {
+fn check_float_reference(
+    what: &str,
+    net: &Net,
+    model: &pibench_models::graph::Network,
+    split: &Split,
+) {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let pre = Preprocess::new(DatasetKind::Cifar10, net.input().h as i64, Device::Cpu);
@@ -148,12 +158,22 @@ fn small_resnet_training_reduces_the_loss_and_amp_runs_on_cpu() {
         let mut cfg = config(4);
         cfg.amp = amp;
         let r = t
-            .run_phase("teacher", &mut net, None, KdConfig::default(), &cfg, &mut NoHooks)
+            .run_phase(
+                "teacher",
+                &mut net,
+                None,
+                KdConfig::default(),
+                &cfg,
+                &mut NoHooks,
+            )
             .unwrap();
         let losses: Vec<f64> = log.epochs.iter().map(|e| e.train_loss).collect();
         assert_eq!(losses.len(), 4);
         assert!(losses.iter().all(|l| l.is_finite()));
-        assert!(losses[3] < losses[0], "amp {amp}: loss did not fall: {losses:?}");
+        assert!(
+            losses[3] < losses[0],
+            "amp {amp}: loss did not fall: {losses:?}"
+        );
         assert!((0.0..=1.0).contains(&r.val_acc) && (0.0..=1.0).contains(&r.test_acc));
     }
 }
@@ -178,17 +198,30 @@ fn a_partial_phase_resumes_with_its_optimizer_state() {
         t.interrupt_after = interrupt;
         let mut cfg = config(3);
         cfg.optimizer = OptimizerKind::Adam;
-        let r = t.run_phase("teacher", &mut net, None, KdConfig::default(), &cfg, &mut NoHooks);
+        let r = t.run_phase(
+            "teacher",
+            &mut net,
+            None,
+            KdConfig::default(),
+            &cfg,
+            &mut NoHooks,
+        );
         (r, net.to_graph().unwrap())
     };
     let (full, g_full) = run(None, None, false);
     full.unwrap();
     let ck = dir.path().join("ck");
     let (first, _) = run(Some(&ck), Some(2), false);
-    assert!(matches!(first, Err(TrainError::Interrupted { epochs: 2, .. })), "{first:?}");
+    assert!(
+        matches!(first, Err(TrainError::Interrupted { epochs: 2, .. })),
+        "{first:?}"
+    );
     let (second, g_resumed) = run(Some(&ck), None, true);
     second.unwrap();
-    assert_eq!(g_resumed, g_full, "resuming epoch 3 with the saved Adam state reproduces the run");
+    assert_eq!(
+        g_resumed, g_full,
+        "resuming epoch 3 with the saved Adam state reproduces the run"
+    );
 }
 
 #[test]
@@ -202,8 +235,14 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
     for method in ["snl", "autorep", "relupruner", "privshap"] {
         tch::manual_seed(0);
         let convention = match method {
-            "snl" | "autorep" => Convention { stem_relu: false, final_relu: false },
-            "relupruner" => Convention { stem_relu: false, final_relu: true },
+            "snl" | "autorep" => Convention {
+                stem_relu: false,
+                final_relu: false,
+            },
+            "relupruner" => Convention {
+                stem_relu: false,
+                final_relu: true,
+            },
             _ => Convention::default(),
         };
         let f = factory(convention);
@@ -212,7 +251,10 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
         let mut ctx = Context {
             trainer: trainer(&train, &val, &ds.test, &mut log),
             // Small batches: enough steps for calibrated batch-norm statistics.
-            train: TrainConfig { batch_size: 10, ..config(3) },
+            train: TrainConfig {
+                batch_size: 10,
+                ..config(3)
+            },
             kd: KdConfig::default(),
             device: Device::Cpu,
             dataset: DatasetKind::Cifar10,
@@ -256,7 +298,11 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
                         var_min: 0.04,
                         seed: 0,
                     },
-                    finetune: TrainConfig { epochs: 1, method_lr: None, ..replace.clone() },
+                    finetune: TrainConfig {
+                        epochs: 1,
+                        method_lr: None,
+                        ..replace.clone()
+                    },
                     replace,
                 };
                 methods::run_autorep(&mut ctx, &base, &run).unwrap()
@@ -301,14 +347,22 @@ fn every_method_reaches_its_budget_exactly_and_exports() {
         drop(ctx);
         assert_eq!(p.net.relu_count(), budget, "{method}");
         let out = dir.path().join(format!("{method}.safetensors"));
-        assert_eq!(export::save(&p.net, "cifar10", &out).unwrap(), budget as u64, "{method}");
+        assert_eq!(
+            export::save(&p.net, "cifar10", &out).unwrap(),
+            budget as u64,
+            "{method}"
+        );
         let loaded = file::load(&out).unwrap();
         assert_eq!(loaded.header.relus, budget as u64);
         assert_eq!(loaded.header.convention, convention);
         if method == "autorep" {
             let polys = loaded.network.sites().filter(|s| s.poly.is_some()).count();
             assert!(polys > 0, "AutoReP exports polynomial sites");
-            assert!(loaded.network.sites().filter(|s| s.poly.is_some()).all(|s| s.poly.as_ref().unwrap().a2.iter().any(|&v| v != 0.0)));
+            assert!(loaded
+                .network
+                .sites()
+                .filter(|s| s.poly.is_some())
+                .all(|s| s.poly.as_ref().unwrap().a2.iter().any(|&v| v != 0.0)));
         }
         check_float_reference(method, &p.net, &loaded.network, &ds.test);
         assert!(!log.results.is_empty());
@@ -322,16 +376,37 @@ fn cli_snl_follows_the_paper_and_resumes() {
     let out = dir.path().join("m.safetensors");
     let args = with(
         base_args(dir.path(), &out, "snl", "3000"),
-        &["--search-epochs", "3", "--lambda", "1e-2", "--search-lr", "0.01", "--alpha-lr", "0.5"],
+        &[
+            "--search-epochs",
+            "3",
+            "--lambda",
+            "1e-2",
+            "--search-lr",
+            "0.01",
+            "--alpha-lr",
+            "0.5",
+        ],
     );
     let (stdout, stderr) = run_ok(&args);
     let loaded = file::load(&out).unwrap();
     assert!(loaded.header.relus <= 3000, "{stdout}");
     assert!(!loaded.header.convention.stem_relu);
-    assert_eq!(loaded.network.sites().next().unwrap().relu_count(), 0, "no stem ReLU in SNL's network");
-    let log: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.safetensors.log.json")).unwrap()).unwrap();
-    let res = log["results"].as_array().unwrap().iter().find(|r| r["method"] == "snl").unwrap().clone();
+    assert_eq!(
+        loaded.network.sites().next().unwrap().relu_count(),
+        0,
+        "no stem ReLU in SNL's network"
+    );
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("m.safetensors.log.json")).unwrap(),
+    )
+    .unwrap();
+    let res = log["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["method"] == "snl")
+        .unwrap()
+        .clone();
     if res["search_reached_budget"] == false {
         assert_eq!(res["fallback_top_n"], true);
         assert!(stderr.contains("fallback"), "{stderr}");
@@ -345,10 +420,24 @@ fn cli_snl_follows_the_paper_and_resumes() {
     let out2 = dir.path().join("n.safetensors");
     let args = with(
         base_args(dir.path(), &out2, "snl", "2500"),
-        &["--search-epochs", "2", "--snl-select", "top-n", "--teacher", dir.path().join("m.safetensors.ckpt").join("teacher.safetensors").to_str().unwrap()],
+        &[
+            "--search-epochs",
+            "2",
+            "--snl-select",
+            "top-n",
+            "--teacher",
+            dir.path()
+                .join("m.safetensors.ckpt")
+                .join("teacher.safetensors")
+                .to_str()
+                .unwrap(),
+        ],
     );
     let (stdout, _) = run_ok(&args);
-    assert!(stdout.contains("2500 ReLUs (budget 2500 met exactly)"), "{stdout}");
+    assert!(
+        stdout.contains("2500 ReLUs (budget 2500 met exactly)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -356,14 +445,33 @@ fn cli_methods_of_issue_14_meet_the_budget() {
     let dir = tempfile::tempdir().unwrap();
     common::write_cifar10(dir.path(), 10, 10, 23);
     for (method, extra) in [
-        ("autorep", vec!["--replace-epochs", "1", "--indicator-lr", "0.05"]),
-        ("relupruner", vec!["--prune-epochs", "2", "--warmup-epochs", "1", "--mask-update-interval", "1"]),
-        ("privshap", vec!["--prune-epochs", "1", "--shapley-threshold", "0.9"]),
+        (
+            "autorep",
+            vec!["--replace-epochs", "1", "--indicator-lr", "0.05"],
+        ),
+        (
+            "relupruner",
+            vec![
+                "--prune-epochs",
+                "2",
+                "--warmup-epochs",
+                "1",
+                "--mask-update-interval",
+                "1",
+            ],
+        ),
+        (
+            "privshap",
+            vec!["--prune-epochs", "1", "--shapley-threshold", "0.9"],
+        ),
     ] {
         let out = dir.path().join(format!("{method}.safetensors"));
         let args = with(base_args(dir.path(), &out, method, "2000"), &extra);
         let (stdout, _) = run_ok(&args);
-        assert!(stdout.contains("2000 ReLUs (budget 2000 met exactly)"), "{method}: {stdout}");
+        assert!(
+            stdout.contains("2000 ReLUs (budget 2000 met exactly)"),
+            "{method}: {stdout}"
+        );
         assert_eq!(file::load(&out).unwrap().header.relus, 2000);
     }
 }
@@ -379,20 +487,33 @@ fn cli_deepreduce_picks_the_nearest_candidate_and_resumes_a_partial_run() {
         a[i + 1] = "2".into();
         a
     };
-    let args = two_epochs(with(base_args(dir.path(), &out, "deepreduce", "15000"), &["--criticality-order", "1,4,2,3"]));
+    let args = two_epochs(with(
+        base_args(dir.path(), &out, "deepreduce", "15000"),
+        &["--criticality-order", "1,4,2,3"],
+    ));
     let (stdout, _) = run_ok(&args);
     assert!(stdout.contains("nearest achievable"), "{stdout}");
     let whole = std::fs::read(&out).unwrap();
     assert_eq!(file::load(&out).unwrap().header.relus, 14_336);
     // Interrupted after one epoch (the teacher's first), then resumed: the same model.
     let out2 = dir.path().join("e.safetensors");
-    let args = two_epochs(with(base_args(dir.path(), &out2, "deepreduce", "15000"), &["--criticality-order", "1,4,2,3"]));
-    let o = piprune().args(with(args.clone(), &["--interrupt-after", "1"])).output().unwrap();
+    let args = two_epochs(with(
+        base_args(dir.path(), &out2, "deepreduce", "15000"),
+        &["--criticality-order", "1,4,2,3"],
+    ));
+    let o = piprune()
+        .args(with(args.clone(), &["--interrupt-after", "1"]))
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
     let (_, stderr) = run_ok(&with(args, &["--resume"]));
     assert!(stderr.contains("resuming at epoch 1"), "{stderr}");
-    assert_eq!(std::fs::read(&out2).unwrap(), whole, "resumed run differs from the uninterrupted one");
+    assert_eq!(
+        std::fs::read(&out2).unwrap(),
+        whole,
+        "resumed run differs from the uninterrupted one"
+    );
 }
 
 #[test]
@@ -430,7 +551,10 @@ fn bad_inputs_fail_before_training() {
     let f = dir.path().join("cifar-10-batches-bin/data_batch_2.bin");
     std::fs::write(&f, vec![0u8; 100]).unwrap();
     let err = run(base_args(dir.path(), &out, "snl", "100"));
-    assert!(err.contains("not a multiple of the 3073-byte record size"), "{err}");
+    assert!(
+        err.contains("not a multiple of the 3073-byte record size"),
+        "{err}"
+    );
     let err = run(base_args(dir.path(), &out, "deepreshape", "100"));
     assert!(err.contains("HybReNet"), "{err}");
 }
@@ -440,14 +564,31 @@ fn cli_deepreduce_probes_criticality_and_writes_the_pareto_set() {
     let dir = tempfile::tempdir().unwrap();
     common::write_cifar10(dir.path(), 10, 10, 16);
     let out = dir.path().join("p.safetensors");
-    let args = with(base_args(dir.path(), &out, "deepreduce", "8000"), &["--pareto"]);
+    let args = with(
+        base_args(dir.path(), &out, "deepreduce", "8000"),
+        &["--pareto"],
+    );
     run_ok(&args);
-    let log: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("p.safetensors.log.json")).unwrap()).unwrap();
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("p.safetensors.log.json")).unwrap(),
+    )
+    .unwrap();
     let results = log["results"].as_array().unwrap();
-    let crit = results.iter().find(|r| r.get("criticality").is_some()).unwrap();
-    assert_eq!(crit["criticality"]["order_least_to_most"].as_array().unwrap().len(), 4);
-    let run = results.iter().find(|r| r.get("pareto_on_validation").is_some()).unwrap();
+    let crit = results
+        .iter()
+        .find(|r| r.get("criticality").is_some())
+        .unwrap();
+    assert_eq!(
+        crit["criticality"]["order_least_to_most"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let run = results
+        .iter()
+        .find(|r| r.get("pareto_on_validation").is_some())
+        .unwrap();
     assert_eq!(run["trained"].as_array().unwrap().len(), 18);
     assert!(!run["pareto_on_validation"].as_array().unwrap().is_empty());
     let chosen = file::load(&out).unwrap();
@@ -502,8 +643,14 @@ fn cli_trains_every_architecture_models_knows() {
         let out = dir.path().join(format!("{model}.safetensors"));
         let mut args = base_args(dir.path(), &out, "snl", "500");
         args[3] = model.into();
-        let (stdout, _) = run_ok(&with(args, &["--search-epochs", "1", "--snl-select", "top-n"]));
-        assert!(stdout.contains("500 ReLUs (budget 500 met exactly)"), "{model}: {stdout}");
+        let (stdout, _) = run_ok(&with(
+            args,
+            &["--search-epochs", "1", "--snl-select", "top-n"],
+        ));
+        assert!(
+            stdout.contains("500 ReLUs (budget 500 met exactly)"),
+            "{model}: {stdout}"
+        );
         let loaded = file::load(&out).unwrap();
         assert_eq!(loaded.header.relus, 500);
     }

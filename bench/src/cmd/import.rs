@@ -76,13 +76,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     opts.autorep_scale_x2 = args.scale_x2;
     opts.autorep_mask_set = args.mask_set;
     let ckpt = Checkpoint::read(&args.checkpoint)?;
-    let imported = import_checkpoint(
-        &ckpt,
-        &spec,
-        dataset.input(),
-        dataset.num_classes(),
-        &opts,
-    )?;
+    let imported = import_checkpoint(&ckpt, &spec, dataset.input(), dataset.num_classes(), &opts)?;
     for t in &imported.unknown {
         eprintln!("pibench import: ignored tensor {t} (maps to nothing)");
     }
@@ -94,7 +88,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     file::save(&imported.network, &save, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let relus = relu_count(&imported.network, imported.convention);
-    let polys = imported.network.sites().filter(|s| s.poly.is_some()).count();
+    let polys = imported
+        .network
+        .sites()
+        .filter(|s| s.poly.is_some())
+        .count();
     println!(
         "{}: {} ({}) from {} checkpoint {}: {relus} ReLUs{}",
         args.out.display(),

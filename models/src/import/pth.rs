@@ -114,7 +114,10 @@ impl StorageKind {
 
     /// Whether the elements are floating point.
     pub fn is_float(self) -> bool {
-        matches!(self, Self::Float | Self::Double | Self::Half | Self::BFloat16)
+        matches!(
+            self,
+            Self::Float | Self::Double | Self::Half | Self::BFloat16
+        )
     }
 
     fn decode(self, b: &[u8]) -> f32 {
@@ -419,7 +422,10 @@ fn run_pickle(pkl: &[u8], label: &str) -> Result<Object, ImportError> {
             break;
         }
         if stack.stack().len() > MAX_STACK {
-            return Err(perr(pos, format!("more than {MAX_STACK} objects on the stack")));
+            return Err(perr(
+                pos,
+                format!("more than {MAX_STACK} objects on the stack"),
+            ));
         }
         // Opcodes that copy (memo) or nest objects.
         if matches!(
@@ -565,16 +571,23 @@ impl<R: Read + Seek> Converter<'_, R> {
         })
     }
 
-    fn reduce(&mut self, callable: Object, args: Object, depth: usize) -> Result<PyValue, ImportError> {
+    fn reduce(
+        &mut self,
+        callable: Object,
+        args: Object,
+        depth: usize,
+    ) -> Result<PyValue, ImportError> {
         let class = class_of(&callable).map(|(m, c)| (m.to_string(), c.to_string()));
         match class.as_ref().map(|(m, c)| (m.as_str(), c.as_str())) {
-            Some(("torch._utils", "_rebuild_tensor_v2")) | Some(("torch._utils", "_rebuild_tensor")) => {
-                self.tensor(&args).map(PyValue::Tensor)
-            }
+            Some(("torch._utils", "_rebuild_tensor_v2"))
+            | Some(("torch._utils", "_rebuild_tensor")) => self.tensor(&args).map(PyValue::Tensor),
             Some(("torch._utils", "_rebuild_parameter"))
             | Some(("torch._utils", "_rebuild_parameter_with_state")) => match args {
                 Object::Tuple(mut v) if !v.is_empty() => self.value(v.remove(0), depth + 1),
-                _ => Err(self.terr("<parameter>", "malformed _rebuild_parameter arguments".into())),
+                _ => Err(self.terr(
+                    "<parameter>",
+                    "malformed _rebuild_parameter arguments".into(),
+                )),
             },
             Some(("torch._tensor", "_rebuild_from_type_v2")) => match args {
                 // (func, type, args, state): rebuild `func(*args)`.
@@ -583,7 +596,10 @@ impl<R: Read + Seek> Converter<'_, R> {
                     let func = v.remove(0);
                     self.reduce(func, inner_args, depth + 1)
                 }
-                _ => Err(self.terr("<tensor>", "malformed _rebuild_from_type_v2 arguments".into())),
+                _ => Err(self.terr(
+                    "<tensor>",
+                    "malformed _rebuild_from_type_v2 arguments".into(),
+                )),
             },
             Some((m, c)) => Ok(PyValue::Other(format!("{m}.{c}"))),
             None => Ok(PyValue::Other("object".into())),
@@ -643,7 +659,9 @@ impl<R: Read + Seek> Converter<'_, R> {
             let bytes_needed = (numel as u64)
                 .checked_mul(kind.size() as u64)
                 .filter(|&b| b <= MAX_TENSOR_ELEMENTS * 8)
-                .ok_or_else(|| self.terr(&key, format!("storage of {numel} elements is too large")))?;
+                .ok_or_else(|| {
+                    self.terr(&key, format!("storage of {numel} elements is too large"))
+                })?;
             let name = format!("{}data/{key}", self.prefix);
             let bytes = read_entry(self.zip, &name, bytes_needed, self.label)?;
             if (bytes.len() as u64) < bytes_needed {

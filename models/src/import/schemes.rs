@@ -132,7 +132,12 @@ pub struct Imported {
     pub unknown: Vec<String>,
 }
 
-fn flatten(prefix: &str, v: &PyValue, out: &mut Vec<(String, TensorData)>, file: &str) -> Result<(), ImportError> {
+fn flatten(
+    prefix: &str,
+    v: &PyValue,
+    out: &mut Vec<(String, TensorData)>,
+    file: &str,
+) -> Result<(), ImportError> {
     match v {
         PyValue::Tensor(t) => out.push((prefix.to_string(), t.clone())),
         PyValue::Dict(items) => {
@@ -143,11 +148,18 @@ fn flatten(prefix: &str, v: &PyValue, out: &mut Vec<(String, TensorData)>, file:
                     other => {
                         return Err(ImportError::Layout {
                             file: file.into(),
-                            reason: format!("dict key of type {} under {prefix:?}", other.type_name()),
+                            reason: format!(
+                                "dict key of type {} under {prefix:?}",
+                                other.type_name()
+                            ),
                         })
                     }
                 };
-                let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+                let name = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 flatten(&name, x, out, file)?;
             }
         }
@@ -159,11 +171,14 @@ fn flatten(prefix: &str, v: &PyValue, out: &mut Vec<(String, TensorData)>, file:
 /// Finds the state dict: `state_dict`, `model`, `net` or `model_state_dict`
 /// when present as a dict, else the root dict itself. Returns it and the
 /// root's own tensors outside it.
-fn state_dict<'a>(ckpt: &'a Checkpoint) -> Result<(&'a PyValue, Vec<String>), ImportError> {
+fn state_dict(ckpt: &Checkpoint) -> Result<(&PyValue, Vec<String>), ImportError> {
     let PyValue::Dict(items) = &ckpt.root else {
         return Err(ImportError::Layout {
             file: ckpt.label.clone(),
-            reason: format!("the checkpoint holds a {}, expected a dict", ckpt.root.type_name()),
+            reason: format!(
+                "the checkpoint holds a {}, expected a dict",
+                ckpt.root.type_name()
+            ),
         });
     };
     for key in ["state_dict", "model", "net", "model_state_dict"] {
@@ -205,7 +220,10 @@ impl Pool<'_> {
         if !squeezed {
             return Err(ImportError::Weights {
                 file: self.file.into(),
-                reason: format!("tensor {name:?} has shape {:?}, expected {shape:?}", t.shape),
+                reason: format!(
+                    "tensor {name:?} has shape {:?}, expected {shape:?}",
+                    t.shape
+                ),
             });
         }
         if !t.kind.is_float() {
@@ -243,12 +261,21 @@ impl Pool<'_> {
         Ok(())
     }
 
-    fn mask(&mut self, name: &str, site: &str, dims: &[usize], threshold: Option<f32>) -> Result<Vec<u8>, ImportError> {
-        let t = self.tensors.get(name).ok_or_else(|| ImportError::MissingMask {
-            file: self.file.into(),
-            site: site.into(),
-            expected: format!("tensor {name:?} of shape {dims:?}"),
-        })?;
+    fn mask(
+        &mut self,
+        name: &str,
+        site: &str,
+        dims: &[usize],
+        threshold: Option<f32>,
+    ) -> Result<Vec<u8>, ImportError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ImportError::MissingMask {
+                file: self.file.into(),
+                site: site.into(),
+                expected: format!("tensor {name:?} of shape {dims:?}"),
+            })?;
         let m = to_mask(t, name, site, dims, threshold, self.file)?;
         self.used.insert(name.to_string());
         Ok(m)
@@ -259,7 +286,11 @@ impl Pool<'_> {
 /// either (`[1, C, H, W]` for `[C, H, W]`, `[C]` for `[1, C, 1, 1]` is not allowed).
 fn squeeze_to(found: &[usize], expected: &[usize]) -> bool {
     let f: Vec<usize> = {
-        let lead = found.iter().take_while(|&&d| d == 1).count().min(found.len().saturating_sub(expected.len()));
+        let lead = found
+            .iter()
+            .take_while(|&&d| d == 1)
+            .count()
+            .min(found.len().saturating_sub(expected.len()));
         found[lead..].to_vec()
     };
     f == expected
@@ -277,7 +308,10 @@ fn to_mask(
         return Err(ImportError::Tensor {
             file: file.into(),
             tensor: name.into(),
-            reason: format!("mask of site {site} has shape {:?}, expected {dims:?}", t.shape),
+            reason: format!(
+                "mask of site {site} has shape {:?}, expected {dims:?}",
+                t.shape
+            ),
         });
     }
     t.data
@@ -292,7 +326,11 @@ fn to_mask(
                 tensor: name.into(),
                 reason: format!(
                     "mask element {i} of site {site} is {v}, expected 0 or 1{}",
-                    if threshold.is_none() { " (an unthresholded SNL α? pass a threshold)" } else { "" }
+                    if threshold.is_none() {
+                        " (an unthresholded SNL α? pass a threshold)"
+                    } else {
+                        ""
+                    }
                 ),
             }),
         })
@@ -379,7 +417,8 @@ pub fn import_checkpoint(
             Op::BatchNorm(bn) => pool.bn(bn)?,
             Op::Linear(l) => {
                 let name = classifier_alias(&pool, &node.name);
-                l.weight.data = pool.take(&format!("{name}.weight"), &[l.out_features, l.in_features])?;
+                l.weight.data =
+                    pool.take(&format!("{name}.weight"), &[l.out_features, l.in_features])?;
                 l.bias = pool.take(&format!("{name}.bias"), &[l.out_features])?;
             }
             _ => {}
@@ -453,7 +492,9 @@ pub fn import_checkpoint(
                             if pool.tensors[first] != pool.tensors[n] {
                                 return Err(ImportError::Layout {
                                     file: file.into(),
-                                    reason: format!("{n:?} differs from {first:?} (the same AutoReP feature)"),
+                                    reason: format!(
+                                        "{n:?} differs from {first:?} (the same AutoReP feature)"
+                                    ),
                                 });
                             }
                             pool.used.insert(n.clone());
@@ -480,11 +521,18 @@ pub fn import_checkpoint(
                     masks.push(vec![0; n]);
                     continue;
                 }
-                let tname = feat_mask.get(&feature).cloned().ok_or_else(|| ImportError::MissingMask {
-                    file: file.into(),
-                    site: name.clone(),
-                    expected: format!("AutoReP feature {feature}: alpha_mask_{feature}_{}", opts.autorep_mask_set),
-                })?;
+                let tname =
+                    feat_mask
+                        .get(&feature)
+                        .cloned()
+                        .ok_or_else(|| ImportError::MissingMask {
+                            file: file.into(),
+                            site: name.clone(),
+                            expected: format!(
+                                "AutoReP feature {feature}: alpha_mask_{feature}_{}",
+                                opts.autorep_mask_set
+                            ),
+                        })?;
                 masks.push(pool.mask(&tname, name, dims, None)?);
                 if let Some(deg) = degree {
                     let mut coeff = |k: usize| -> Result<Vec<f32>, ImportError> {
@@ -493,10 +541,15 @@ pub fn import_checkpoint(
                             reason: format!("AutoReP feature {feature} (site {name}) lacks poly_para_{feature}_{k}"),
                         })?;
                         let t = &pool.tensors[&pname];
-                        if t.data.len() != *c || !(t.shape == [1, *c, 1, 1] || t.shape == [1, *c] || t.shape == [*c]) {
+                        if t.data.len() != *c
+                            || !(t.shape == [1, *c, 1, 1] || t.shape == [1, *c] || t.shape == [*c])
+                        {
                             return Err(ImportError::Weights {
                                 file: file.into(),
-                                reason: format!("{pname:?} has shape {:?}, expected [1, {c}, 1, 1]", t.shape),
+                                reason: format!(
+                                    "{pname:?} has shape {:?}, expected [1, {c}, 1, 1]",
+                                    t.shape
+                                ),
                             });
                         }
                         if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
@@ -513,12 +566,12 @@ pub fn import_checkpoint(
                     let p1 = coeff(1)?;
                     let (a2, a1) = if deg >= 2 {
                         let p2 = coeff(2)?;
-                        (
-                            p2.iter().map(|v| v * opts.autorep_scale_x2).collect(),
-                            p1,
-                        )
+                        (p2.iter().map(|v| v * opts.autorep_scale_x2).collect(), p1)
                     } else {
-                        (vec![0.0; *c], p1.iter().map(|v| v * opts.autorep_scale_x1).collect())
+                        (
+                            vec![0.0; *c],
+                            p1.iter().map(|v| v * opts.autorep_scale_x1).collect(),
+                        )
                     };
                     if deg > 2 {
                         return Err(ImportError::Weights {
@@ -541,14 +594,21 @@ pub fn import_checkpoint(
             }
         }
         Scheme::Relupruner => {
-            let list: Vec<TensorData> = match ckpt.root.get("masks").or_else(|| ckpt.root.get("mask_epoch")) {
+            let list: Vec<TensorData> = match ckpt
+                .root
+                .get("masks")
+                .or_else(|| ckpt.root.get("mask_epoch"))
+            {
                 Some(PyValue::List(v)) | Some(PyValue::Tuple(v)) => v
                     .iter()
                     .map(|x| match x {
                         PyValue::Tensor(t) => Ok(t.clone()),
                         other => Err(ImportError::Layout {
                             file: file.into(),
-                            reason: format!("'masks' holds a {}, expected tensors", other.type_name()),
+                            reason: format!(
+                                "'masks' holds a {}, expected tensors",
+                                other.type_name()
+                            ),
                         }),
                     })
                     .collect::<Result<_, _>>()?,
@@ -571,7 +631,10 @@ pub fn import_checkpoint(
                 Some(other) => {
                     return Err(ImportError::Layout {
                         file: file.into(),
-                        reason: format!("'masks' is a {}, expected a list of tensors", other.type_name()),
+                        reason: format!(
+                            "'masks' is a {}, expected a list of tensors",
+                            other.type_name()
+                        ),
                     })
                 }
                 None => {
@@ -579,7 +642,8 @@ pub fn import_checkpoint(
                     return Err(ImportError::MissingMask {
                         file: file.into(),
                         site: first.map_or_else(|| "?".into(), |s| s.0.clone()),
-                        expected: "a 'masks' list (or legacy 'mask_epoch') in the checkpoint".into(),
+                        expected: "a 'masks' list (or legacy 'mask_epoch') in the checkpoint"
+                            .into(),
                     });
                 }
             };
@@ -595,7 +659,14 @@ pub fn import_checkpoint(
                     site: name.clone(),
                     expected: format!("masks[{next}] (the checkpoint has {} masks)", list.len()),
                 })?;
-                masks.push(to_mask(t, &format!("masks[{next}]"), name, dims, None, file)?);
+                masks.push(to_mask(
+                    t,
+                    &format!("masks[{next}]"),
+                    name,
+                    dims,
+                    None,
+                    file,
+                )?);
                 next += 1;
             }
             if next != list.len() {
@@ -659,8 +730,12 @@ fn is_dapa_bn(name: &str) -> bool {
     let parts: Vec<&str> = name.rsplitn(3, '.').collect();
     match parts.as_slice() {
         [leaf, bn, ..] => {
-            matches!(*leaf, "running_mean" | "running_var" | "num_batches_tracked")
-                && bn.strip_prefix("bn_").is_some_and(|i| i.parse::<usize>().is_ok())
+            matches!(
+                *leaf,
+                "running_mean" | "running_var" | "num_batches_tracked"
+            ) && bn
+                .strip_prefix("bn_")
+                .is_some_and(|i| i.parse::<usize>().is_ok())
         }
         _ => false,
     }

@@ -71,7 +71,8 @@ pub fn erfc(x: f64) -> f64 {
                         + t * (-0.186_288_06
                             + t * (0.278_868_07
                                 + t * (-1.135_203_98
-                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
             .exp();
     if x >= 0.0 {
         r
@@ -222,12 +223,18 @@ impl Autorep {
         if !st.seen {
             return None;
         }
-        let mean = Vec::<f64>::try_from(&st.mean.to_device(Device::Cpu).to_kind(Kind::Double)).ok()?;
-        let var = Vec::<f64>::try_from(&st.var.to_device(Device::Cpu).to_kind(Kind::Double)).ok()?;
+        let mean =
+            Vec::<f64>::try_from(&st.mean.to_device(Device::Cpu).to_kind(Kind::Double)).ok()?;
+        let var =
+            Vec::<f64>::try_from(&st.var.to_device(Device::Cpu).to_kind(Kind::Double)).ok()?;
         let (mut a2, mut a1, mut a0) = (Vec::new(), Vec::new(), Vec::new());
         for (m, v) in mean.iter().zip(&var) {
             let s = v.max(self.cfg.var_min).sqrt();
-            let (c2, c1, c0) = if self.cfg.poly >= 2 { dapa2(*m, s) } else { dapa1(*m, s) };
+            let (c2, c1, c0) = if self.cfg.poly >= 2 {
+                dapa2(*m, s)
+            } else {
+                dapa1(*m, s)
+            };
             a2.push(c2 as f32);
             a1.push(c1 as f32);
             a0.push(c0 as f32);
@@ -248,23 +255,34 @@ impl Autorep {
         let mut flat_mask = Vec::new();
         for (i, a) in &self.aux {
             flat_aux.extend(
-                Vec::<f32>::try_from(&a.detach().to_device(Device::Cpu).flatten(0, -1)).unwrap_or_default(),
+                Vec::<f32>::try_from(&a.detach().to_device(Device::Cpu).flatten(0, -1))
+                    .unwrap_or_default(),
             );
             flat_mask.extend(
-                Vec::<f32>::try_from(&net.sites[*i].mask.detach().to_device(Device::Cpu).flatten(0, -1))
-                    .unwrap_or_default(),
+                Vec::<f32>::try_from(
+                    &net.sites[*i]
+                        .mask
+                        .detach()
+                        .to_device(Device::Cpu)
+                        .flatten(0, -1),
+                )
+                .unwrap_or_default(),
             );
         }
         let (mut added, mut removed) = (0, 0);
         if count > want {
-            let mut kept: Vec<usize> = (0..flat_mask.len()).filter(|&k| flat_mask[k] == 1.0).collect();
+            let mut kept: Vec<usize> = (0..flat_mask.len())
+                .filter(|&k| flat_mask[k] == 1.0)
+                .collect();
             kept.sort_by(|&a, &b| flat_aux[a].total_cmp(&flat_aux[b]).then(a.cmp(&b)));
             for &k in kept.iter().take((count - want) as usize) {
                 flat_mask[k] = 0.0;
                 removed += 1;
             }
         } else if count < want {
-            let mut off: Vec<usize> = (0..flat_mask.len()).filter(|&k| flat_mask[k] == 0.0).collect();
+            let mut off: Vec<usize> = (0..flat_mask.len())
+                .filter(|&k| flat_mask[k] == 0.0)
+                .collect();
             off.sort_by(|&a, &b| flat_aux[b].total_cmp(&flat_aux[a]).then(a.cmp(&b)));
             for &k in off.iter().take((want - count) as usize) {
                 flat_mask[k] = 1.0;
@@ -275,7 +293,10 @@ impl Autorep {
         for (i, _) in &self.aux {
             let n = net.sites[*i].numel() as usize;
             let shape = net.sites[*i].shape;
-            net.set_mask(*i, &Tensor::from_slice(&flat_mask[offset..offset + n]).view(shape));
+            net.set_mask(
+                *i,
+                &Tensor::from_slice(&flat_mask[offset..offset + n]).view(shape),
+            );
             net.sites[*i].gate = None;
             offset += n;
         }
@@ -358,10 +379,18 @@ impl PhaseHooks for Autorep {
         Some((m / total - self.cfg.budget as f64 / total).relu() * self.cfg.mu)
     }
 
-    fn after_epoch(&mut self, _epoch: usize, net: &mut Net, _val: f64) -> (Control, serde_json::Value) {
+    fn after_epoch(
+        &mut self,
+        _epoch: usize,
+        net: &mut Net,
+        _val: f64,
+    ) -> (Control, serde_json::Value) {
         net.refresh_counts();
         let count = self.count(net);
-        eprintln!("autorep: {count} ReLUs kept by the indicators (budget {})", self.cfg.budget);
+        eprintln!(
+            "autorep: {count} ReLUs kept by the indicators (budget {})",
+            self.cfg.budget
+        );
         (
             Control::Continue,
             serde_json::json!({ "indicator_relus": count, "iterations": self.iterations }),

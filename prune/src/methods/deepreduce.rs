@@ -51,7 +51,11 @@ pub fn culling_order(criticality: &[f64]) -> Vec<usize> {
 
 /// The body stages of a graph (1-based, sorted).
 pub fn stages(g: &Graph) -> Vec<usize> {
-    let mut s: Vec<usize> = g.sites().filter_map(|s| s.stage).filter(|&s| s > 0).collect();
+    let mut s: Vec<usize> = g
+        .sites()
+        .filter_map(|s| s.stage)
+        .filter(|&s| s > 0)
+        .collect();
     s.sort_unstable();
     s.dedup();
     s
@@ -224,9 +228,9 @@ impl SpecFactory {
     /// The candidate's graph with its pattern applied (zero weights).
     pub fn graph(&self, c: &Candidate) -> Result<Graph, ModelError> {
         let input = arch::input_shape(self.native, c.rho)?;
-        let mut g = self
-            .spec(c.channel_scale, c.one_block)?
-            .build(input, self.classes, Init::Zeros)?;
+        let mut g =
+            self.spec(c.channel_scale, c.one_block)?
+                .build(input, self.classes, Init::Zeros)?;
         c.pattern.apply(&mut g)?;
         Ok(g)
     }

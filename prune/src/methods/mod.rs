@@ -174,7 +174,10 @@ pub fn uncounted_identity(graph: &Graph, convention: Convention) -> Graph {
 
 fn is_pytorch_file(path: &std::path::Path) -> bool {
     let name = path.to_string_lossy().to_ascii_lowercase();
-    name.ends_with(".pth") || name.ends_with(".pth.tar") || name.ends_with(".pt") || name.ends_with(".tar")
+    name.ends_with(".pth")
+        || name.ends_with(".pth.tar")
+        || name.ends_with(".pt")
+        || name.ends_with(".tar")
 }
 
 impl Context<'_> {
@@ -198,10 +201,20 @@ impl Context<'_> {
                     graph.num_classes,
                     &opts,
                 )?;
-                Net::new(&imp.network, self.device, self.convention, Weights::FromGraph)?
+                Net::new(
+                    &imp.network,
+                    self.device,
+                    self.convention,
+                    Weights::FromGraph,
+                )?
             }
             Some(t) => match pibench_models::file::load(&t.path) {
-                Ok(loaded) => Net::new(&loaded.network, self.device, self.convention, Weights::FromGraph)?,
+                Ok(loaded) => Net::new(
+                    &loaded.network,
+                    self.device,
+                    self.convention,
+                    Weights::FromGraph,
+                )?,
                 Err(_) => {
                     let mut net = Net::new(graph, self.device, self.convention, Weights::Fresh)?;
                     net.load(&t.path)?;
@@ -259,9 +272,9 @@ impl Context<'_> {
         }
         self.use_input(graph);
         let cfg = self.train.clone();
-        let result = self
-            .trainer
-            .run_phase(phase, &mut net, Some(teacher), self.kd, &cfg, &mut NoHooks)?;
+        let result =
+            self.trainer
+                .run_phase(phase, &mut net, Some(teacher), self.kd, &cfg, &mut NoHooks)?;
         Ok(Produced {
             label: phase.to_string(),
             net,
@@ -292,8 +305,14 @@ pub fn run_snl(ctx: &mut Context<'_>, base: &Graph, run: &SnlRun) -> Result<Prod
     let mut search = snl::SnlSearch::new(run.snl.clone());
     let kd = snl::kd();
     ctx.use_input(&graph);
-    ctx.trainer
-        .run_phase("snl-search", &mut net, Some(&teacher), kd, &run.search, &mut search)?;
+    ctx.trainer.run_phase(
+        "snl-search",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.search,
+        &mut search,
+    )?;
     let above = snl::alpha_count(&net, run.snl.threshold);
     let selection = snl::select_mask(&mut net, &run.snl, search.reached);
     match selection {
@@ -310,9 +329,14 @@ pub fn run_snl(ctx: &mut Context<'_>, base: &Graph, run: &SnlRun) -> Result<Prod
         ),
         snl::Selection::TopN => eprintln!("snl: kept the {} largest alphas", run.snl.budget),
     }
-    let result = ctx
-        .trainer
-        .run_phase("snl-finetune", &mut net, Some(&teacher), kd, &run.finetune, &mut NoHooks)?;
+    let result = ctx.trainer.run_phase(
+        "snl-finetune",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.finetune,
+        &mut NoHooks,
+    )?;
     ctx.trainer.log.results.push(serde_json::json!({
         "method": "snl",
         "budget": run.snl.budget,
@@ -377,7 +401,11 @@ pub fn deepreduce_floor(factory: &SpecFactory, stages: &[usize]) -> Result<i64, 
     let mut floor = i64::MAX;
     for order in permutations(stages) {
         // The smallest candidates of an order: its last culling iteration.
-        for c in deepreduce::deepreduce_candidates(&order).iter().rev().take(6) {
+        for c in deepreduce::deepreduce_candidates(&order)
+            .iter()
+            .rev()
+            .take(6)
+        {
             floor = floor.min(factory.relus(c)?);
         }
     }
@@ -435,7 +463,10 @@ pub fn run_deepreduce(
                 relus.push(p.net.relu_count());
             }
             let c = deepreduce::criticality(&acc, &relus, deepreduce::CRITICALITY_WEIGHT);
-            let order: Vec<usize> = deepreduce::culling_order(&c).into_iter().map(|i| stages[i - 1]).collect();
+            let order: Vec<usize> = deepreduce::culling_order(&c)
+                .into_iter()
+                .map(|i| stages[i - 1])
+                .collect();
             ctx.trainer.log.results.push(serde_json::json!({
                 "criticality": { "val_accuracy_percent": acc, "relus": relus, "c_k": c, "order_least_to_most": order }
             }));
@@ -444,7 +475,15 @@ pub fn run_deepreduce(
         }
     };
     let candidates = deepreduce::deepreduce_candidates(&order);
-    train_candidates(ctx, "deepreduce", factory, &candidates, run, &teacher, teacher_result)
+    train_candidates(
+        ctx,
+        "deepreduce",
+        factory,
+        &candidates,
+        run,
+        &teacher,
+        teacher_result,
+    )
 }
 
 /// DeepReShape (Algorithm 2) on a HybReNet: cull the least critical stage if
@@ -473,17 +512,30 @@ pub fn run_deepreshape(
     let candidates = deepreshape_candidates(&base, &order);
     pick("deepreshape", factory, &candidates, run.budget)?;
     let (teacher, teacher_result) = ctx.teacher(&base)?;
-    train_candidates(ctx, "deepreshape", factory, &candidates, run, &teacher, teacher_result)
+    train_candidates(
+        ctx,
+        "deepreshape",
+        factory,
+        &candidates,
+        run,
+        &teacher,
+        teacher_result,
+    )
 }
 
 /// Algorithm 2's candidates for `base` and the criticality order.
 pub fn deepreshape_candidates(base: &Graph, order: &[usize]) -> Vec<Candidate> {
     let stages = deepreduce::stages(base);
     let per_stage = |s: usize| -> u64 {
-        base.sites().filter(|x| x.stage == Some(s)).map(|x| x.relu_count()).sum()
+        base.sites()
+            .filter(|x| x.stage == Some(s))
+            .map(|x| x.relu_count())
+            .sum()
     };
     let least = order[0];
-    let dominates = stages.iter().all(|&s| s == least || per_stage(least) >= per_stage(s));
+    let dominates = stages
+        .iter()
+        .all(|&s| s == least || per_stage(least) >= per_stage(s));
     let culled = if dominates { vec![least] } else { vec![] };
     let thin = Pattern {
         culled,
@@ -580,7 +632,11 @@ impl crate::train::PhaseHooks for TrainPoly {
     fn method_params(&mut self, net: &Net) -> Vec<(String, tch::Tensor, usize)> {
         net.sites
             .iter()
-            .filter_map(|s| s.poly.as_ref().map(|p| (format!("poly.{}", s.name), p.shallow_clone(), 2)))
+            .filter_map(|s| {
+                s.poly
+                    .as_ref()
+                    .map(|p| (format!("poly.{}", s.name), p.shallow_clone(), 2))
+            })
             .collect()
     }
 }
@@ -598,7 +654,11 @@ pub struct AutorepRun {
 
 /// AutoReP: teacher, indicator training with hysteresis and DaPa, exact
 /// budget, fine-tuning with frozen indicators.
-pub fn run_autorep(ctx: &mut Context<'_>, base: &Graph, run: &AutorepRun) -> Result<Produced, MethodError> {
+pub fn run_autorep(
+    ctx: &mut Context<'_>,
+    base: &Graph,
+    run: &AutorepRun,
+) -> Result<Produced, MethodError> {
     let graph = uncounted_identity(base, ctx.convention);
     check_budget(&graph, ctx.convention, run.cfg.budget)?;
     let (teacher, _) = ctx.teacher(&graph)?;
@@ -607,17 +667,28 @@ pub fn run_autorep(ctx: &mut Context<'_>, base: &Graph, run: &AutorepRun) -> Res
     let mut hooks = autorep::Autorep::new(&mut net, run.cfg.clone());
     let kd = snl::kd();
     ctx.use_input(&graph);
-    ctx.trainer
-        .run_phase("autorep-replace", &mut net, Some(&teacher), kd, &run.replace, &mut hooks)?;
+    ctx.trainer.run_phase(
+        "autorep-replace",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.replace,
+        &mut hooks,
+    )?;
     let before = hooks.count(&net);
     let (added, removed) = hooks.finalize(&mut net);
     eprintln!(
         "autorep: the indicators kept {before} ReLUs; made exactly {} (+{added}, -{removed} by auxiliary-parameter order)",
         net.relu_count()
     );
-    let result = ctx
-        .trainer
-        .run_phase("autorep-finetune", &mut net, Some(&teacher), kd, &run.finetune, &mut TrainPoly)?;
+    let result = ctx.trainer.run_phase(
+        "autorep-finetune",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.finetune,
+        &mut TrainPoly,
+    )?;
     if net.relu_count() != run.cfg.budget {
         return Err(MethodError::Missed {
             method: "autorep",
@@ -658,7 +729,11 @@ pub struct ReluprunerRun {
 }
 
 /// ReLUPruner: teacher, progressive Taylor pruning (CE + KL), fine-tuning (CE + KL + β·PRAM).
-pub fn run_relupruner(ctx: &mut Context<'_>, base: &Graph, run: &ReluprunerRun) -> Result<Produced, MethodError> {
+pub fn run_relupruner(
+    ctx: &mut Context<'_>,
+    base: &Graph,
+    run: &ReluprunerRun,
+) -> Result<Produced, MethodError> {
     let graph = uncounted_identity(base, ctx.convention);
     check_budget(&graph, ctx.convention, run.cfg.budget)?;
     let (teacher, _) = ctx.teacher(&graph)?;
@@ -667,8 +742,14 @@ pub fn run_relupruner(ctx: &mut Context<'_>, base: &Graph, run: &ReluprunerRun) 
     let kd = snl::kd();
     ctx.use_input(&graph);
     let mut pruner = relupruner::Pruner::new(&net, run.cfg.clone());
-    ctx.trainer
-        .run_phase("relupruner-prune", &mut net, Some(&teacher), kd, &run.prune, &mut pruner)?;
+    ctx.trainer.run_phase(
+        "relupruner-prune",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.prune,
+        &mut pruner,
+    )?;
     pruner.finalize(&mut net);
     for s in &mut net.sites {
         s.probe = None;
@@ -679,9 +760,14 @@ pub fn run_relupruner(ctx: &mut Context<'_>, base: &Graph, run: &ReluprunerRun) 
         net.relu_count()
     );
     let mut pram = relupruner::PramFinetune::new(&net, run.beta);
-    let result = ctx
-        .trainer
-        .run_phase("relupruner-finetune", &mut net, Some(&teacher), kd, &run.finetune, &mut pram)?;
+    let result = ctx.trainer.run_phase(
+        "relupruner-finetune",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.finetune,
+        &mut pram,
+    )?;
     if net.relu_count() != run.cfg.budget {
         return Err(MethodError::Missed {
             method: "relupruner",
@@ -730,10 +816,16 @@ pub struct PrivshapRun {
 
 /// PrivShap: teacher, layer Shapley values on the validation split, budget
 /// allocation, gradient-projection pruning, KD fine-tuning.
-pub fn run_privshap(ctx: &mut Context<'_>, base: &Graph, run: &PrivshapRun) -> Result<Produced, MethodError> {
+pub fn run_privshap(
+    ctx: &mut Context<'_>,
+    base: &Graph,
+    run: &PrivshapRun,
+) -> Result<Produced, MethodError> {
     check_budget(base, ctx.convention, run.budget)?;
     let (mut teacher, _) = ctx.teacher(base)?;
-    let players: Vec<usize> = (0..teacher.sites.len()).filter(|&i| teacher.sites[i].counted).collect();
+    let players: Vec<usize> = (0..teacher.sites.len())
+        .filter(|&i| teacher.sites[i].counted)
+        .collect();
     let n = players.len();
     if n > 63 {
         return Err(MethodError::Option {
@@ -744,7 +836,9 @@ pub fn run_privshap(ctx: &mut Context<'_>, base: &Graph, run: &PrivshapRun) -> R
     if run.estimator == privshap::Estimator::Exact && n > 20 {
         return Err(MethodError::Option {
             method: "privshap",
-            reason: format!("exact Shapley values over {n} layers need 2^{n} evaluations; use --shapley tree"),
+            reason: format!(
+                "exact Shapley values over {n} layers need 2^{n} evaluations; use --shapley tree"
+            ),
         });
     }
     ctx.use_input(base);
@@ -760,11 +854,15 @@ pub fn run_privshap(ctx: &mut Context<'_>, base: &Graph, run: &PrivshapRun) -> R
         };
         let teacher_ref = &mut teacher;
         let players_ref = &players;
-        let mut u = privshap::Utility::new(|s| privshap::coalition_accuracy(teacher_ref, players_ref, s, &mut eval));
+        let mut u = privshap::Utility::new(|s| {
+            privshap::coalition_accuracy(teacher_ref, players_ref, s, &mut eval)
+        });
         let sv = match run.estimator {
             privshap::Estimator::Tree => privshap::tree_shapley(n, &mut u, run.threshold),
             privshap::Estimator::Exact => privshap::exact_shapley(n, &mut u),
-            privshap::Estimator::MonteCarlo => privshap::monte_carlo_shapley(n, &mut u, run.mc_samples, run.seed),
+            privshap::Estimator::MonteCarlo => {
+                privshap::monte_carlo_shapley(n, &mut u, run.mc_samples, run.seed)
+            }
         };
         let mc = (run.compare && run.estimator != privshap::Estimator::MonteCarlo)
             .then(|| privshap::monte_carlo_shapley(n, &mut u, run.mc_samples, run.seed));
@@ -773,21 +871,42 @@ pub fn run_privshap(ctx: &mut Context<'_>, base: &Graph, run: &PrivshapRun) -> R
     if let Some(e) = eval_err {
         return Err(e.into());
     }
-    let sizes: Vec<u64> = players.iter().map(|&i| teacher.sites[i].numel() as u64).collect();
+    let sizes: Vec<u64> = players
+        .iter()
+        .map(|&i| teacher.sites[i].numel() as u64)
+        .collect();
     let alloc = privshap::allocate(&sv, &sizes, run.budget as u64);
-    let names: Vec<String> = players.iter().map(|&i| teacher.sites[i].name.clone()).collect();
+    let names: Vec<String> = players
+        .iter()
+        .map(|&i| teacher.sites[i].name.clone())
+        .collect();
     eprintln!("privshap: {evaluations} coalitions evaluated; Shapley values {sv:?}; layer budgets {alloc:?}");
     let mut net = Net::new(base, ctx.device, ctx.convention, Weights::Fresh)?;
     net.copy_weights_from(&teacher);
-    let budgets: Vec<(usize, i64)> = players.iter().zip(&alloc).map(|(&i, &k)| (i, k as i64)).collect();
+    let budgets: Vec<(usize, i64)> = players
+        .iter()
+        .zip(&alloc)
+        .map(|(&i, &k)| (i, k as i64))
+        .collect();
     let mut proj = privshap::Projection::new(&mut net, budgets);
     let kd = ctx.kd;
-    ctx.trainer
-        .run_phase("privshap-prune", &mut net, Some(&teacher), kd, &run.prune, &mut proj)?;
+    ctx.trainer.run_phase(
+        "privshap-prune",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.prune,
+        &mut proj,
+    )?;
     proj.finish(&mut net);
-    let result = ctx
-        .trainer
-        .run_phase("privshap-finetune", &mut net, Some(&teacher), kd, &run.finetune, &mut NoHooks)?;
+    let result = ctx.trainer.run_phase(
+        "privshap-finetune",
+        &mut net,
+        Some(&teacher),
+        kd,
+        &run.finetune,
+        &mut NoHooks,
+    )?;
     if net.relu_count() != run.budget {
         return Err(MethodError::Missed {
             method: "privshap",

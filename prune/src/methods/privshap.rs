@@ -60,7 +60,9 @@ pub struct Utility<'a> {
 
 impl std::fmt::Debug for Utility<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Utility").field("evaluations", &self.evaluations).finish()
+        f.debug_struct("Utility")
+            .field("evaluations", &self.evaluations)
+            .finish()
     }
 }
 
@@ -277,7 +279,8 @@ impl PhaseHooks for Projection {
             if !grad.defined() {
                 continue;
             }
-            let mag = Vec::<f32>::try_from(&grad.abs().flatten(0, -1).to_device(Device::Cpu)).unwrap_or_default();
+            let mag = Vec::<f32>::try_from(&grad.abs().flatten(0, -1).to_device(Device::Cpu))
+                .unwrap_or_default();
             let mut mask = vec![0f32; mag.len()];
             for j in top_k(&mag, k.max(0) as usize) {
                 mask[j] = 1.0;
@@ -292,7 +295,12 @@ impl PhaseHooks for Projection {
         Control::Continue
     }
 
-    fn after_epoch(&mut self, _epoch: usize, net: &mut Net, _val: f64) -> (Control, serde_json::Value) {
+    fn after_epoch(
+        &mut self,
+        _epoch: usize,
+        net: &mut Net,
+        _val: f64,
+    ) -> (Control, serde_json::Value) {
         net.refresh_counts();
         (Control::Continue, serde_json::Value::Null)
     }

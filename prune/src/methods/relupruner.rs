@@ -77,7 +77,9 @@ pub fn keep_ratio(cfg: &ReluprunerConfig, target: f64, epoch: usize) -> f64 {
         return target;
     }
     let span = target_epoch.saturating_sub(cfg.warmup).max(1) as f64;
-    let p = ((epoch - cfg.warmup) as f64 / span).clamp(0.0, 1.0).powf(1.5);
+    let p = ((epoch - cfg.warmup) as f64 / span)
+        .clamp(0.0, 1.0)
+        .powf(1.5);
     target + (1.0 - target) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
 }
 
@@ -110,7 +112,9 @@ pub fn layer_importance(grad_a: &Tensor) -> f64 {
 
 /// The attention map of a feature `[B, C, H, W]`: `normalize(mean_c(f²))`.
 fn attention(f: &Tensor) -> Tensor {
-    let a = (f * f).mean_dim(&[1i64][..], false, Kind::Float).flatten(1, -1);
+    let a = (f * f)
+        .mean_dim(&[1i64][..], false, Kind::Float)
+        .flatten(1, -1);
     let n = a.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
     a / n
 }
@@ -162,7 +166,9 @@ pub struct Pruner {
 impl Pruner {
     /// Hooks for the counted sites of `net`.
     pub fn new(net: &Net, cfg: ReluprunerConfig) -> Pruner {
-        let sites: Vec<usize> = (0..net.sites.len()).filter(|&i| net.sites[i].counted).collect();
+        let sites: Vec<usize> = (0..net.sites.len())
+            .filter(|&i| net.sites[i].counted)
+            .collect();
         let n = net.sites.len();
         Pruner {
             total: sites.iter().map(|&i| net.sites[i].numel()).sum(),
@@ -183,7 +189,9 @@ impl Pruner {
         let vals: Vec<f64> = self.sites.iter().filter_map(|&i| self.layer[i]).collect();
         let (lo, hi) = vals
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
         self.sites
             .iter()
             .filter_map(|&i| {
@@ -208,14 +216,20 @@ impl Pruner {
             return;
         }
         let flat = Tensor::cat(
-            &scores.iter().map(|(_, t)| t.flatten(0, -1).to_device(Device::Cpu)).collect::<Vec<_>>(),
+            &scores
+                .iter()
+                .map(|(_, t)| t.flatten(0, -1).to_device(Device::Cpu))
+                .collect::<Vec<_>>(),
             0,
         );
         let values = Vec::<f32>::try_from(&flat).unwrap_or_default();
         let mut order: Vec<usize> = (0..values.len()).collect();
         order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
         let mut mask = vec![0f32; values.len()];
-        for &k in order.iter().take(keep.clamp(0, values.len() as i64) as usize) {
+        for &k in order
+            .iter()
+            .take(keep.clamp(0, values.len() as i64) as usize)
+        {
             mask[k] = 1.0;
         }
         let mut off = 0;
@@ -239,7 +253,8 @@ impl PhaseHooks for Pruner {
         for &i in &self.sites {
             let s = &mut net.sites[i];
             let shape = [batch, s.shape[0], s.shape[1], s.shape[2]];
-            s.probe = Some(Tensor::zeros(shape, (Kind::Float, s.mask.device())).set_requires_grad(true));
+            s.probe =
+                Some(Tensor::zeros(shape, (Kind::Float, s.mask.device())).set_requires_grad(true));
         }
     }
 
@@ -256,7 +271,8 @@ impl PhaseHooks for Pruner {
     fn after_backward(&mut self, net: &mut Net, grad_scale: f64) {
         tch::no_grad(|| {
             for &i in &self.sites {
-                let (Some(z), Some(probe)) = (self.inputs[i].take(), net.sites[i].probe.take()) else {
+                let (Some(z), Some(probe)) = (self.inputs[i].take(), net.sites[i].probe.take())
+                else {
                     continue;
                 };
                 let g = probe.grad();
@@ -270,14 +286,20 @@ impl PhaseHooks for Pruner {
                 } else {
                     first.abs()
                 };
-                let neg = z.lt(0.0).to_kind(Kind::Float).mean_dim(&[0i64][..], false, Kind::Float);
+                let neg = z
+                    .lt(0.0)
+                    .to_kind(Kind::Float)
+                    .mean_dim(&[0i64][..], false, Kind::Float);
                 let window = &mut self.negative[i];
                 window.push_back(neg);
                 while window.len() > self.cfg.window.max(1) {
                     window.pop_front();
                 }
-                let a_neg = Tensor::stack(&window.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>(), 0)
-                    .mean_dim(&[0i64][..], false, Kind::Float);
+                let a_neg = Tensor::stack(
+                    &window.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>(),
+                    0,
+                )
+                .mean_dim(&[0i64][..], false, Kind::Float);
                 let value = unit * a_neg;
                 let m = self.cfg.ema;
                 self.importance[i] = Some(match self.importance[i].take() {
@@ -298,7 +320,12 @@ impl PhaseHooks for Pruner {
     fn after_step(&mut self, net: &mut Net) -> Control {
         self.batches += 1;
         if self.epoch >= self.cfg.warmup {
-            let interval = self.cfg.interval.max(1) * if self.epoch >= target_epoch(&self.cfg) { 2 } else { 1 };
+            let interval = self.cfg.interval.max(1)
+                * if self.epoch >= target_epoch(&self.cfg) {
+                    2
+                } else {
+                    1
+                };
             if self.batches % interval == 0 {
                 let target = self.cfg.budget as f64 / self.total.max(1) as f64;
                 let ratio = keep_ratio(&self.cfg, target, self.epoch);
@@ -313,7 +340,12 @@ impl PhaseHooks for Pruner {
         Control::Continue
     }
 
-    fn after_epoch(&mut self, epoch: usize, net: &mut Net, _val: f64) -> (Control, serde_json::Value) {
+    fn after_epoch(
+        &mut self,
+        epoch: usize,
+        net: &mut Net,
+        _val: f64,
+    ) -> (Control, serde_json::Value) {
         self.epoch = epoch + 1;
         for &i in &self.sites {
             net.sites[i].probe = None;

@@ -154,7 +154,13 @@ pub fn kd() -> KdConfig {
 
 /// λ after an epoch that ended with `count` α above the threshold
 /// (`lowest` is updated): SNL's rule or the plain growth rule.
-pub fn next_lambda(cfg: &SnlConfig, lambda: f64, epoch: usize, count: i64, lowest: &mut i64) -> f64 {
+pub fn next_lambda(
+    cfg: &SnlConfig,
+    lambda: f64,
+    epoch: usize,
+    count: i64,
+    lowest: &mut i64,
+) -> f64 {
     match cfg.schedule {
         LambdaSchedule::Snl => {
             if count < *lowest {
@@ -181,7 +187,10 @@ pub fn attach_alphas(net: &mut Net) {
     let root = net.vs.root();
     for site in net.sites.iter_mut().filter(|s| s.counted) {
         let (p, leaf) = nested(&root / "alphas", &site.name);
-        let a = p.var_copy(leaf, &Tensor::ones(site.shape, (Kind::Float, net.vs.device())));
+        let a = p.var_copy(
+            leaf,
+            &Tensor::ones(site.shape, (Kind::Float, net.vs.device())),
+        );
         site.gate = Some(a);
     }
 }
@@ -271,7 +280,12 @@ impl PhaseHooks for SnlSearch {
         Control::Continue
     }
 
-    fn after_epoch(&mut self, epoch: usize, net: &mut Net, _val: f64) -> (Control, serde_json::Value) {
+    fn after_epoch(
+        &mut self,
+        epoch: usize,
+        net: &mut Net,
+        _val: f64,
+    ) -> (Control, serde_json::Value) {
         let count = alpha_count(net, self.cfg.threshold);
         let lambda_used = self.lambda;
         self.count = count;
@@ -284,7 +298,11 @@ impl PhaseHooks for SnlSearch {
         );
         let extra = serde_json::json!({ "lambda": lambda_used, "alpha_count": count });
         (
-            if self.reached { Control::Stop } else { Control::Continue },
+            if self.reached {
+                Control::Stop
+            } else {
+                Control::Continue
+            },
             extra,
         )
     }
@@ -348,7 +366,12 @@ pub fn select_mask(net: &mut Net, cfg: &SnlConfig, reached: bool) -> Selection {
     let flat: Vec<f32> = {
         let parts: Vec<Tensor> = list
             .iter()
-            .map(|(_, a)| a.detach().to_kind(Kind::Float).flatten(0, -1).to_device(Device::Cpu))
+            .map(|(_, a)| {
+                a.detach()
+                    .to_kind(Kind::Float)
+                    .flatten(0, -1)
+                    .to_device(Device::Cpu)
+            })
             .collect();
         if parts.is_empty() {
             Vec::new()
@@ -357,7 +380,10 @@ pub fn select_mask(net: &mut Net, cfg: &SnlConfig, reached: bool) -> Selection {
         }
     };
     let keep: Vec<f32> = match sel {
-        Selection::Threshold => flat.iter().map(|&a| f32::from(u8::from(a as f64 > cfg.threshold))).collect(),
+        Selection::Threshold => flat
+            .iter()
+            .map(|&a| f32::from(u8::from(a as f64 > cfg.threshold)))
+            .collect(),
         Selection::TopN | Selection::Fallback => {
             let mut k = vec![0f32; flat.len()];
             for i in top_n_indices(&flat, cfg.budget.max(0) as usize, cfg.seed) {
