@@ -14,7 +14,7 @@ use pibench_models::import::schemes::{import_checkpoint, ImportOptions, Scheme};
 
 /// Where the checkpoint comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum From {
+pub enum Source {
     /// SNL (`layerX.Y.alphaK.alphas`).
     Snl,
     /// AutoReP (`alpha_mask_*`, `poly_para_*`).
@@ -30,7 +30,7 @@ pub enum From {
 pub struct ImportArgs {
     /// Naming scheme of the checkpoint.
     #[arg(long, value_enum)]
-    pub from: From,
+    pub from: Source,
     /// The checkpoint (`.pth`, `.pth.tar`: torch.save zip archive).
     pub checkpoint: PathBuf,
     /// Architecture (resnet18, resnet34, wrn22_8, vgg16, hrn-AxBxCx-mM, …).
@@ -64,10 +64,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let spec = ArchSpec::parse(&args.model)?;
     let dataset = Dataset::parse(&args.dataset)?;
     let scheme = match args.from {
-        From::Snl => Scheme::Snl,
-        From::Autorep => Scheme::Autorep,
-        From::Relupruner => Scheme::Relupruner,
-        From::Plain => Scheme::Plain,
+        Source::Snl => Scheme::Snl,
+        Source::Autorep => Scheme::Autorep,
+        Source::Relupruner => Scheme::Relupruner,
+        Source::Plain => Scheme::Plain,
     };
     let mut opts = ImportOptions::new(scheme);
     opts.ignore_unknown = args.ignore_unknown;
