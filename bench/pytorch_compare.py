@@ -3,9 +3,11 @@
 
 Trains the kuangliu-style CIFAR ResNet-18 that `piprune` builds (3x3 stem,
 BasicBlocks, 1x1 projection shortcuts, global average pool, `linear`) with
-the same step: SGD (momentum 0.9, Nesterov, weight decay 5e-4), batch 128,
-random crop with 4-pixel padding and horizontal flip done on the device,
-cross-entropy, optional fp16 autocast. Prints images per second as JSON, to
+the same step: SGD (momentum 0.9, weight decay 5e-4; Nesterov with
+--nesterov, as piprune's --nesterov), batch 128, random crop with 4-pixel
+padding and horizontal flip done on the device, cross-entropy, optional
+autocast (--amp: fp16 with GradScaler on CUDA, bf16 on CPU — piprune's --amp
+casts the same way). Prints images per second as JSON, to
 compare with the `images_per_second` of piprune's JSON log (run piprune with
 the same --batch-size, --width-multiplier and --amp).
 
@@ -100,12 +102,13 @@ def main():
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--width-multiplier", type=float, default=1.0)
     ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--nesterov", action="store_true")
     ap.add_argument("--data")
     a = ap.parse_args()
     dev = torch.device(a.device)
     wm = lambda c: max(1, round(c * a.width_multiplier))
     net = ResNet([2, 2, 2, 2], [wm(64), wm(128), wm(256), wm(512)], wm(64), a.classes).to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=a.nesterov, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(enabled=a.amp and dev.type == "cuda")
     if a.data:
         images, labels = load_cifar(a.data, a.classes)
@@ -121,7 +124,8 @@ def main():
         x = images[idx].to(dev).float() / 255.0
         x = (augment(x) - mean) / std
         y = labels[idx].to(dev)
-        with torch.autocast(dev.type, enabled=a.amp and dev.type == "cuda"):
+        amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=a.amp):
             loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
         scaler.scale(loss).backward()

@@ -19,6 +19,8 @@ enum Command {
     Count(cmd::count::CountArgs),
     /// Micro-benchmarks of the protocol's building blocks.
     Micro(cmd::micro::MicroArgs),
+    /// Import a PyTorch checkpoint (SNL, AutoReP, ReLUPruner) as a model file.
+    Import(cmd::import::ImportArgs),
     /// Train and ReLU-prune a network (runs the `piprune` binary, which links libtorch).
     Prune(cmd::prune::PruneArgs),
     /// Private inference between a server process and a client process on loopback, with a per-layer report.
@@ -34,6 +36,7 @@ fn main() {
     let result = match cli.command {
         Command::Count(args) => cmd::count::run(args),
         Command::Micro(args) => cmd::micro::run(args),
+        Command::Import(args) => cmd::import::run(args),
         Command::Prune(args) => cmd::prune::run(args),
         Command::Run(args) => cmd::infer::run(args),
         Command::Server(args) => cmd::infer::server(args),

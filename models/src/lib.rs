@@ -9,6 +9,8 @@ pub mod error;
 pub mod file;
 pub mod fixed;
 pub mod graph;
+#[cfg(feature = "pth")]
+pub mod import;
 pub mod mask;
 pub mod reference;
 

@@ -133,6 +133,12 @@ impl DatasetKind {
         }
     }
 
+    /// Input shape `3 × side × side`.
+    pub fn input(self) -> pibench_models::graph::FeatureShape {
+        let s = self.image_size() as usize;
+        pibench_models::graph::FeatureShape::new(3, s, s)
+    }
+
     /// Name used in model files and logs (as in `pibench_models::file`).
     pub fn name(self) -> &'static str {
         match self {
@@ -170,6 +176,34 @@ impl Split {
     /// Whether the split is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The examples at `indices`.
+    pub fn select(&self, indices: &[i64]) -> Split {
+        let idx = Tensor::from_slice(indices);
+        Split {
+            images: self.images.index_select(0, &idx),
+            labels: self.labels.index_select(0, &idx),
+        }
+    }
+
+    /// Holds out `n` examples chosen by a seeded shuffle as a validation
+    /// split: returns `(train, validation)`. With `n = 0` the validation
+    /// split is empty. Criticality, Pareto choices and Shapley values are
+    /// measured on it, never on the test split.
+    pub fn split_validation(&self, n: usize, seed: u64) -> (Split, Split) {
+        use rand::SeedableRng;
+        let n = n.min(self.len().saturating_sub(1));
+        let mut order: Vec<i64> = (0..self.len() as i64).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ 0x7a11_da7e,
+        ));
+        let (val, train) = order.split_at(n);
+        let mut train = train.to_vec();
+        let mut val = val.to_vec();
+        train.sort_unstable();
+        val.sort_unstable();
+        (self.select(&train), self.select(&val))
     }
 
     /// The first `n` examples (all if fewer).
@@ -488,6 +522,40 @@ impl Preprocess {
         } else {
             x
         };
+        self.normalise(&x)
+    }
+
+    /// One augmented view for a student at `self.out_size` and its teacher
+    /// at `teacher_size`: the crop/flip is drawn once at the stored
+    /// resolution and both inputs are made from it (the teacher sees the
+    /// same augmented image as the student, resized for ρ < 1).
+    pub fn apply_pair(
+        &self,
+        images: &Tensor,
+        augment: bool,
+        rng: &mut impl Rng,
+        teacher_size: i64,
+    ) -> (Tensor, Tensor) {
+        let x = images.to_device(self.device).to_kind(Kind::Float) / 255.0;
+        let x = if augment { self.augment(&x, rng) } else { x };
+        let side = x.size()[2];
+        let resize = |t: &Tensor, size: i64| {
+            if size != side {
+                t.upsample_bilinear2d([size, size], false, None, None)
+            } else {
+                t.shallow_clone()
+            }
+        };
+        let student = self.normalise(&resize(&x, self.out_size));
+        let teacher = if teacher_size == self.out_size {
+            student.shallow_clone()
+        } else {
+            self.normalise(&resize(&x, teacher_size))
+        };
+        (student, teacher)
+    }
+
+    fn normalise(&self, x: &Tensor) -> Tensor {
         let mean = Tensor::from_slice(&self.mean)
             .view([1, 3, 1, 1])
             .to_device(self.device);

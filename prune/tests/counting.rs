@@ -1,19 +1,23 @@
-//! DeepReDuce / DeepReShape counting against the papers' tables (no training).
+//! DeepReDuce / DeepReShape counting against the papers' tables (no
+//! training), on the models crate's graphs.
 
+use pibench_models::count::Convention;
+use pibench_models::graph::FeatureShape;
+use pibench_prune::arch;
 use pibench_prune::methods::deepreduce::{
     criticality, culling_order, deepreduce_candidates, pareto_front, Candidate, Pattern,
-    CRITICALITY_WEIGHT,
+    SpecFactory, CRITICALITY_WEIGHT,
 };
-use pibench_prune::methods::{deepreshape_candidates, SpecFactory};
-use pibench_prune::net::ArchSpec;
+use pibench_prune::methods::{deepreduce_floor, deepreshape_candidates};
 
-fn factory(model: &str, native: i64, m: Option<i64>) -> SpecFactory {
+fn factory(model: &str, side: usize, m: Option<usize>) -> SpecFactory {
     SpecFactory {
         model: model.into(),
-        classes: 100,
-        native,
-        width: 1.0,
         base_channels: m,
+        width: 1.0,
+        native: FeatureShape::new(3, side, side),
+        classes: 100,
+        convention: Convention::default(),
     }
 }
 
@@ -27,25 +31,33 @@ fn cand(culled: &[usize], thinned: bool, a: f64, r: f64) -> Candidate {
         },
         channel_scale: a,
         rho: r,
+        one_block: false,
     }
 }
 
 #[test]
 fn resnet18_cifar_full_and_per_stage_counts() {
-    let spec = ArchSpec::named("resnet18", 100, 32, 1.0, 1.0, None).unwrap();
-    assert_eq!(spec.full_relus(), 557_056); // Table 4: 557.06K
-    let tiny = ArchSpec::named("resnet18", 200, 64, 1.0, 1.0, None).unwrap();
-    assert_eq!(tiny.full_relus(), 2_228_224); // Table 5: 2228.24K
-                                              // Table 1 (ReLUs only in one stage).
+    let f = factory("resnet18", 32, None);
+    assert_eq!(
+        f.relus(&Candidate::plain(Pattern::full())).unwrap(),
+        557_056
+    ); // Table 4: 557.06K
+    let tiny = factory("resnet18", 64, None);
+    assert_eq!(
+        tiny.relus(&Candidate::plain(Pattern::full())).unwrap(),
+        2_228_224
+    ); // Table 5
+       // Table 1 (ReLUs only in one stage).
     for (stage, relus) in [(1, 262_144), (2, 131_072), (3, 65_536), (4, 32_768)] {
-        assert_eq!(Pattern::only_stage(stage, 4).relu_count(&spec), relus);
+        let c = Candidate::plain(Pattern::only_stage(stage, &[1, 2, 3, 4]));
+        assert_eq!(f.relus(&c).unwrap(), relus);
     }
 }
 
 #[test]
 fn table4_counts_of_culling_thinning_reshaping() {
     let f = factory("resnet18", 32, None);
-    let rows: [(Candidate, i64); 10] = [
+    let rows: [(Candidate, i64); 9] = [
         (cand(&[1], false, 1.0, 1.0), 229_376),    // S2+S3+S4: 229.38K
         (cand(&[1, 4], false, 1.0, 1.0), 196_608), // S2+S3: 196.61K
         (cand(&[1], true, 1.0, 1.0), 114_688),     // 114.69K
@@ -55,11 +67,18 @@ fn table4_counts_of_culling_thinning_reshaping() {
         (cand(&[1, 4], true, 1.0, 0.5), 24_576),   // 24.57K
         (cand(&[1], true, 0.5, 0.5), 14_336),      // 14.33K
         (cand(&[1, 4], true, 0.5, 0.5), 12_288),   // 12.28K
-        (cand(&[1, 4], false, 1.0, 1.0), 196_608),
     ];
     for (c, expected) in rows {
         assert_eq!(f.relus(&c).unwrap(), expected, "{}", c.label());
     }
+    // The last row: one block per stage ("?"), 7.17K.
+    let one = Candidate {
+        one_block: true,
+        ..cand(&[1], true, 0.5, 0.5)
+    };
+    assert_eq!(f.relus(&one).unwrap(), 7_168);
+    assert!(deepreduce_candidates(&[1, 4, 2, 3]).contains(&one));
+    assert_eq!(deepreduce_floor(&f, &[1, 2, 3, 4]).unwrap(), 1_024);
 }
 
 #[test]
@@ -99,13 +118,14 @@ fn culling_order_of_resnet18_cifar100_is_s1_s4_s2_s3() {
 }
 
 #[test]
-fn deepreduce_explores_five_networks_per_iteration() {
+fn deepreduce_explores_its_networks_per_iteration() {
     let cands = deepreduce_candidates(&[1, 4, 2, 3]);
-    assert_eq!(cands.len(), 5 * 3);
+    assert_eq!(cands.len(), 6 * 3);
     assert_eq!(cands[0].pattern.culled, vec![1]);
-    assert_eq!(cands[5].pattern.culled, vec![1, 4]);
-    assert_eq!(cands[10].pattern.culled, vec![1, 2, 4]);
+    assert_eq!(cands[6].pattern.culled, vec![1, 4]);
+    assert_eq!(cands[12].pattern.culled, vec![1, 2, 4]);
     assert!(cands.iter().all(|c| !c.pattern.culled.contains(&3)));
+    assert_eq!(cands.iter().filter(|c| c.one_block).count(), 3);
 }
 
 #[test]
@@ -113,7 +133,7 @@ fn deepreshape_table6_counts() {
     // HRN-2x5x3x: S1 dominates, so it is culled; the rest is thinned.
     for (m, thinned) in [(32, 104_448), (16, 52_224), (8, 26_112)] {
         let f = factory("hrn-2x5x3x", 32, Some(m));
-        let base = f.spec(1.0, 1.0).unwrap();
+        let base = f.base().unwrap();
         let cands = deepreshape_candidates(&base, &[1, 4, 2, 3]);
         assert_eq!(cands[1].pattern.culled, vec![1]);
         assert_eq!(f.relus(&cands[1]).unwrap(), thinned, "m = {m}");
@@ -125,7 +145,7 @@ fn deepreshape_table6_counts() {
     }
     // HRN-5x5x3x, m=16: S1 does not dominate; thinning all stages gives 163.3K.
     let f = factory("hrn-5x5x3x", 32, Some(16));
-    let base = f.spec(1.0, 1.0).unwrap();
+    let base = f.base().unwrap();
     let cands = deepreshape_candidates(&base, &[1, 4, 2, 3]);
     assert!(cands[1].pattern.culled.is_empty());
     assert_eq!(f.relus(&cands[1]).unwrap(), 163_328);
@@ -138,12 +158,20 @@ fn pareto_front_drops_dominated_points() {
 }
 
 #[test]
-fn unknown_models_and_bad_scales_are_refused() {
-    assert!(ArchSpec::named("resnet50", 10, 32, 1.0, 1.0, None).is_err());
-    assert!(ArchSpec::named("hrn-2x5x", 10, 32, 1.0, 1.0, None).is_err());
-    assert!(ArchSpec::named("resnet18", 10, 32, 0.0, 1.0, None).is_err());
-    assert!(ArchSpec::named("resnet18", 10, 32, 1.0, 1.5, None).is_err());
-    let h = ArchSpec::named("hrn-2x5x3x-m8", 10, 32, 1.0, 1.0, None).unwrap();
-    assert_eq!(h.widths, vec![8, 16, 80, 240]);
-    assert_eq!(h.name, "hrn-2x5x3x-m8");
+fn one_architecture_definition() {
+    // Names resolve through pibench_models::arch; HRNs take --base-channels.
+    assert!(arch::resolve("resnet50", None, 1.0).is_err());
+    assert!(arch::resolve("hrn-2x5x", None, 1.0).is_err());
+    assert!(arch::resolve("resnet18", None, 0.0).is_err());
+    let h = arch::resolve("hrn-2x5x3x", Some(8), 1.0).unwrap();
+    assert_eq!(h, arch::resolve("hrn-2x5x3x-m8", None, 1.0).unwrap());
+    assert_eq!(h.name(), "hrn-2x5x3x-m8");
+    assert!(arch::resolve("hrn-2x5x3x-m8", Some(16), 1.0).is_err());
+    assert_eq!(
+        arch::resolve("hrn-2x5x3x", None, 1.0).unwrap().name(),
+        "hrn-2x5x3x-m16"
+    );
+    for name in ["resnet18", "resnet34", "vgg16", "wrn22_8", "wrn-16-4"] {
+        assert!(arch::resolve(name, None, 0.25).is_ok(), "{name}");
+    }
 }

@@ -1,6 +1,7 @@
 //! One module per `pibench` subcommand.
 
 pub mod count;
+pub mod import;
 pub mod infer;
 pub mod micro;
 pub mod micro_linear;

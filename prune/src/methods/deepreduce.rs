@@ -1,20 +1,34 @@
 //! DeepReDuce (Jha et al. 2021): stage criticality, Culling, Thinning,
-//! Reshaping; and the ReLU-pattern helpers DeepReShape reuses.
+//! Reshaping; and the ReLU patterns DeepReShape reuses.
+//!
+//! Patterns act on the `pibench_models` graph with the models crate's own
+//! transformations (`arch::deepreduce::{cull_stage, thin_stage,
+//! scale_channels, scale_fmap}`), so the counts here are the model file's.
 //!
 //! * Criticality (Eq. 1): `C_k = (Acc[S_k] − min_i Acc[S_i]) / (#ReLU[S_k])^w`
 //!   with `w = 0.07`, accuracies in percent and ReLU counts in thousands (the
 //!   unit that reproduces the ResNet-34 row of the paper's Table 3), where
-//!   `Acc[S_k]` is the KD accuracy of the network with ReLUs only in `S_k`.
+//!   `Acc[S_k]` is the accuracy of the network with ReLUs only in `S_k`,
+//!   trained from scratch with KD from the all-ReLU network (§3.1: "remove
+//!   all the ReLUs from all network stages except S_k, train the network …
+//!   and then repeat the process with KD using the original network as a
+//!   teacher"), measured on the validation split.
 //! * Culling removes all ReLUs of the `i` least critical stages
-//!   (`i = 1..D−1`); the stem's ReLUs go with any optimisation.
-//! * Thinning drops every other ReLU layer of the remaining stages (layers
-//!   1, 3, 5, … of each stage: the post-add `relu2` of every block), halving
-//!   their ReLUs.
+//!   (`i = 1..D−1`); the stem's ReLUs go with any optimisation (§2).
+//! * Thinning drops every other ReLU layer of the remaining stages (the
+//!   post-add `relu2` of every block), halving their ReLUs.
 //! * Reshaping scales channels by α and the input resolution by ρ.
+//! * Table 4's last row (7.17K ReLUs) has one residual block per stage
+//!   (stages marked "?"): the one-block variant of the smallest candidate.
 
+use pibench_models::arch::deepreduce::{cull_stage, thin_stage};
+use pibench_models::arch::ArchSpec;
+use pibench_models::count::{relu_count, Convention};
+use pibench_models::graph::{FeatureShape, Init, Network as Graph};
+use pibench_models::ModelError;
 use serde::{Deserialize, Serialize};
 
-use crate::net::{ArchSpec, Network, SiteLayout};
+use crate::arch;
 
 /// The weight `w` of Eq. 1.
 pub const CRITICALITY_WEIGHT: f64 = 0.07;
@@ -35,8 +49,20 @@ pub fn culling_order(criticality: &[f64]) -> Vec<usize> {
     order
 }
 
-/// A ReLU pattern on a ResNet: which stages keep ReLUs, whether they are
-/// thinned, and the channel-group reduction of DeepReShape's ReLU reuse.
+/// The body stages of a graph (1-based, sorted).
+pub fn stages(g: &Graph) -> Vec<usize> {
+    let mut s: Vec<usize> = g
+        .sites()
+        .filter_map(|s| s.stage)
+        .filter(|&s| s > 0)
+        .collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// A ReLU pattern: which stages keep ReLUs, whether they are thinned, and
+/// the channel-group reduction of DeepReShape's ReLU reuse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pattern {
     /// Stages (1-based) whose ReLUs are all removed.
@@ -47,7 +73,7 @@ pub struct Pattern {
     pub keep_stem: bool,
     /// Channel-group factor `N`: ReLUs only on the last `⌈C/N⌉` channels of
     /// every remaining site (1 = all channels).
-    pub group_factor: i64,
+    pub group_factor: usize,
 }
 
 impl Pattern {
@@ -62,62 +88,45 @@ impl Pattern {
     }
 
     /// ReLUs only in `stage` (the criticality probe).
-    pub fn only_stage(stage: usize, stages: usize) -> Pattern {
+    pub fn only_stage(stage: usize, stages: &[usize]) -> Pattern {
         Pattern {
-            culled: (1..=stages).filter(|&s| s != stage).collect(),
+            culled: stages.iter().copied().filter(|&s| s != stage).collect(),
             thinned: false,
             keep_stem: false,
             group_factor: 1,
         }
     }
 
-    /// Whether the site keeps its ReLUs at all under this pattern.
-    pub fn site_active(&self, site: &SiteLayout) -> bool {
-        if site.stage == 0 {
-            return self.keep_stem;
+    /// Writes the pattern into the graph's masks.
+    pub fn apply(&self, g: &mut Graph) -> Result<(), ModelError> {
+        let has_stem = g.sites().any(|s| s.stage == Some(0));
+        if !self.keep_stem && has_stem {
+            cull_stage(g, 0)?;
         }
-        if self.culled.contains(&site.stage) {
-            return false;
+        for &s in &self.culled {
+            cull_stage(g, s)?;
         }
-        !(self.thinned && site.layer % 2 == 1)
-    }
-
-    /// Kept channels `[first, C)` of an active site.
-    pub fn kept_channels(&self, channels: i64) -> (i64, i64) {
-        let n = self.group_factor.max(1);
-        let kept = (channels + n - 1) / n;
-        (channels - kept, channels)
-    }
-
-    /// ReLUs this pattern keeps on a network of shape `spec`.
-    pub fn relu_count(&self, spec: &ArchSpec) -> i64 {
-        spec.site_layout()
-            .iter()
-            .filter(|s| self.site_active(s))
-            .map(|s| {
-                let (lo, hi) = self.kept_channels(s.shape[0]);
-                (hi - lo) * s.shape[1] * s.shape[2]
-            })
-            .sum()
-    }
-
-    /// Writes the pattern into `net`'s masks.
-    pub fn apply(&self, net: &mut Network) {
-        for i in 0..net.sites.len() {
-            let layout = net.sites[i].layout.clone();
-            if !self.site_active(&layout) {
-                net.fill_site(i, false);
-                continue;
-            }
-            let (lo, hi) = self.kept_channels(layout.shape[0]);
-            if lo == 0 {
-                net.fill_site(i, true);
-            } else {
-                let mask = tch::Tensor::zeros(layout.shape, (tch::Kind::Float, net.vs.device()));
-                let _ = mask.narrow(0, lo, hi - lo).fill_(1.0);
-                net.set_mask(i, &mask);
+        if self.thinned {
+            for s in stages(g) {
+                if !self.culled.contains(&s) {
+                    thin_stage(g, s)?;
+                }
             }
         }
+        if self.group_factor > 1 {
+            for site in g.sites_mut().filter(|s| s.stage.is_some_and(|st| st > 0)) {
+                if site.relu_count() == 0 {
+                    continue;
+                }
+                let c = site.shape.c;
+                let kept = c.div_ceil(self.group_factor);
+                let plane = site.shape.plane();
+                for m in &mut site.mask[..(c - kept) * plane] {
+                    *m = 0;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Short label, e.g. `cull-S1-thin`.
@@ -141,7 +150,7 @@ impl Pattern {
     }
 }
 
-/// One network DeepReDuce or DeepReShape considers: a pattern on a reshaped spec.
+/// One network DeepReDuce or DeepReShape considers: a pattern on a reshaped architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     /// ReLU pattern.
@@ -150,10 +159,23 @@ pub struct Candidate {
     pub channel_scale: f64,
     /// Resolution scale ρ of Reshaping (1 = none).
     pub rho: f64,
+    /// One residual block per stage (Table 4's rows marked "?").
+    #[serde(default)]
+    pub one_block: bool,
 }
 
 impl Candidate {
-    /// Label such as `cull-S1-thin-a0.5-r0.5`.
+    /// A candidate without reshaping.
+    pub fn plain(pattern: Pattern) -> Candidate {
+        Candidate {
+            pattern,
+            channel_scale: 1.0,
+            rho: 1.0,
+            one_block: false,
+        }
+    }
+
+    /// Label such as `cull-S1-thin-a0.5-r0.5-1blk`.
     pub fn label(&self) -> String {
         let mut l = self.pattern.label();
         if self.channel_scale != 1.0 {
@@ -162,13 +184,67 @@ impl Candidate {
         if self.rho != 1.0 {
             l.push_str(&format!("-r{}", self.rho));
         }
+        if self.one_block {
+            l.push_str("-1blk");
+        }
         l
     }
 }
 
-/// DeepReDuce's 5·(D−1) candidates: for `i = 1..D−1`, cull the `i` least
-/// critical stages, then {culled, +thinned, +thinned α=0.5, +thinned ρ=0.5,
-/// +thinned α=ρ=0.5}.
+/// How candidates become graphs: the base model and its input.
+#[derive(Debug, Clone)]
+pub struct SpecFactory {
+    /// Model name (`resnet18`, `hrn-2x5x3x`, …).
+    pub model: String,
+    /// HRN base channels.
+    pub base_channels: Option<usize>,
+    /// Width multiplier of the base network.
+    pub width: f64,
+    /// The dataset's input shape.
+    pub native: FeatureShape,
+    /// Classes.
+    pub classes: usize,
+    /// Counting convention.
+    pub convention: Convention,
+}
+
+impl SpecFactory {
+    /// The architecture with channel scale `alpha` (and one block per stage).
+    pub fn spec(&self, alpha: f64, one_block: bool) -> Result<ArchSpec, ModelError> {
+        let spec = arch::resolve(&self.model, self.base_channels, self.width * alpha)?;
+        Ok(if one_block {
+            arch::one_block_per_stage(&spec)
+        } else {
+            spec
+        })
+    }
+
+    /// The unpruned base graph.
+    pub fn base(&self) -> Result<Graph, ModelError> {
+        self.spec(1.0, false)?
+            .build(self.native, self.classes, Init::Zeros)
+    }
+
+    /// The candidate's graph with its pattern applied (zero weights).
+    pub fn graph(&self, c: &Candidate) -> Result<Graph, ModelError> {
+        let input = arch::input_shape(self.native, c.rho)?;
+        let mut g =
+            self.spec(c.channel_scale, c.one_block)?
+                .build(input, self.classes, Init::Zeros)?;
+        c.pattern.apply(&mut g)?;
+        Ok(g)
+    }
+
+    /// Counted ReLUs of a candidate.
+    pub fn relus(&self, c: &Candidate) -> Result<i64, ModelError> {
+        Ok(relu_count(&self.graph(c)?, self.convention) as i64)
+    }
+}
+
+/// DeepReDuce's candidates: for `i = 1..D−1`, cull the `i` least critical
+/// stages, then {culled, +thinned, +thinned α=0.5, +thinned ρ=0.5,
+/// +thinned α=ρ=0.5} (5 per iteration, §3.5), plus the one-block-per-stage
+/// variant of the last (Table 4's 7.17K row).
 pub fn deepreduce_candidates(order: &[usize]) -> Vec<Candidate> {
     let mut out = Vec::new();
     for i in 1..order.len() {
@@ -184,17 +260,19 @@ pub fn deepreduce_candidates(order: &[usize]) -> Vec<Candidate> {
             thinned: true,
             ..base.clone()
         };
-        for (pattern, a, r) in [
-            (base, 1.0, 1.0),
-            (thin.clone(), 1.0, 1.0),
-            (thin.clone(), 0.5, 1.0),
-            (thin.clone(), 1.0, 0.5),
-            (thin, 0.5, 0.5),
+        for (pattern, a, r, one_block) in [
+            (base, 1.0, 1.0, false),
+            (thin.clone(), 1.0, 1.0, false),
+            (thin.clone(), 0.5, 1.0, false),
+            (thin.clone(), 1.0, 0.5, false),
+            (thin.clone(), 0.5, 0.5, false),
+            (thin, 0.5, 0.5, true),
         ] {
             out.push(Candidate {
                 pattern,
                 channel_scale: a,
                 rho: r,
+                one_block,
             });
         }
     }
