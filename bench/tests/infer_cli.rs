@@ -179,13 +179,27 @@ fn long_run(args: &[&str]) {
 #[test]
 #[ignore = "long: ResNet-18 with real parameters (make bench-long)"]
 fn resnet18_cifar100_12900_relus() {
-    long_run(&["--model", "resnet18", "--dataset", "cifar100", "--relus", "12900"]);
+    long_run(&[
+        "--model",
+        "resnet18",
+        "--dataset",
+        "cifar100",
+        "--relus",
+        "12900",
+    ]);
 }
 
 #[test]
 #[ignore = "long: ResNet-18 with real parameters (make bench-long)"]
 fn resnet18_cifar100_all_relus() {
-    long_run(&["--model", "resnet18", "--dataset", "cifar100", "--relus", "557056"]);
+    long_run(&[
+        "--model",
+        "resnet18",
+        "--dataset",
+        "cifar100",
+        "--relus",
+        "557056",
+    ]);
 }
 
 #[test]
@@ -193,5 +207,12 @@ fn resnet18_cifar100_all_relus() {
 fn resnet18_tinyimagenet_all_relus_with_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().to_string_lossy().into_owned();
-    long_run(&["--model", "resnet18", "--dataset", "tinyimagenet", "--store", &store]);
+    long_run(&[
+        "--model",
+        "resnet18",
+        "--dataset",
+        "tinyimagenet",
+        "--store",
+        &store,
+    ]);
 }

@@ -163,7 +163,9 @@ impl PartyReport {
             .phases()
             .iter()
             .map(|(k, v)| {
-                let b = baseline.and_then(|b| b.phases().get(k)).map(|v| Traffic::from(*v));
+                let b = baseline
+                    .and_then(|b| b.phases().get(k))
+                    .map(|v| Traffic::from(*v));
                 (k.clone(), minus(Traffic::from(*v), b))
             })
             .filter(|(_, t)| t.messages_sent + t.messages_received > 0)
