@@ -29,6 +29,10 @@ enum Command {
     Server(cmd::infer::ServerArgs),
     /// Run private inferences against a server.
     Client(cmd::infer::ClientArgs),
+    /// Fixed-point reference against float over a test set: top-1, agreement, |Δlogit|, per-site ℓ.
+    Accuracy(cmd::accuracy::AccuracyArgs),
+    /// Measure per-site magnitude bounds on data and store them (and the scale plan) in the model file.
+    Calibrate(cmd::calibrate::CalibrateArgs),
 }
 
 fn main() {
@@ -41,6 +45,8 @@ fn main() {
         Command::Run(args) => cmd::infer::run(args),
         Command::Server(args) => cmd::infer::server(args),
         Command::Client(args) => cmd::infer::client(args),
+        Command::Accuracy(args) => cmd::accuracy::run(args),
+        Command::Calibrate(args) => cmd::calibrate::run(args),
     };
     if let Err(err) = result {
         eprintln!("pibench: error: {err:#}");

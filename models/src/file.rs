@@ -10,7 +10,13 @@
 //!
 //! The safetensors metadata key `pibench` holds the [`ModelHeader`] as JSON:
 //! architecture and its parameters, dataset, input shape, counting convention,
-//! site order, exact ReLU count, and fixed-point parameters.
+//! site order, exact ReLU count, and fixed-point parameters; optionally the
+//! scale plan the network runs with ([`ScalePlan`], written whenever the
+//! network can be planned) and calibrated magnitude bounds per truncation
+//! point ([`Bounds`], written by `pibench calibrate`). Files without them
+//! (older files) still load. [`from_bytes`] recomputes the plan from the
+//! weights and refuses a file whose stored plan differs, and refuses bounds
+//! that do not cover exactly the plan's truncation points at its scales.
 //!
 //! [`import_state_dict`] reads a PyTorch checkpoint exported with
 //! `safetensors.torch.save_file(model.state_dict(), …)` for a given
@@ -25,10 +31,12 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::ArchSpec;
+use crate::calibrate::{truncation_points, Bounds, ScalePlan};
 use crate::count::{relu_count, Convention};
 use crate::error::{ModelError, Result};
 use crate::fixed::FixedPoint;
 use crate::graph::{BatchNorm, FeatureShape, Init, Network, Op, PolyCoeffs};
+use crate::reference::EncodedNetwork;
 
 /// Format tag written in every header.
 pub const FORMAT: &str = "pibench-model/1";
@@ -58,6 +66,12 @@ pub struct ModelHeader {
     pub relus: u64,
     /// Fixed-point parameters the model is meant to run with.
     pub fixed: FixedPoint,
+    /// The scale plan of `fixed` for these weights (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ScalePlan>,
+    /// Calibrated magnitude bounds per truncation point (absent until calibrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<Bounds>,
 }
 
 /// What to record in a saved file besides the network.
@@ -69,6 +83,8 @@ pub struct SaveOptions {
     pub convention: Convention,
     /// Fixed-point parameters.
     pub fixed: FixedPoint,
+    /// Calibrated bounds to store (they must match the plan of `fixed`).
+    pub bounds: Option<Bounds>,
 }
 
 /// A loaded model file.
@@ -83,6 +99,21 @@ pub struct LoadedModel {
 /// Serialises a network to safetensors bytes.
 pub fn to_bytes(net: &Network, opts: &SaveOptions) -> Result<Vec<u8>> {
     net.validate()?;
+    // The plan is stored whenever the network can be planned; bounds need it.
+    let plan = match EncodedNetwork::new(net, opts.fixed) {
+        Ok(enc) => {
+            if let Some(b) = &opts.bounds {
+                b.check(&truncation_points(net, &enc))
+                    .map_err(|reason| ModelError::Format {
+                        file: "<memory>".into(),
+                        reason: format!("bounds do not match the network's scale plan: {reason}"),
+                    })?;
+            }
+            Some(ScalePlan::of(net, &enc)?)
+        }
+        Err(e) if opts.bounds.is_some() => return Err(e),
+        Err(_) => None,
+    };
     let header = ModelHeader {
         format: FORMAT.into(),
         name: net.name.clone(),
@@ -94,6 +125,8 @@ pub fn to_bytes(net: &Network, opts: &SaveOptions) -> Result<Vec<u8>> {
         sites: net.sites().map(|s| s.name.clone()).collect(),
         relus: relu_count(net, opts.convention),
         fixed: opts.fixed,
+        plan,
+        bounds: opts.bounds.clone(),
     };
     let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut f32s = |name: String, shape: Vec<usize>, v: &[f32]| {
@@ -248,10 +281,48 @@ pub fn from_bytes(bytes: &[u8], label: &str) -> Result<LoadedModel> {
         });
     }
     net.validate()?;
+    check_plan(&net, &header, label)?;
     Ok(LoadedModel {
         network: net,
         header,
     })
+}
+
+/// Recomputes the scale plan and checks the header's plan and bounds against it.
+fn check_plan(net: &Network, header: &ModelHeader, label: &str) -> Result<()> {
+    let refuse = |reason: String| ModelError::Format {
+        file: label.into(),
+        reason,
+    };
+    if header.plan.is_none() && header.bounds.is_none() {
+        return Ok(());
+    }
+    let Some(stored) = &header.plan else {
+        return Err(refuse(
+            "the header has calibrated bounds but no scale plan they refer to".into(),
+        ));
+    };
+    let enc = EncodedNetwork::new(net, header.fixed).map_err(|e| {
+        refuse(format!(
+            "the header stores a scale plan, but the network cannot be planned with {:?}: {e}",
+            header.fixed
+        ))
+    })?;
+    let plan = ScalePlan::of(net, &enc)?;
+    if let Some(diff) = stored.first_difference(&plan) {
+        return Err(refuse(format!(
+            "the stored scale plan does not match the plan recomputed from the weights \
+             (stored vs recomputed: {diff}); the file was edited or written by another version"
+        )));
+    }
+    if let Some(b) = &header.bounds {
+        b.check(&truncation_points(net, &enc)).map_err(|reason| {
+            refuse(format!(
+                "the calibrated bounds do not match the scale plan: {reason}; run `pibench calibrate` again"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Imports a PyTorch state dict saved as safetensors for architecture `spec`.

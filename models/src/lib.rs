@@ -4,7 +4,9 @@
 //! that chain and depends on none of the others.
 
 pub mod arch;
+pub mod calibrate;
 pub mod count;
+pub mod data;
 pub mod error;
 pub mod file;
 pub mod fixed;

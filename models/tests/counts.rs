@@ -69,3 +69,28 @@ fn masks_reduce_counts() {
     }
     assert_eq!(relu_count(&net, Convention::default()), 557_056 - n / 2);
 }
+
+/// Every row of the table in docs/MODELS.md ("Asserted exactly"), MACs and
+/// parameters included.
+#[test]
+fn documented_table_rows() {
+    let row = |spec: &ArchSpec, input: FeatureShape, classes: usize| {
+        let net = spec.build(input, classes, Init::Zeros).unwrap();
+        let c = count(&net, Convention::default());
+        (c.relus, c.flops, c.params)
+    };
+    let r18 = ArchSpec::resnet18();
+    assert_eq!(row(&r18, CIFAR, 100), (557_056, 555_468_800, 11_220_132));
+    assert_eq!(row(&r18, CIFAR, 10), (557_056, 555_422_720, 11_173_962));
+    assert_eq!(row(&r18, TINY, 200), (2_228_224, 2_221_772_800, 11_271_432));
+    let wrn = ArchSpec::wrn(22, 8).unwrap();
+    assert_eq!(row(&wrn, CIFAR, 10).0, 1_359_872);
+    assert_eq!(row(&wrn, CIFAR, 10).1, 2_454_115_328);
+    assert_eq!(row(&wrn, CIFAR, 100).1, 2_454_161_408);
+    assert_eq!(row(&wrn, TINY, 200).0, 5_439_488);
+    let vgg = ArchSpec::vgg16();
+    assert_eq!(row(&vgg, CIFAR, 100).0, 276_480);
+    assert_eq!(row(&vgg, CIFAR, 100).1, 313_247_744);
+    let hrn = ArchSpec::hrn(5, 5, 3, 16).unwrap();
+    assert_eq!(row(&hrn, CIFAR, 100), (343_040, 1_053_353_152, 48_652_308));
+}

@@ -35,6 +35,7 @@ fn opts() -> SaveOptions {
         dataset: Some("cifar10".into()),
         convention: Convention::default(),
         fixed: Default::default(),
+        bounds: None,
     }
 }
 

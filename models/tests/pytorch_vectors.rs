@@ -35,7 +35,8 @@ fn check(name: &str, spec: ArchSpec, hw: usize) {
     let (_, logits) = f32s(&st, "logits");
     let per = input.len();
     assert_eq!(xs[1..], [3, hw, hw]);
-    let mut agree = 0;
+    let mut checked = 0;
+    let mut worst = 0.0f64;
     for n in 0..xs[0] {
         let sample = &x[n * per..(n + 1) * per];
         let want = &logits[n * 10..(n + 1) * 10];
@@ -51,17 +52,41 @@ fn check(name: &str, spec: ArchSpec, hw: usize) {
                 "{name} sample {n}: rust {g} vs torch {w} (relative {rel:e})"
             );
         }
+        // The fixed-point logits stay within the documented bound of
+        // PyTorch's (docs/MODELS.md: 0.005·(1 + max |logit|)).
         let fixed = forward_fixed(&net, FixedPoint::default(), sample).unwrap();
         let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-        if argmax(&fixed.logits) == argmax(&want64) {
-            agree += 1;
+        let bound = 0.005 * (1.0 + scale);
+        let err = fixed
+            .logits
+            .iter()
+            .zip(&want64)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= bound,
+            "{name} sample {n}: fixed-point logits {:?} vs torch {want64:?} (error {err}, bound {bound})",
+            fixed.logits
+        );
+        worst = worst.max(err / (1.0 + scale));
+        let mut sorted = want64.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        if sorted[0] - sorted[1] > 2.0 * bound {
+            checked += 1;
         }
+        // Committed vectors: every sample's argmax agrees (the margin rule
+        // above is implied by the error bound; this is the stronger check).
+        assert_eq!(
+            argmax(&fixed.logits),
+            argmax(&want64),
+            "{name} sample {n}: fixed-point argmax differs (torch top-2 margin {})",
+            sorted[0] - sorted[1]
+        );
     }
-    assert!(
-        agree + 1 >= xs[0],
-        "{name}: fixed-point argmax agrees on {agree}/{}",
+    eprintln!(
+        "{name}: fixed-point error ≤ {worst:.5}·(1 + max|logit|); argmax checked on {checked}/{}",
         xs[0]
     );
+    assert!(checked > 0, "{name}: no sample with a clear top-2 margin");
 }
 
 fn resnet(name: &str, stem: usize, blocks: Vec<usize>, widths: Vec<usize>) -> ArchSpec {

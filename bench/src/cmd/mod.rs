@@ -1,5 +1,7 @@
 //! One module per `pibench` subcommand.
 
+pub mod accuracy;
+pub mod calibrate;
 pub mod count;
 pub mod import;
 pub mod infer;

@@ -1,0 +1,148 @@
+//! `pibench calibrate` end to end: bounds and plan land in the model file,
+//! they cover the images they were measured on, and bad options are refused.
+
+use std::path::Path;
+use std::process::Command;
+
+use pibench_models::arch::ArchSpec;
+use pibench_models::calibrate::DEFAULT_MARGIN_BITS;
+use pibench_models::data::CIFAR_IMAGE_BYTES;
+use pibench_models::file::{self, SaveOptions};
+use pibench_models::graph::{FeatureShape, Init, PolyCoeffs};
+use pibench_models::reference::TruncKind;
+use rand::{Rng, SeedableRng};
+
+fn pibench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pibench"))
+        .args(args)
+        .output()
+        .expect("run pibench");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_cifar10(dir: &Path, per_batch: usize, test: usize, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut file = |name: &str, n: usize| {
+        let mut bytes = Vec::with_capacity(n * (1 + CIFAR_IMAGE_BYTES));
+        for _ in 0..n {
+            bytes.push(rng.gen_range(0..10u8));
+            bytes.extend((0..CIFAR_IMAGE_BYTES).map(|_| rng.gen::<u8>()));
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    for b in 1..=5 {
+        file(&format!("data_batch_{b}.bin"), per_batch);
+    }
+    file("test_batch.bin", test);
+}
+
+/// A masked ResNet with a polynomial site (so the file has `site_poly` points).
+fn write_model(path: &Path) {
+    let mut net = ArchSpec::Resnet {
+        name: "resnet-tiny".into(),
+        stem: 4,
+        blocks: vec![1, 1],
+        widths: vec![4, 8],
+    }
+    .build(FeatureShape::new(3, 32, 32), 10, Init::Seeded(5))
+    .unwrap();
+    let site = net.site_mut("layer1.0.relu1").unwrap();
+    for m in site.mask.iter_mut().step_by(3) {
+        *m = 0;
+    }
+    site.poly = Some(PolyCoeffs {
+        a2: vec![0.1; 4],
+        a1: vec![0.5; 4],
+        a0: vec![0.05; 4],
+    });
+    let opts = SaveOptions {
+        dataset: Some("cifar10".into()),
+        ..Default::default()
+    };
+    file::save(&net, &opts, path).unwrap();
+}
+
+#[test]
+fn calibrate_writes_bounds_that_cover_their_images() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar10(dir.path(), 3, 4, 9);
+    let model = dir.path().join("m.safetensors");
+    write_model(&model);
+    let out = dir.path().join("m.cal.safetensors");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let (ok, stdout, err) = pibench(&[
+        "calibrate", "--model", m, "--data", d, "--limit", "8", "--margin-bits", "2", "--out",
+        o, "--format", "json", "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["bounds"]["images"], 8);
+    // --model is untouched; --out carries plan and bounds and loads.
+    assert!(file::load(&model).unwrap().header.bounds.is_none());
+    let cal = file::load(&out).unwrap();
+    let bounds = cal.header.bounds.clone().unwrap();
+    assert!(cal.header.plan.is_some());
+    assert_eq!((bounds.margin_bits, bounds.images), (2, 8));
+    assert!(bounds.source.contains("train split") && bounds.source.contains("8 of 15"));
+    assert!(bounds.points.iter().any(|p| p.kind == TruncKind::SitePoly));
+    for p in &bounds.points {
+        assert_eq!(p.bound, p.fixed_max.max(p.float_max) * 4.0);
+        assert!(p.bits > 0, "{}", p.node);
+    }
+    assert_eq!(cal.network, file::load(&model).unwrap().network);
+
+    // On the images it was measured on, no point exceeds its bound, even with margin 0.
+    let (ok, _, err) = pibench(&[
+        "calibrate", "--model", m, "--data", d, "--limit", "8", "--margin-bits", "0", "--threads", "2",
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let zero = file::load(&model).unwrap().header.bounds.unwrap();
+    assert_eq!(zero.margin_bits, 0);
+    let (ok, stdout, err) = pibench(&[
+        "accuracy", "--model", m, "--data", d, "--split", "train", "--limit", "8", "--threads",
+        "2", "--format", "json", "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let a: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(a["points_exceeding_bounds"], 0, "{}", a["points"]);
+    for (p, b) in a["points"].as_array().unwrap().iter().zip(&zero.points) {
+        assert_eq!(p["stored_bits"], b.bits);
+        assert!(p["observed_bits"].as_u64().unwrap() <= b.bits as u64, "{}", b.node);
+    }
+    // The default margin is one bit.
+    assert_eq!(DEFAULT_MARGIN_BITS, 1);
+    let (ok, stdout, err) = pibench(&["calibrate", "--model", m, "--data", d, "--limit", "2", "--quiet"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("margin 1 bit(s)"), "{stdout}");
+    assert!(stdout.contains("layer1.0.relu1") && stdout.contains("site_poly"), "{stdout}");
+}
+
+#[test]
+fn calibrate_refuses_bad_options() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar10(dir.path(), 1, 1, 3);
+    let model = dir.path().join("m.safetensors");
+    write_model(&model);
+    let (m, d) = (model.to_str().unwrap(), dir.path().to_str().unwrap());
+    let (ok, _, err) = pibench(&["calibrate", "--model", m, "--data", d, "--margin-bits", "17"]);
+    assert!(!ok && err.contains("--margin-bits 17"), "{err}");
+    let missing = dir.path().join("nope.safetensors");
+    let (ok, _, err) = pibench(&["calibrate", "--model", missing.to_str().unwrap(), "--data", d]);
+    assert!(!ok && err.contains("nope.safetensors"), "{err}");
+    let bad_out = dir.path().join("no/such/dir/x.safetensors");
+    let (ok, _, err) = pibench(&[
+        "calibrate", "--model", m, "--data", d, "--out", bad_out.to_str().unwrap(), "--quiet",
+    ]);
+    assert!(!ok && err.contains("no/such/dir"), "{err}");
+    // A failed write leaves the model as it was.
+    assert!(file::load(&model).unwrap().header.bounds.is_none());
+}
