@@ -254,6 +254,11 @@ impl Meter {
         &self.phase
     }
 
+    /// The current layer (node name), if any.
+    pub fn layer(&self) -> Option<&str> {
+        self.layer.as_deref()
+    }
+
     fn update(&mut self, f: impl Fn(&mut PhaseTraffic)) {
         f(self.phases.entry(self.phase.clone()).or_default());
         if let Some(layer) = &self.layer {
@@ -415,14 +420,16 @@ impl Channel {
             });
         }
         let ctx = || format!("sending {what}");
-        self.writer
+        let mut res = self
+            .writer
             .write_all(&(payload.len() as u32).to_le_bytes())
-            .await
-            .map_err(|e| io_err(e, ctx()))?;
-        self.writer
-            .write_all(payload)
-            .await
-            .map_err(|e| io_err(e, ctx()))?;
+            .await;
+        if res.is_ok() {
+            res = self.writer.write_all(payload).await;
+        }
+        if let Err(e) = res {
+            return Err(self.failed_send(io_err(e, ctx())).await);
+        }
         self.dirty = true;
         self.meter.on_send(payload.len() as u64 + 4);
         Ok(())
@@ -434,7 +441,8 @@ impl Channel {
         if self.dirty {
             let timeout = self.timeout;
             match tokio::time::timeout(timeout, self.writer.flush()).await {
-                Ok(r) => r.map_err(|e| io_err(e, "flushing".into()))?,
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.failed_send(io_err(e, "flushing".into())).await),
                 Err(_) => {
                     return Err(NetError::Timeout {
                         seconds: timeout.as_secs_f64(),
@@ -504,11 +512,44 @@ impl Channel {
         })
     }
 
+    /// A send that failed because the peer is gone: a peer that gave up
+    /// usually said why before it closed, so its abort may be waiting among
+    /// the frames already received. Returns [`NetError::PeerAborted`] with
+    /// its reason if so (reading at most 64 frames, for at most a second
+    /// each), else `err`.
+    async fn failed_send(&mut self, err: NetError) -> NetError {
+        if !matches!(err, NetError::Io { .. } | NetError::Closed { .. }) {
+            return err;
+        }
+        let wait = self.timeout.min(Duration::from_secs(1));
+        for _ in 0..64 {
+            let frame = match tokio::time::timeout(wait, self.read_frame("a pending abort")).await {
+                Ok(Ok(f)) => f,
+                _ => break,
+            };
+            if frame.first() == Some(&crate::msg::TAG_SESSION) {
+                if let Ok(crate::inference::SessionMessage::Abort { reason }) =
+                    crate::inference::SessionMessage::decode(&frame[1..])
+                {
+                    return NetError::PeerAborted { reason };
+                }
+            }
+        }
+        err
+    }
+
     /// Receives one raw frame (flushing pending sends first, so two parties
     /// never wait on each other). Each wait for bytes is bounded by the
     /// timeout; the buffer grows as the payload arrives.
     pub async fn recv_bytes(&mut self, what: &str) -> Result<Vec<u8>, NetError> {
         self.flush().await?;
+        let buf = self.read_frame(what).await?;
+        self.meter.on_receive(buf.len() as u64 + 4);
+        Ok(buf)
+    }
+
+    /// Reads one frame (no flush, no metering).
+    async fn read_frame(&mut self, what: &str) -> Result<Vec<u8>, NetError> {
         let timeout = self.timeout;
         let ctx = || format!("receiving {what}");
         let mut len = [0u8; 4];
@@ -566,16 +607,18 @@ impl Channel {
                 }
             }
         }
-        self.meter.on_receive(len as u64 + 4);
         Ok(buf)
     }
 }
 
 fn io_err(source: std::io::Error, context: String) -> NetError {
-    if source.kind() == std::io::ErrorKind::UnexpectedEof {
-        NetError::Closed { context }
-    } else {
-        NetError::Io { context, source }
+    use std::io::ErrorKind as K;
+    match source.kind() {
+        // The peer is gone, whichever way the socket tells it.
+        K::UnexpectedEof | K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted => {
+            NetError::Closed { context }
+        }
+        _ => NetError::Io { context, source },
     }
 }
 

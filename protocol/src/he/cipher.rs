@@ -106,11 +106,13 @@ impl ServerKeys {
     /// Loads the client's public key, checking its size and SEAL header first.
     pub fn from_public_key_bytes(ctx: &HeContext, bytes: &[u8]) -> Result<Self, HeError> {
         let max = 2 * ctx.n() * (ctx.data_primes.len() + 1) * 8 + 256;
-        check_seal_header(bytes, max).map_err(|reason| HeError::BadCiphertext {
+        let bad = |reason| HeError::BadCiphertext {
             layer: "public key".into(),
             index: 0,
             reason,
-        })?;
+        };
+        check_seal_header(bytes, max).map_err(bad)?;
+        check_decompressed_size(bytes, max).map_err(bad)?;
         let pk =
             PublicKey::from_bytes(&ctx.context, bytes).map_err(|e| HeError::BadCiphertext {
                 layer: "public key".into(),
@@ -201,6 +203,43 @@ pub fn check_seal_header(bytes: &[u8], max_len: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest zstd window a peer's SEAL object may ask for (`2^24` bytes). SEAL
+/// compresses a whole object in one call, so its frames' windows never
+/// exceed the object itself (at most a few MB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+/// Checks that a SEAL object from the peer decompresses to at most
+/// `max_raw` bytes, before SEAL sees it: SEAL inflates a zstd payload into a
+/// buffer that grows without bound, so a few hundred kilobytes of zstd
+/// (run-length blocks) would otherwise make it allocate gigabytes. The
+/// check streams through the payload with a fixed 64 KiB buffer and stops at
+/// the first byte past the bound.
+pub fn check_decompressed_size(bytes: &[u8], max_raw: usize) -> Result<(), String> {
+    if bytes.len() < SEAL_HEADER || bytes[5] != 2 {
+        return Ok(());
+    }
+    let mut dec = zstd::stream::read::Decoder::with_buffer(&bytes[SEAL_HEADER..])
+        .map_err(|e| format!("zstd: {e}"))?;
+    dec.window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| format!("zstd: {e}"))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    loop {
+        let n = std::io::Read::read(&mut dec, &mut buf).map_err(|e| {
+            format!("zstd payload is corrupt after {total} decompressed bytes: {e}")
+        })?;
+        if n == 0 {
+            return Ok(());
+        }
+        total += n;
+        if total > max_raw {
+            return Err(format!(
+                "zstd payload decompresses to more than the {max_raw}-byte bound"
+            ));
+        }
+    }
+}
+
 /// Deserializes a data-level ciphertext from the peer, validating it
 /// (header and size here; SEAL then checks parameters and coefficient ranges;
 /// finally the level, size and NTT form are checked).
@@ -237,6 +276,7 @@ fn load_at_level(
         reason,
     };
     check_seal_header(bytes, ctx.max_ciphertext_bytes()).map_err(bad)?;
+    check_decompressed_size(bytes, ctx.max_ciphertext_bytes()).map_err(bad)?;
     let ct = Ciphertext::from_bytes(&ctx.context, bytes).map_err(|e| {
         bad(format!(
             "SEAL refused it (wrong parameters or corrupt): {e}"

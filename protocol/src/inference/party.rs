@@ -17,9 +17,12 @@ use super::report::{peak_rss_bytes, Clock, NodeReport, PartyReport, Role};
 use super::store::{ClientNode, ServerNode, Store};
 use super::{InferenceError, Settings, TruncMode, PROTOCOL_VERSION};
 use crate::gc::protocol::{EvaluatorSession, EvaluatorSite, GarblerSession, GarblerSite};
+use crate::gc::GcError;
 use crate::he::poly::{self, ClientPolyShares, ServerPolyShares};
+use crate::he::HeError;
 use crate::he::{proto as he_proto, ClientKeys, HeContext, LinearPlan, ServerKeys};
-use crate::net::Channel;
+use crate::net::{Channel, NetError};
+use crate::ot::OtError;
 
 /// Largest number of inferences a client may ask for in one session.
 pub const MAX_INFERENCES: u32 = 100_000;
@@ -210,13 +213,59 @@ async fn refuse(ch: &mut Channel, err: InferenceError) -> InferenceError {
     err
 }
 
-/// Sends an abort with `err`'s text to the peer (best effort) and returns `err`.
-pub async fn abort(ch: &mut Channel, err: InferenceError) -> InferenceError {
+/// The transport error inside `err`, wherever a layer wrapped it.
+fn transport(err: &InferenceError) -> Option<&NetError> {
     match err {
-        // The peer already knows.
-        InferenceError::PeerAborted { .. } => err,
-        InferenceError::Net { .. } => err,
-        err => refuse(ch, err).await,
+        InferenceError::Net { source, .. } => Some(source),
+        InferenceError::He(HeError::Net(e)) => Some(e),
+        InferenceError::Ot(OtError::Net(e)) => Some(e),
+        InferenceError::Gc(GcError::Net { source, .. }) => Some(source),
+        InferenceError::Gc(GcError::Ot {
+            source: OtError::Net(e),
+            ..
+        }) => Some(e),
+        _ => None,
+    }
+}
+
+/// Names where a transport error struck: an error of the channel that a
+/// layer (HE, OT, GC) wrapped becomes [`InferenceError::Net`] with the
+/// channel's phase and the node (or garbled site) it was working on, so the
+/// message reads e.g. `offline/he, conv1: peer closed the connection while
+/// receiving he`. Other errors are returned as they are.
+fn locate(ch: &Channel, err: InferenceError) -> InferenceError {
+    let phase = match ch.meter().phase() {
+        "" => "session".to_string(),
+        p => p.to_string(),
+    };
+    let layer = ch.meter().layer().unwrap_or("session").to_string();
+    match err {
+        InferenceError::He(HeError::Net(source)) | InferenceError::Ot(OtError::Net(source)) => {
+            InferenceError::net(&phase, &layer, source)
+        }
+        InferenceError::Gc(GcError::Net { site, source })
+        | InferenceError::Gc(GcError::Ot {
+            site,
+            source: OtError::Net(source),
+        }) => InferenceError::net(&phase, &site, source),
+        e => e,
+    }
+}
+
+/// Sends an abort with `err`'s text to the peer (best effort) and returns
+/// `err`. A peer's abort, wherever it surfaced, becomes
+/// [`InferenceError::PeerAborted`]. Nothing is sent when the connection is
+/// gone (closed, i/o error) or the peer aborted itself; everything else (a
+/// malformed, unexpected or oversized message, a timeout, a refusal) is
+/// explained to the peer, so both sides name what was wrong.
+pub async fn abort(ch: &mut Channel, err: InferenceError) -> InferenceError {
+    match transport(&err) {
+        Some(NetError::PeerAborted { reason }) => InferenceError::PeerAborted {
+            reason: reason.clone(),
+        },
+        Some(NetError::Closed { .. } | NetError::Io { .. }) => err,
+        _ if matches!(err, InferenceError::PeerAborted { .. }) => err,
+        _ => refuse(ch, err).await,
     }
 }
 
@@ -553,7 +602,10 @@ pub async fn run_server<R: RngCore + CryptoRng>(
             let _ = ch.shutdown().await;
             Ok(o)
         }
-        Err(e) => Err(abort(ch, e).await),
+        Err(e) => {
+            let e = locate(ch, e);
+            Err(abort(ch, e).await)
+        }
     }
 }
 
@@ -755,12 +807,18 @@ async fn recv_reply(
             }
             Ok(values)
         }
+        OnlineMessage::Reply {
+            node: n, step: s, ..
+        } => Err(proto(
+            name,
+            format!("expected the reply of step {step} of node {node}, got step {s} of node {n}"),
+        )),
         other => Err(proto(
             name,
-            format!("expected the reply of step {step}, got {other:?}")
-                .chars()
-                .take(200)
-                .collect::<String>(),
+            format!(
+                "expected the reply of step {step}, got a {} message",
+                other.kind()
+            ),
         )),
     }
 }
@@ -1211,7 +1269,10 @@ pub async fn run_client<R: RngCore + CryptoRng>(
             let _ = ch.shutdown().await;
             Ok(o)
         }
-        Err(e) => Err(abort(ch, e).await),
+        Err(e) => {
+            let e = locate(ch, e);
+            Err(abort(ch, e).await)
+        }
     }
 }
 
