@@ -27,6 +27,8 @@ enum Command {
     Server(cmd::infer::ServerArgs),
     /// Run private inferences against a server.
     Client(cmd::infer::ClientArgs),
+    /// Run the seeds' latency tables (configs/tables/*.toml) through the protocol; write md/csv/json and plots.
+    Table(cmd::table::TableArgs),
 }
 
 fn main() {
@@ -38,6 +40,7 @@ fn main() {
         Command::Run(args) => cmd::infer::run(args),
         Command::Server(args) => cmd::infer::server(args),
         Command::Client(args) => cmd::infer::client(args),
+        Command::Table(args) => cmd::table::run(args),
     };
     if let Err(err) = result {
         eprintln!("pibench: error: {err:#}");
