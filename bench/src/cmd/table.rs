@@ -30,9 +30,7 @@ use pibench_protocol::shaper::NetProfile;
 use super::infer::TruncArg;
 use crate::table::measure::{self, fnv64, git_commit, Machine, Measured, RunOptions};
 use crate::table::plot::write_plots;
-use crate::table::results::{
-    thousands, CellOut, RowResult, RowStatus, RunMeta, TableResult,
-};
+use crate::table::results::{thousands, CellOut, RowResult, RowStatus, RunMeta, TableResult};
 use crate::table::{Row, TableConfig};
 
 /// Arguments of `pibench table`.
@@ -157,7 +155,12 @@ impl Ctx<'_> {
     }
 
     /// Writes the network to a model file; returns its path and byte hash.
-    fn model_file(&self, net: &Network, dataset: Option<String>, name: &str) -> anyhow::Result<(PathBuf, u64)> {
+    fn model_file(
+        &self,
+        net: &Network,
+        dataset: Option<String>,
+        name: &str,
+    ) -> anyhow::Result<(PathBuf, u64)> {
         let opts = SaveOptions {
             dataset,
             convention: crate::table::ALL_SITES,
@@ -192,7 +195,10 @@ impl Ctx<'_> {
             ));
             return (Ok(m.clone()), same);
         }
-        let dir = self.work.path().join(format!("{}-{trunc}", who.replace('/', "_")));
+        let dir = self
+            .work
+            .path()
+            .join(format!("{}-{trunc}", who.replace('/', "_")));
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return (Err(format!("{}: {e}", dir.display())), None);
         }
@@ -265,7 +271,10 @@ fn run_row(ctx: &mut Ctx<'_>, table: &TableConfig, row: &Row, rr: &mut RowResult
         Err(e) => {
             rr.status = RowStatus::Failed;
             rr.message = Some(format!("building the network: {e}"));
-            ctx.say(format!("{who}: FAILED: {}", rr.message.as_deref().unwrap_or("")));
+            ctx.say(format!(
+                "{who}: FAILED: {}",
+                rr.message.as_deref().unwrap_or("")
+            ));
             return;
         }
     };
@@ -292,7 +301,11 @@ fn run_row(ctx: &mut Ctx<'_>, table: &TableConfig, row: &Row, rr: &mut RowResult
             return;
         }
     };
-    ctx.bar.set_message(format!("{who} ({} ReLUs, {})", thousands(built.relus), ctx.trunc));
+    ctx.bar.set_message(format!(
+        "{who} ({} ReLUs, {})",
+        thousands(built.relus),
+        ctx.trunc
+    ));
     let trunc = ctx.trunc;
     let (main, same) = ctx.measurement(&model, hash, trunc, &who, prev);
     rr.same_network_as = same.clone();
@@ -344,7 +357,9 @@ fn run_row(ctx: &mut Ctx<'_>, table: &TableConfig, row: &Row, rr: &mut RowResult
             });
         let m = match r {
             Ok((path, h)) => {
-                let m = ctx.measurement(&path, h, trunc, &format!("{who}/all-relu"), prev).0;
+                let m = ctx
+                    .measurement(&path, h, trunc, &format!("{who}/all-relu"), prev)
+                    .0;
                 let _ = std::fs::remove_file(&path);
                 m
             }
@@ -388,7 +403,10 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
         bail!("--repeat {}: expected 1 to {MAX_REPEAT}", args.repeat);
     }
     if !(0.0..=1.0).contains(&args.exact_threshold) {
-        bail!("--exact-threshold {}: expected a fraction in [0, 1]", args.exact_threshold);
+        bail!(
+            "--exact-threshold {}: expected a fraction in [0, 1]",
+            args.exact_threshold
+        );
     }
     if args.threads == Some(0) {
         bail!("--threads 0: expected at least 1");
@@ -402,7 +420,9 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
         .as_ref()
         .filter(|p| !p.is_none())
         .map(|p| p.preset_name().map_or_else(|| p.spec(), str::to_string));
-    let net_detail = net.as_ref().map_or("none (no emulation)".to_string(), |p| p.to_string());
+    let net_detail = net
+        .as_ref()
+        .map_or("none (no emulation)".to_string(), |p| p.to_string());
     // Every config is read before anything runs: a bad one is a one-line error.
     let mut configs = Vec::new();
     for path in &args.configs {
@@ -415,8 +435,15 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(f) = &filter {
-        if !configs.iter().flat_map(|c| &c.rows).any(|r| f.matches(&r.id)) {
-            bail!("--rows {:?} matches no row of the given tables", f.0.join(","));
+        if !configs
+            .iter()
+            .flat_map(|c| &c.rows)
+            .any(|r| f.matches(&r.id))
+        {
+            bail!(
+                "--rows {:?} matches no row of the given tables",
+                f.0.join(",")
+            );
         }
     }
     let selected = |r: &Row| filter.as_ref().is_none_or(|f| f.matches(&r.id));
@@ -501,7 +528,10 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
         for row in &cfg.rows {
             let mut rr = base_row(row);
             if !selected(row) {
-                if let Some(p) = prev.as_ref().and_then(|p| p.rows.iter().find(|r| r.id == row.id)) {
+                if let Some(p) = prev
+                    .as_ref()
+                    .and_then(|p| p.rows.iter().find(|r| r.id == row.id))
+                {
                     rr = p.clone();
                 }
             } else if let Err(why) = &row.network {

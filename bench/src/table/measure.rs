@@ -48,7 +48,9 @@ pub enum MeasureError {
         source: std::io::Error,
     },
     /// `pibench run` failed.
-    #[error("pibench run ({trunc} truncation, repeat {repeat}) exited with {status}: {stderr_tail}")]
+    #[error(
+        "pibench run ({trunc} truncation, repeat {repeat}) exited with {status}: {stderr_tail}"
+    )]
     Exit {
         /// Truncation mode of the run.
         trunc: String,

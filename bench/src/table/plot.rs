@@ -119,6 +119,9 @@ fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo / 1.6, hi * 1.6)
 }
 
+/// A latency series: name, colour, value of a point.
+type Series = (&'static str, RGBColor, fn(&LatPoint) -> Option<f64>);
+
 fn draw_latency<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     t: &TableResult,
@@ -167,7 +170,7 @@ where
         })
         .draw()
         .map_err(err(file))?;
-    let series: [(&str, RGBColor, fn(&LatPoint) -> Option<f64>); 3] = [
+    let series: [Series; 3] = [
         ("paper (as printed)", RGBColor(200, 30, 30), |p| p.paper),
         ("measured offline + online", RGBColor(30, 70, 200), |p| {
             p.total
@@ -186,9 +189,14 @@ where
             .draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))
             .map_err(err(file))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart
-            .draw_series(xy.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))
+            .draw_series(
+                xy.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )
             .map_err(err(file))?;
     }
     chart
@@ -207,7 +215,9 @@ where
 type PartDef = (&'static str, RGBColor, fn(&Parts) -> f64);
 
 const OFFLINE_PARTS: [PartDef; 3] = [
-    ("HE (linear nodes)", RGBColor(70, 110, 200), |p| p.offline_he_s),
+    ("HE (linear nodes)", RGBColor(70, 110, 200), |p| {
+        p.offline_he_s
+    }),
     ("GC + OT (+ poly triples)", RGBColor(230, 140, 40), |p| {
         p.offline_gc_s
     }),
@@ -215,13 +225,17 @@ const OFFLINE_PARTS: [PartDef; 3] = [
 ];
 
 const ONLINE_PARTS: [PartDef; 3] = [
-    ("linear (shares)", RGBColor(70, 170, 90), |p| p.online_linear_s),
+    ("linear (shares)", RGBColor(70, 170, 90), |p| {
+        p.online_linear_s
+    }),
     ("GC evaluation (sites)", RGBColor(200, 60, 60), |p| {
         p.online_gc_s
     }),
-    ("other (input, pools, reveal)", RGBColor(150, 150, 150), |p| {
-        p.online_other_s
-    }),
+    (
+        "other (input, pools, reveal)",
+        RGBColor(150, 150, 150),
+        |p| p.online_other_s,
+    ),
 ];
 
 fn draw_stack<DB: DrawingBackend>(

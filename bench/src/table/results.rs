@@ -484,12 +484,10 @@ impl TableResult {
 
     /// The CSV file: one line per row, every figure in base units (s, bytes).
     pub fn csv(&self) -> String {
-        let mut head: Vec<String> = [
-            "table", "row", "method", "group", "side", "status",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut head: Vec<String> = ["table", "row", "method", "group", "side", "status"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         for c in &self.columns {
             head.push(format!("paper_{}", c.key));
         }
@@ -543,7 +541,10 @@ impl TableResult {
         let _ = writeln!(
             out,
             "{}",
-            head.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",")
+            head.iter()
+                .map(|h| csv_field(h))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         for r in &self.rows {
             let mut f: Vec<String> = vec![
@@ -650,10 +651,9 @@ impl TableResult {
             "{} — {} (`{}`, transcribed in `{}`). Caption: “{}”\n",
             t.paper, t.number, t.seed, t.config, t.caption
         );
-        let mem = run
-            .machine
-            .memory_bytes
-            .map_or(String::new(), |b| format!(", {:.0} GB memory", b as f64 / 1e9));
+        let mem = run.machine.memory_bytes.map_or(String::new(), |b| {
+            format!(", {:.0} GB memory", b as f64 / 1e9)
+        });
         let _ = writeln!(md, "## This measurement\n");
         let _ = writeln!(
             md,
@@ -746,11 +746,7 @@ impl TableResult {
             );
         }
         let _ = writeln!(md, "| {} |", head.join(" | "));
-        let _ = writeln!(
-            md,
-            "|{}",
-            head.iter().map(|_| " --- |").collect::<String>()
-        );
+        let _ = writeln!(md, "|{}", head.iter().map(|_| " --- |").collect::<String>());
         for r in &self.rows {
             let mut f: Vec<String> = vec![format!("`{}`", r.id), esc(&r.method)];
             for c in &self.columns {
@@ -838,7 +834,12 @@ impl TableResult {
         if !ratio_names.is_empty() {
             let _ = writeln!(md, "\nRatio columns (measured / paper):\n");
             for n in &ratio_names {
-                if let Some(q) = self.rows.iter().flat_map(|r| &r.ratios).find(|q| &q.name == n) {
+                if let Some(q) = self
+                    .rows
+                    .iter()
+                    .flat_map(|r| &r.ratios)
+                    .find(|q| &q.name == n)
+                {
                     let label = self
                         .column(&q.column)
                         .map_or(q.column.clone(), |c| c.label.clone());
