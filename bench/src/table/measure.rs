@@ -186,6 +186,10 @@ pub struct DocLayer {
     pub offline_s: f64,
     /// Online seconds (client wall).
     pub online_s: f64,
+    /// Server offline wall seconds.
+    pub server_offline_s: f64,
+    /// Server online wall seconds.
+    pub server_online_s: f64,
     /// Offline bytes per phase.
     pub offline_bytes: BTreeMap<String, u64>,
     /// Online bytes per phase.
@@ -224,23 +228,28 @@ pub struct RunDoc {
 // ---------------------------------------------------------------------------
 // What the table keeps of one run.
 
-/// Where a run's time went, from the per-layer report (client wall seconds).
+/// Where a run's time went, from the per-layer report.
 ///
-/// The protocol reports time per node and phase; it does not time OT apart
-/// from garbling (they are interleaved per batch) nor the network apart from
-/// computation (waiting for the peer is part of each node's wall time). So:
-/// * `offline_he_s`: linear nodes (conv, batch norm, FC) offline: their HE
-///   layer protocol (in `exact` mode also their truncation circuits);
-/// * `offline_gc_s`: every other node offline: garbling, OT extension and
-///   label transfer of ReLU (and exact-truncation) circuits, HE triples of
-///   polynomial elements;
+/// The protocol reports wall time per node and phase for each party; it does
+/// not time OT apart from garbling (they are interleaved per batch) nor the
+/// network apart from computation (waiting for the peer is part of each
+/// node's wall time). Online, the client does no work in a linear node: its
+/// wall time at the next activation site includes waiting for the server's
+/// linear layers (docs/RUN.md). So:
+/// * `offline_he_s`: linear nodes (conv, batch norm, FC) offline, client
+///   wall: their HE layer protocol, both parties (in `exact` mode also their
+///   truncation circuits);
+/// * `offline_gc_s`: every other node offline, client wall: garbling, OT
+///   extension and label transfer of ReLU (and exact-truncation) circuits,
+///   HE triples of polynomial elements;
 /// * `offline_other_s`: offline wall time outside any node (final flush);
-/// * `online_linear_s`: linear nodes online (local share arithmetic, and in
-///   `exact` mode their truncation circuits);
-/// * `online_gc_s`: activation-site nodes online (circuit evaluation, replies,
-///   polynomial products);
-/// * `online_other_s`: the rest of the online wall time (input, pooling,
-///   additions, the output reveal).
+/// * `online_linear_s`: linear nodes online, server wall (the share GEMMs,
+///   and in `exact` mode their truncation circuits);
+/// * `online_gc_s`: activation-site nodes online, client wall, less
+///   `online_linear_s` (the client waits for those layers there): circuit
+///   evaluation, label transfer, replies, polynomial products;
+/// * `online_other_s`: the rest of the client's online wall time (input,
+///   pooling, additions, the output reveal).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Parts {
     /// Offline, linear nodes (HE).
@@ -262,18 +271,21 @@ impl Parts {
         let linear = |k: &str| matches!(k, "conv2d" | "batchnorm" | "linear");
         let mut p = Parts::default();
         let mut off_nodes = 0.0;
+        let mut site_online = 0.0;
         for l in layers {
             off_nodes += l.offline_s;
             if linear(&l.kind) {
                 p.offline_he_s += l.offline_s;
-                p.online_linear_s += l.online_s;
+                p.online_linear_s += l.server_online_s.max(l.online_s);
             } else {
                 p.offline_gc_s += l.offline_s;
                 if l.kind == "site" {
-                    p.online_gc_s += l.online_s;
+                    site_online += l.online_s;
                 }
             }
         }
+        p.online_linear_s = p.online_linear_s.min(online_s);
+        p.online_gc_s = (site_online - p.online_linear_s).max(0.0);
         p.offline_other_s = (offline_s - off_nodes).max(0.0);
         p.online_other_s = (online_s - p.online_linear_s - p.online_gc_s).max(0.0);
         p
@@ -804,21 +816,25 @@ mod tests {
 
     #[test]
     fn parts_split_by_node_kind() {
-        let l = |kind: &str, off: f64, on: f64| DocLayer {
+        let l = |kind: &str, off: f64, on: f64, server_on: f64| DocLayer {
             kind: kind.into(),
             offline_s: off,
             online_s: on,
+            server_online_s: server_on,
             ..Default::default()
         };
+        // The client waits 0.1 s at the site for the server's conv.
         let layers = [
-            l("conv2d", 2.0, 0.1),
-            l("site", 1.0, 0.2),
-            l("add", 0.0, 0.05),
+            l("conv2d", 2.0, 0.0, 0.1),
+            l("site", 1.0, 0.3, 0.25),
+            l("add", 0.0, 0.05, 0.0),
         ];
         let p = Parts::from_layers(&layers, 3.5, 0.4);
         assert_eq!(p.offline_he_s, 2.0);
         assert_eq!(p.offline_gc_s, 1.0);
         assert!((p.offline_other_s - 0.5).abs() < 1e-12);
+        assert!((p.online_linear_s - 0.1).abs() < 1e-12);
+        assert!((p.online_gc_s - 0.2).abs() < 1e-12);
         assert!((p.online_other_s - 0.1).abs() < 1e-12);
     }
 }

@@ -225,7 +225,7 @@ const OFFLINE_PARTS: [PartDef; 3] = [
 ];
 
 const ONLINE_PARTS: [PartDef; 3] = [
-    ("linear (shares)", RGBColor(70, 170, 90), |p| {
+    ("linear (server GEMMs)", RGBColor(70, 170, 90), |p| {
         p.online_linear_s
     }),
     ("GC evaluation (sites)", RGBColor(200, 60, 60), |p| {

@@ -870,9 +870,10 @@ impl TableResult {
              ![time split]({id}-breakdown.svg)\n\n*Offline (left) and online (right) client \
              wall time per row, split by the per-layer report: offline HE = the linear nodes' \
              HE protocol; offline GC+OT = garbling, OT extension and label transfer of the \
-             activation circuits (and polynomial triples); online linear = the linear nodes' \
-             share arithmetic; online GC = circuit evaluation at the activation sites; other = \
-             time outside these nodes (input, pooling, additions, reveal, flushes). The report \
+             activation circuits (and polynomial triples); online linear = the server's wall time in \
+             the linear nodes (share GEMMs); online GC = the client's wall time at the \
+             activation sites less that (circuit evaluation, labels, replies); other = time \
+             outside these nodes (input, pooling, additions, reveal, flushes). The report \
              does not time OT apart from garbling, nor the network apart from computation: \
              waiting for the peer is inside each part. PNG and SVG files beside this one.*\n"
         );
