@@ -33,6 +33,8 @@ enum Command {
     Accuracy(cmd::accuracy::AccuracyArgs),
     /// Measure per-site magnitude bounds on data and store them (and the scale plan) in the model file.
     Calibrate(cmd::calibrate::CalibrateArgs),
+    /// Run the seeds' latency tables (configs/tables/*.toml) through the protocol; write md/csv/json and plots.
+    Table(cmd::table::TableArgs),
 }
 
 fn main() {
@@ -47,6 +49,7 @@ fn main() {
         Command::Client(args) => cmd::infer::client(args),
         Command::Accuracy(args) => cmd::accuracy::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
+        Command::Table(args) => cmd::table::run(args),
     };
     if let Err(err) = result {
         eprintln!("pibench: error: {err:#}");

@@ -10,3 +10,4 @@ pub mod micro_linear;
 pub mod micro_relu;
 pub mod model_args;
 pub mod prune;
+pub mod table;

@@ -20,11 +20,17 @@
 //! 5. `replacement = "dapa2"` (AutoReP rows) gives every existing site with
 //!    replaced elements AutoReP's channel-wise degree-2 polynomial.
 //!
-//! The table runner (`pibench table`, issue #11) builds on this module; until
-//! it lands only the tests call it.
+//! The table runner (`pibench table`, `bench/src/cmd/table.rs`) builds on
+//! this module: [`measure`] runs a row's network through `pibench run`,
+//! [`results`] keeps and writes the measured table, [`plot`] draws it. The
+//! test `bench/tests/table_configs.rs` compiles this module on its own, so
+//! nothing here refers to `crate::cmd`.
 #![allow(dead_code)]
 
 pub mod config;
+pub mod measure;
+pub mod plot;
+pub mod results;
 
 use std::path::Path;
 
