@@ -66,8 +66,18 @@ fn accuracy_reports_the_references_figures() {
     write_model(&model);
     let (m, d) = (model.to_str().unwrap(), dir.path().to_str().unwrap());
     let (ok, out, err) = pibench(&[
-        "accuracy", "--model", m, "--data", d, "--limit", "6", "--threads", "2", "--format",
-        "json", "--quiet",
+        "accuracy",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--limit",
+        "6",
+        "--threads",
+        "2",
+        "--format",
+        "json",
+        "--quiet",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -81,7 +91,9 @@ fn accuracy_reports_the_references_figures() {
     for i in 0..6 {
         let x = images.normalised(i, net.input).unwrap();
         let f = forward_float(net, &x).unwrap();
-        let q = forward_fixed(net, FixedPoint::default(), &x).unwrap().logits;
+        let q = forward_fixed(net, FixedPoint::default(), &x)
+            .unwrap()
+            .logits;
         float_ok += usize::from(argmax(&f) == Some(images.label(i)));
         fixed_ok += usize::from(argmax(&q) == Some(images.label(i)));
         agree += usize::from(argmax(&f) == argmax(&q));
@@ -97,7 +109,11 @@ fn accuracy_reports_the_references_figures() {
     assert_eq!(v["float_top1"].as_f64().unwrap(), float_ok as f64 / 6.0);
     assert_eq!(v["agreement"].as_f64().unwrap(), agree as f64 / 6.0);
     let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() <= 1e-9 * (1.0 + b);
-    assert!(close(&v["fidelity"]["max_abs_delta"], max_delta), "{}", v["fidelity"]);
+    assert!(
+        close(&v["fidelity"]["max_abs_delta"], max_delta),
+        "{}",
+        v["fidelity"]
+    );
     assert!(close(&v["fidelity"]["max_abs_logit"], max_logit));
     assert_eq!(
         v["disagreements"].as_array().unwrap().len(),
@@ -119,12 +135,17 @@ fn accuracy_reports_the_references_figures() {
         .collect();
     assert_eq!(got, names);
     assert!(v["bounds_source"].is_null());
-    assert_eq!(v["data"].as_str().unwrap().contains("6 of 12 images"), true);
+    assert!(v["data"].as_str().unwrap().contains("6 of 12 images"));
 
     // The table names the same figures.
-    let (ok, out, err) = pibench(&["accuracy", "--model", m, "--data", d, "--limit", "6", "--quiet"]);
+    let (ok, out, err) = pibench(&[
+        "accuracy", "--model", m, "--data", d, "--limit", "6", "--quiet",
+    ]);
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("({agree}/6 images choose the same class)")), "{out}");
+    assert!(
+        out.contains(&format!("({agree}/6 images choose the same class)")),
+        "{out}"
+    );
     assert!(out.contains("relu0"), "{out}");
 }
 
@@ -138,13 +159,35 @@ fn accuracy_refuses_bad_data_in_one_line() {
     std::fs::create_dir(&empty).unwrap();
     let (ok, _, err) = pibench(&["accuracy", "--model", m, "--data", empty.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("test_batch.bin") && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("test_batch.bin") && err.trim().lines().count() == 1,
+        "{err}"
+    );
     write_cifar10(dir.path(), 1, 2, 2);
     let d = dir.path().to_str().unwrap();
-    let (ok, _, err) = pibench(&["accuracy", "--model", m, "--data", d, "--dataset", "cifar100"]);
-    assert!(!ok && err.contains("10 classes") && err.contains("cifar100"), "{err}");
+    let (ok, _, err) = pibench(&[
+        "accuracy",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--dataset",
+        "cifar100",
+    ]);
+    assert!(
+        !ok && err.contains("10 classes") && err.contains("cifar100"),
+        "{err}"
+    );
     let (ok, _, err) = pibench(&["accuracy", "--model", m, "--data", d, "--limit", "0"]);
     assert!(!ok && err.contains("--limit 0"), "{err}");
-    let (ok, _, err) = pibench(&["accuracy", "--model", m, "--data", d, "--act-frac-bits", "30"]);
+    let (ok, _, err) = pibench(&[
+        "accuracy",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--act-frac-bits",
+        "30",
+    ]);
     assert!(!ok && err.contains("act_frac_bits"), "{err}");
 }

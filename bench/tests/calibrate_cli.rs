@@ -79,8 +79,20 @@ fn calibrate_writes_bounds_that_cover_their_images() {
         out.to_str().unwrap(),
     );
     let (ok, stdout, err) = pibench(&[
-        "calibrate", "--model", m, "--data", d, "--limit", "8", "--margin-bits", "2", "--out",
-        o, "--format", "json", "--quiet",
+        "calibrate",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--limit",
+        "8",
+        "--margin-bits",
+        "2",
+        "--out",
+        o,
+        "--format",
+        "json",
+        "--quiet",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -101,29 +113,67 @@ fn calibrate_writes_bounds_that_cover_their_images() {
 
     // On the images it was measured on, no point exceeds its bound, even with margin 0.
     let (ok, _, err) = pibench(&[
-        "calibrate", "--model", m, "--data", d, "--limit", "8", "--margin-bits", "0", "--threads", "2",
+        "calibrate",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--limit",
+        "8",
+        "--margin-bits",
+        "0",
+        "--threads",
+        "2",
         "--quiet",
     ]);
     assert!(ok, "{err}");
     let zero = file::load(&model).unwrap().header.bounds.unwrap();
     assert_eq!(zero.margin_bits, 0);
     let (ok, stdout, err) = pibench(&[
-        "accuracy", "--model", m, "--data", d, "--split", "train", "--limit", "8", "--threads",
-        "2", "--format", "json", "--quiet",
+        "accuracy",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--split",
+        "train",
+        "--limit",
+        "8",
+        "--threads",
+        "2",
+        "--format",
+        "json",
+        "--quiet",
     ]);
     assert!(ok, "{err}");
     let a: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(a["points_exceeding_bounds"], 0, "{}", a["points"]);
     for (p, b) in a["points"].as_array().unwrap().iter().zip(&zero.points) {
         assert_eq!(p["stored_bits"], b.bits);
-        assert!(p["observed_bits"].as_u64().unwrap() <= b.bits as u64, "{}", b.node);
+        assert!(
+            p["observed_bits"].as_u64().unwrap() <= b.bits as u64,
+            "{}",
+            b.node
+        );
     }
     // The default margin is one bit.
     assert_eq!(DEFAULT_MARGIN_BITS, 1);
-    let (ok, stdout, err) = pibench(&["calibrate", "--model", m, "--data", d, "--limit", "2", "--quiet"]);
+    let (ok, stdout, err) = pibench(&[
+        "calibrate",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--limit",
+        "2",
+        "--quiet",
+    ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("margin 1 bit(s)"), "{stdout}");
-    assert!(stdout.contains("layer1.0.relu1") && stdout.contains("site_poly"), "{stdout}");
+    assert!(
+        stdout.contains("layer1.0.relu1") && stdout.contains("site_poly"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -133,14 +183,35 @@ fn calibrate_refuses_bad_options() {
     let model = dir.path().join("m.safetensors");
     write_model(&model);
     let (m, d) = (model.to_str().unwrap(), dir.path().to_str().unwrap());
-    let (ok, _, err) = pibench(&["calibrate", "--model", m, "--data", d, "--margin-bits", "17"]);
+    let (ok, _, err) = pibench(&[
+        "calibrate",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--margin-bits",
+        "17",
+    ]);
     assert!(!ok && err.contains("--margin-bits 17"), "{err}");
     let missing = dir.path().join("nope.safetensors");
-    let (ok, _, err) = pibench(&["calibrate", "--model", missing.to_str().unwrap(), "--data", d]);
+    let (ok, _, err) = pibench(&[
+        "calibrate",
+        "--model",
+        missing.to_str().unwrap(),
+        "--data",
+        d,
+    ]);
     assert!(!ok && err.contains("nope.safetensors"), "{err}");
     let bad_out = dir.path().join("no/such/dir/x.safetensors");
     let (ok, _, err) = pibench(&[
-        "calibrate", "--model", m, "--data", d, "--out", bad_out.to_str().unwrap(), "--quiet",
+        "calibrate",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        bad_out.to_str().unwrap(),
+        "--quiet",
     ]);
     assert!(!ok && err.contains("no/such/dir"), "{err}");
     // A failed write leaves the model as it was.

@@ -35,8 +35,8 @@ use crate::error::ModelError;
 use crate::fixed::FixedPoint;
 use crate::graph::{BatchNorm, Conv2d, FeatureShape, Linear, Network, Op, Site};
 use crate::reference::{
-    argmax, forward, EncodedNetwork, EncodedOp, Evaluator, FixedEvaluator, FloatEvaluator,
-    NodeCtx, PoolPlan, TruncKind,
+    argmax, forward, EncodedNetwork, EncodedOp, Evaluator, FixedEvaluator, FloatEvaluator, NodeCtx,
+    PoolPlan, TruncKind,
 };
 
 /// Default margin of calibrated bounds: one bit (the observed maximum × 2).
@@ -358,7 +358,9 @@ pub struct Bounds {
 impl Bounds {
     /// The bound of truncation point (`node`, `kind`).
     pub fn get(&self, node: &str, kind: TruncKind) -> Option<&PointBound> {
-        self.points.iter().find(|p| p.node == node && p.kind == kind)
+        self.points
+            .iter()
+            .find(|p| p.node == node && p.kind == kind)
     }
 
     /// `ℓ` with `|y| < 2^ℓ` for the point's values encoded at `frac_bits`

@@ -206,7 +206,9 @@ fn locate(dir: &Path, sub: &str, marker: &str) -> PathBuf {
 /// `n` indices spread evenly over `0..total` (all of them when `n ≥ total`).
 pub fn spread(total: usize, n: Option<usize>) -> Vec<usize> {
     match n {
-        Some(n) if n < total => (0..n).map(|k| (k as u128 * total as u128 / n as u128) as usize).collect(),
+        Some(n) if n < total => (0..n)
+            .map(|k| (k as u128 * total as u128 / n as u128) as usize)
+            .collect(),
         _ => (0..total).collect(),
     }
 }
@@ -697,7 +699,11 @@ pub fn inputs_from_bytes(
 
 /// Writes images `[C, H, W]` as the tensor `input` (`[N, C, H, W]` F32) of a
 /// safetensors file.
-pub fn write_inputs(path: &Path, shape: FeatureShape, images: &[Vec<f32>]) -> Result<(), DataError> {
+pub fn write_inputs(
+    path: &Path,
+    shape: FeatureShape,
+    images: &[Vec<f32>],
+) -> Result<(), DataError> {
     let label = path.display().to_string();
     let bad = |reason: String| DataError::Input {
         file: label.clone(),

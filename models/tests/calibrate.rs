@@ -190,7 +190,10 @@ fn bounds_cover_the_calibration_images_with_the_margin() {
     assert!(b.check(&truncation_points(&other, &other_enc)).is_err());
     let mut tampered = b.clone();
     tampered.points[0].bound *= 0.5;
-    assert!(tampered.check(&runner.points).unwrap_err().contains("maxima"));
+    assert!(tampered
+        .check(&runner.points)
+        .unwrap_err()
+        .contains("maxima"));
     let mut tampered = b.clone();
     tampered.points[1].bits += 1;
     assert!(tampered.check(&runner.points).unwrap_err().contains("ℓ"));
@@ -206,7 +209,13 @@ fn evaluation_errors_name_the_image() {
         .evaluate_many(
             4,
             2,
-            |i| Ok(if i == 2 { vec![0.0; n - 1] } else { vec![0.5; n] }),
+            |i| {
+                Ok(if i == 2 {
+                    vec![0.0; n - 1]
+                } else {
+                    vec![0.5; n]
+                })
+            },
             None,
         )
         .unwrap_err();
@@ -225,12 +234,15 @@ fn eval(float: &[f64], fixed: &[f64]) -> ImageEval {
 #[test]
 fn fidelity_counts_and_deltas() {
     let evals = [
-        eval(&[1.0, 3.0, 2.0], &[1.0, 3.01, 2.0]),    // both 1, label 1
+        eval(&[1.0, 3.0, 2.0], &[1.0, 3.01, 2.0]), // both 1, label 1
         eval(&[4.0, -8.0, 3.99], &[3.98, -8.0, 3.99]), // float 0, fixed 2, label 0
-        eval(&[0.5, 0.0, 0.25], &[0.5, 0.0, 0.25]),   // both 0, label 2
+        eval(&[0.5, 0.0, 0.25], &[0.5, 0.0, 0.25]), // both 0, label 2
     ];
     let f = Fidelity::of(&evals, &[1, 0, 2]);
-    assert_eq!((f.images, f.float_correct, f.fixed_correct, f.agree), (3, 2, 1, 2));
+    assert_eq!(
+        (f.images, f.float_correct, f.fixed_correct, f.agree),
+        (3, 2, 1, 2)
+    );
     assert_eq!(f.disagreements.len(), 1);
     let d = &f.disagreements[0];
     assert_eq!((d.image, d.float_class, d.fixed_class), (1, 0, 2));
@@ -274,7 +286,11 @@ fn model_files_store_the_plan_and_bounds_and_refuse_mismatches() {
     let runner = Runner::new(&net, &enc);
     let mut obs = Observations::new(runner.points.clone());
     for _ in 0..3 {
-        obs.add(&runner.evaluate(&input(&mut rng, net.input.len()), 1).unwrap());
+        obs.add(
+            &runner
+                .evaluate(&input(&mut rng, net.input.len()), 1)
+                .unwrap(),
+        );
     }
     let bounds = obs.bounds(1, "three random inputs".into());
 
@@ -318,7 +334,9 @@ fn model_files_store_the_plan_and_bounds_and_refuse_mismatches() {
     let e = file::from_bytes(&tampered, "tampered.safetensors").unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains("tampered.safetensors") && msg.contains("stored scale plan") && msg.contains("conv1"),
+        msg.contains("tampered.safetensors")
+            && msg.contains("stored scale plan")
+            && msg.contains("conv1"),
         "{msg}"
     );
     // Bounds for other scales, or without a plan, are refused.
@@ -326,7 +344,10 @@ fn model_files_store_the_plan_and_bounds_and_refuse_mismatches() {
         h["bounds"]["points"][0]["frac_bits"] = 3.into();
     });
     let msg = file::from_bytes(&tampered, "b").unwrap_err().to_string();
-    assert!(msg.contains("bounds do not match") && msg.contains("2^3"), "{msg}");
+    assert!(
+        msg.contains("bounds do not match") && msg.contains("2^3"),
+        "{msg}"
+    );
     let tampered = edit_header(&calibrated, |h| {
         h.as_object_mut().unwrap().remove("plan");
     });

@@ -15,7 +15,13 @@ fn pixel(r: usize, k: usize) -> u8 {
 }
 
 /// Writes CIFAR records `first..first+n` with labels `label(r)`.
-fn cifar_file(path: &Path, first: usize, n: usize, label_bytes: usize, label: impl Fn(usize) -> [u8; 2]) {
+fn cifar_file(
+    path: &Path,
+    first: usize,
+    n: usize,
+    label_bytes: usize,
+    label: impl Fn(usize) -> [u8; 2],
+) {
     let mut bytes = Vec::new();
     for r in first..first + n {
         bytes.extend_from_slice(&label(r)[..label_bytes]);
@@ -34,7 +40,9 @@ fn cifar10(dir: &Path, per_batch: usize, test: usize) {
             |r| [(r % 10) as u8, 0],
         );
     }
-    cifar_file(&dir.join("test_batch.bin"), 1000, test, 1, |r| [(r % 10) as u8, 0]);
+    cifar_file(&dir.join("test_batch.bin"), 1000, test, 1, |r| {
+        [(r % 10) as u8, 0]
+    });
 }
 
 fn expected(dataset: Dataset, r: usize) -> Vec<f32> {
@@ -57,7 +65,10 @@ fn cifar10_reads_records_normalised_as_training_does() {
         assert_eq!((test.len(), test.total), (6, 6));
         for i in 0..6 {
             assert_eq!(test.label(i), (1000 + i) % 10);
-            assert_eq!(test.normalised(i, cifar).unwrap(), expected(Dataset::Cifar10, 1000 + i));
+            assert_eq!(
+                test.normalised(i, cifar).unwrap(),
+                expected(Dataset::Cifar10, 1000 + i)
+            );
             assert_eq!(test.origin(i), format!("test_batch.bin record {i}"));
         }
     }
@@ -66,14 +77,21 @@ fn cifar10_reads_records_normalised_as_training_does() {
     assert_eq!((train.len(), train.total), (5, 20));
     assert_eq!(train.labels(), &[0, 4, 8, 2, 6]); // records 0, 4, 8, 12, 16
     assert_eq!(train.origin(3), "data_batch_4.bin record 0");
-    assert_eq!(train.normalised(4, cifar).unwrap(), expected(Dataset::Cifar10, 16));
+    assert_eq!(
+        train.normalised(4, cifar).unwrap(),
+        expected(Dataset::Cifar10, 16)
+    );
 }
 
 #[test]
 fn cifar100_uses_the_fine_label() {
     let dir = tempfile::tempdir().unwrap();
-    cifar_file(&dir.path().join("train.bin"), 0, 3, 2, |r| [1, (50 + r) as u8]);
-    cifar_file(&dir.path().join("test.bin"), 7, 2, 2, |r| [3, (90 + r) as u8]);
+    cifar_file(&dir.path().join("train.bin"), 0, 3, 2, |r| {
+        [1, (50 + r) as u8]
+    });
+    cifar_file(&dir.path().join("test.bin"), 7, 2, 2, |r| {
+        [3, (90 + r) as u8]
+    });
     let test = ImageSet::load(Dataset::Cifar100, dir.path(), Split::Test, None).unwrap();
     assert_eq!(test.labels(), &[97, 98]);
     assert_eq!(
@@ -182,8 +200,8 @@ fn tiny_imagenet(root: &Path) -> Vec<String> {
             jpeg(&d.join(format!("{w}_{k}.JPEG")), 64, (c * 2 + k) as u8);
         }
     }
-    for c in 3..200 {
-        std::fs::create_dir_all(root.join("train").join(&wnids[c]).join("images")).unwrap();
+    for w in &wnids[3..200] {
+        std::fs::create_dir_all(root.join("train").join(w).join("images")).unwrap();
     }
     let v = root.join("val").join("images");
     std::fs::create_dir_all(&v).unwrap();
@@ -217,7 +235,10 @@ fn tiny_imagenet_reads_jpeg_folders() {
     // A wrong image size and an unknown class are named.
     jpeg(&root.join("val").join("images").join("val_1.JPEG"), 32, 0);
     let e = ImageSet::load(Dataset::TinyImageNet, &root, Split::Test, None).unwrap_err();
-    assert!(e.to_string().contains("val_1.JPEG") && e.to_string().contains("32x32"), "{e}");
+    assert!(
+        e.to_string().contains("val_1.JPEG") && e.to_string().contains("32x32"),
+        "{e}"
+    );
     std::fs::write(
         root.join("val").join("val_annotations.txt"),
         "val_0.JPEG\tn00000000\nval_1.JPEG\tnXXX\n",
@@ -239,15 +260,20 @@ fn input_files_round_trip_and_refuse_bad_tensors() {
     assert_eq!(read_inputs(&path, shape).unwrap(), images);
     // One image without the batch axis.
     let one: Vec<u8> = images[1].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 4, 4], &one).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 4, 4], &one).unwrap();
     safetensors::serialize_to_file([("input", view)], &None, &path).unwrap();
     assert_eq!(read_inputs(&path, shape).unwrap(), vec![images[1].clone()]);
     // Wrong shape, wrong name, not finite.
     let e = read_inputs(&path, FeatureShape::new(3, 8, 8)).unwrap_err();
     assert!(e.to_string().contains("[3, 4, 4]"), "{e}");
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 4, 4], &one).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 4, 4], &one).unwrap();
     safetensors::serialize_to_file([("x", view)], &None, &path).unwrap();
-    assert!(read_inputs(&path, shape).unwrap_err().to_string().contains("no tensor named `input`"));
+    assert!(read_inputs(&path, shape)
+        .unwrap_err()
+        .to_string()
+        .contains("no tensor named `input`"));
     let mut bad = images.clone();
     bad[2][5] = f32::NAN;
     write_inputs(&path, shape, &bad).unwrap();
@@ -260,7 +286,9 @@ fn input_files_round_trip_and_refuse_bad_tensors() {
 
 #[test]
 fn raw_sets_check_their_sizes() {
-    assert!(ImageSet::from_raw(Dataset::Cifar10, Split::Test, vec![0; 3072 * 2], vec![1, 2]).is_ok());
+    assert!(
+        ImageSet::from_raw(Dataset::Cifar10, Split::Test, vec![0; 3072 * 2], vec![1, 2]).is_ok()
+    );
     assert!(ImageSet::from_raw(Dataset::Cifar10, Split::Test, vec![0; 3072], vec![1, 2]).is_err());
     assert!(ImageSet::from_raw(Dataset::Cifar10, Split::Test, vec![0; 3072], vec![10]).is_err());
 }

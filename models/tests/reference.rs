@@ -93,8 +93,16 @@ fn check(net: &Network, rng: &mut ChaCha12Rng, fp: FixedPoint) -> (usize, usize,
     }
     // The inputs are seeded: with the error bound above, the margin check is
     // implied; the seeded samples must also all agree (they do: 8/8).
-    assert!(checked > 0, "{}: no sample with a clear float margin", net.name);
-    assert_eq!(agree, total, "{}: argmax agrees on {agree}/{total}", net.name);
+    assert!(
+        checked > 0,
+        "{}: no sample with a clear float margin",
+        net.name
+    );
+    assert_eq!(
+        agree, total,
+        "{}: argmax agrees on {agree}/{total}",
+        net.name
+    );
     (agree, total, worst)
 }
 

@@ -92,8 +92,8 @@ impl EvalArgs {
     /// Loads the model and the selected images; `default_limit` applies
     /// when `--limit` is absent (`None`: the whole split).
     pub fn prepare(&self, split: Split, default_limit: Option<usize>) -> anyhow::Result<Prepared> {
-        let model = file::load(&self.model)
-            .with_context(|| format!("loading {}", self.model.display()))?;
+        let model =
+            file::load(&self.model).with_context(|| format!("loading {}", self.model.display()))?;
         let dataset = match (&self.dataset, &model.header.dataset) {
             (Some(d), _) | (None, Some(d)) => Dataset::parse(d)?,
             (None, None) => bail!(
@@ -412,7 +412,10 @@ fn print_table(d: &AccuracyJson) {
         );
     }
     match &d.bounds_source {
-        Some(s) => println!("bounds    stored: {s}; {} point(s) exceed them", d.points_exceeding_bounds),
+        Some(s) => println!(
+            "bounds    stored: {s}; {} point(s) exceed them",
+            d.points_exceeding_bounds
+        ),
         None => println!("bounds    none stored (run `pibench calibrate`)"),
     }
     println!(

@@ -231,8 +231,8 @@ fn progress() -> Option<Progress> {
     if std::env::var_os("PIBENCH_PHASE_LOG").is_some() {
         return Some(Progress(std::sync::Arc::new(|e: &ProgressEvent<'_>| {
             eprintln!(
-                "pibench: phase {:?} {} inference {} node {}/{} {}",
-                e.role, e.phase, e.inference, e.node, e.nodes, e.name
+                "pibench: phase {:?} {} inference {} node {}/{} {} {}",
+                e.role, e.phase, e.inference, e.node, e.nodes, e.kind, e.name
             );
         })));
     }

@@ -165,6 +165,7 @@ impl Ctx<'_> {
             dataset,
             convention: crate::table::ALL_SITES,
             fixed: FixedPoint::default(),
+            bounds: None,
         };
         let bytes = to_bytes(net, &opts).with_context(|| format!("serialising {name}"))?;
         let path = self.work.path().join(format!("{name}.safetensors"));

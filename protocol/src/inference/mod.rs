@@ -130,6 +130,8 @@ pub struct ProgressEvent<'a> {
     pub nodes: usize,
     /// Node name.
     pub name: &'a str,
+    /// The node's operation (`Op::kind`: `conv2d`, `site`, `add`, …).
+    pub kind: &'static str,
 }
 
 /// A progress callback (progress bars, phase logs).

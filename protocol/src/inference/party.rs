@@ -714,6 +714,7 @@ async fn server_offline<R: RngCore + CryptoRng>(
             node: i,
             nodes: plan.steps.len(),
             name: &name,
+            kind: plan.net.nodes[i].op.kind(),
         });
         let clock = Clock::start();
         match step {
@@ -873,6 +874,7 @@ async fn server_online(
             node: i,
             nodes: plan.steps.len(),
             name: &name,
+            kind: plan.net.nodes[i].op.kind(),
         });
         let clock = Clock::start();
         if let Some(st) = store {
@@ -1401,6 +1403,7 @@ async fn client_offline<R: RngCore + CryptoRng>(
             node: i,
             nodes: plan.steps.len(),
             name: &name,
+            kind: plan.net.nodes[i].op.kind(),
         });
         let clock = Clock::start();
         let arg = |k: usize| -> Result<&Vec<u64>, InferenceError> {
@@ -1650,6 +1653,7 @@ async fn client_online(
             node: i,
             nodes: plan.steps.len(),
             name: &name,
+            kind: plan.net.nodes[i].op.kind(),
         });
         let clock = Clock::start();
         if let Some(st) = store {
