@@ -7,7 +7,7 @@ CARGO ?= cargo
 # test fail loudly, so the build can never depend on an importable torch again.
 ENV := source scripts/env.sh && PYTHONPATH=$(CURDIR)/scripts/no-torch
 
-.PHONY: demo test setup build lint vectors bench-long check-build-env
+.PHONY: demo test setup build lint vectors bench-long check-build-env tables
 
 setup:
 	@scripts/setup.sh torch
@@ -41,3 +41,11 @@ vectors:
 # Long runs kept out of `make test`: ignored tests with real parameters and full-size models.
 bench-long: setup
 	$(ENV) $(CARGO) test --release --workspace -- --ignored
+
+# The seeds' latency tables committed under results/, measured through the real
+# protocol with LAN emulation. Hours on 2 cores (DeepReDuce Table 4 alone took
+# 35 min); --resume keeps every row already measured with the same settings,
+# so an interrupted run goes on where it stopped.
+TABLES ?= deepreduce-t4 deepreduce-t5 relupruner-t2 autorep-t3 deepreshape-t7
+tables: build
+	./target/release/pibench table $(TABLES:%=configs/tables/%.toml) --net lan --resume --out-dir results

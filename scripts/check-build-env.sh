@@ -24,6 +24,7 @@ done
 # guard (it stops before compiling any C++, so this takes seconds once its
 # build dependencies are compiled in the scratch folder).
 scratch="$root/target/check-build-env"
+mkdir -p "$root/target" # a fresh clone has no target/ yet
 if LIBTORCH_USE_PYTORCH=1 CARGO_TARGET_DIR="$scratch" cargo build -q -p torch-sys >"$scratch.log" 2>&1; then
   fail "torch-sys built with LIBTORCH_USE_PYTORCH=1: the guard did not stop 'import torch'"
 fi
