@@ -39,9 +39,10 @@ async fn correlated_ot_over_duplex() {
         }
     }
     // Base OT: 32 B + 128·32 B; extension: 16 B per OT rounded up to 128 OTs.
-    let ext: u64 = [128u64, 256, 1024].iter().map(|n| n * 16 + 13).sum();
-    assert_eq!(traffic.bytes_received, 4 + 33 + ext);
-    assert_eq!(traffic.bytes_sent, 4 + 5 + 128 * 32);
+    // Per message: frame length 4, envelope tag 1, variant 1 (+ 8 for the OT count).
+    let ext: u64 = [128u64, 256, 1024].iter().map(|n| n * 16 + 14).sum();
+    assert_eq!(traffic.bytes_received, 4 + 1 + 33 + ext);
+    assert_eq!(traffic.bytes_sent, 4 + 1 + 5 + 128 * 32);
 }
 
 #[tokio::test]

@@ -188,6 +188,28 @@ fn circuit_count(
     Ok(evaluator_labels.len() / n)
 }
 
+/// The garbler's randomness for one garbling call: its input labels and
+/// (three-halves) the control-bit coins are AES-CTR streams under these
+/// seeds, so the output depends on the seeds only (not on threads or on
+/// how callers split their work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GarbleSeeds {
+    /// Seed of the garbler's input zero labels (circuit-major).
+    pub labels: Block,
+    /// Seed of the three-halves coins (one block per 4 AND gates of 16 circuits).
+    pub coins: Block,
+}
+
+impl GarbleSeeds {
+    /// Two fresh seeds from `prg`.
+    pub fn draw(prg: &mut AesPrg) -> Self {
+        Self {
+            labels: prg.next_block(),
+            coins: prg.next_block(),
+        }
+    }
+}
+
 /// Garbles `evaluator_zero_labels.len() / input_bits` circuits.
 ///
 /// `evaluator_zero_labels` are the zero labels of the evaluator's input
@@ -233,6 +255,35 @@ pub fn garble_into(
     garbling: &mut Garbling,
     keys: &mut GarblerKeys,
 ) -> Result<(), GcError> {
+    let seeds = GarbleSeeds::draw(prg);
+    garble_with(
+        &FixedKeyHash::new(),
+        shape,
+        delta,
+        batch,
+        evaluator_zero_labels,
+        seeds,
+        site,
+        garbling,
+        keys,
+    )
+}
+
+/// [`garble_into`] with the randomness given as seeds and the hash (and so
+/// the kernel) chosen by the caller. One call runs on the calling thread;
+/// callers run calls on disjoint pieces in parallel.
+#[allow(clippy::too_many_arguments)]
+pub fn garble_with(
+    hash: &FixedKeyHash,
+    shape: &CircuitShape,
+    delta: Block,
+    batch: u64,
+    evaluator_zero_labels: &[Block],
+    seeds: GarbleSeeds,
+    site: &str,
+    garbling: &mut Garbling,
+    keys: &mut GarblerKeys,
+) -> Result<(), GcError> {
     if !color(delta) {
         return Err(GcError::Parameters {
             reason: format!("{site}: Δ must have colour bit 1"),
@@ -244,10 +295,9 @@ pub fn garble_into(
     let garbler_zero = &mut keys.input_zero_labels;
     garbler_zero.clear();
     garbler_zero.resize(count * n, 0);
-    prg.fill(garbler_zero);
+    AesPrg::new(seeds.labels).fill(garbler_zero);
     let garbler_zero = &keys.input_zero_labels;
-    let mut coins = AesPrg::new(prg.next_block());
-    let hash = FixedKeyHash::new();
+    let mut coins = AesPrg::new(seeds.coins);
     let outs = shape.wire_weights.len();
     garbling.tables.words.clear();
     garbling.tables.words.reserve(shape.table_words(count));
@@ -278,7 +328,7 @@ pub fn garble_into(
         let out = match shape.scheme {
             Scheme::HalfGates => {
                 let mut g = HalfGatesGarbler::new(
-                    &hash,
+                    hash,
                     delta,
                     batch,
                     gate,
@@ -290,7 +340,7 @@ pub fn garble_into(
             }
             Scheme::ThreeHalves => {
                 let mut g = ThreeHalvesGarbler::new(
-                    &hash,
+                    hash,
                     delta,
                     batch,
                     gate,
@@ -401,6 +451,27 @@ pub fn evaluate(
     evaluator_labels: &[Block],
     site: &str,
 ) -> Result<Vec<u64>, GcError> {
+    evaluate_with(
+        &FixedKeyHash::new(),
+        shape,
+        batch,
+        garbling,
+        garbler_labels,
+        evaluator_labels,
+        site,
+    )
+}
+
+/// [`evaluate`] with the hash (and so the kernel) chosen by the caller.
+pub fn evaluate_with(
+    hash: &FixedKeyHash,
+    shape: &CircuitShape,
+    batch: u64,
+    garbling: &Garbling,
+    garbler_labels: &[Block],
+    evaluator_labels: &[Block],
+    site: &str,
+) -> Result<Vec<u64>, GcError> {
     let n = shape.input_bits();
     let count = circuit_count(shape, evaluator_labels, site)?;
     length_check(
@@ -440,7 +511,6 @@ pub fn evaluate(
             max: P - 1,
         });
     }
-    let hash = FixedKeyHash::new();
     let wpa = shape.scheme.words_per_and();
     let outs = shape.wire_weights.len();
     let mut result = vec![0u64; count];
@@ -469,13 +539,13 @@ pub fn evaluate(
                 // The evaluator reads only this batch's words; the rest of the
                 // tables lets its prefetch run on into the next batch.
                 let words = &garbling.tables.words[g0 * wpa..];
-                let mut e = HalfGatesEvaluator::new(&hash, batch, gate, active, words, &mut arena);
+                let mut e = HalfGatesEvaluator::new(hash, batch, gate, active, words, &mut arena);
                 activation_circuit(&mut e, &shape.spec, shape.kind, &a, &y)
             }
             Scheme::ThreeHalves => {
                 let control = &garbling.tables.control[g0..g1];
                 let mut e = ThreeHalvesEvaluator::new(
-                    &hash, batch, gate, active, words, control, &mut arena,
+                    hash, batch, gate, active, words, control, &mut arena,
                 );
                 activation_circuit(&mut e, &shape.spec, shape.kind, &a, &y)
             }

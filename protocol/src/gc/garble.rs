@@ -10,6 +10,7 @@
 //! a sequential carry chain, and the per-call overhead is shared by
 //! `LANES` circuits.
 
+use super::accel::{ThreeHalvesDeltaParts, ThreeHalvesEvalMasks, ThreeHalvesGarbleMasks};
 use super::hash::{from_aes, sigma, to_aes, AesBlock, AesPrg, Block, FixedKeyHash};
 use super::simd::{prefetch, prefetch_for_write, V};
 use super::Backend;
@@ -193,47 +194,21 @@ fn half_gates_lane_tweaks() -> [V; LANES] {
     core::array::from_fn(|l| V::of(2 * l as u128))
 }
 
-/// Half-gates garbler: wires are the lanes' zero labels.
+/// Scratch of the portable half-gates garbler (per gate, overwritten, never cleared).
 #[derive(Debug)]
-pub struct HalfGatesGarbler<'a> {
-    hash: &'a FixedKeyHash,
-    delta: Block,
-    batch: u64,
-    gate: u64,
-    active: usize,
-    out: &'a mut GarbledTables,
-    arena: &'a mut LabelArena,
-    sigma_delta: Block,
+struct HalfGatesGarbleScratch {
     buf: [AesBlock; 4 * LANES],
     lane_tweaks: [V; LANES],
-    /// Per-gate scratch, overwritten by every gate (never cleared): `σ(A⁰)`, `σ(B⁰)`.
+    /// `σ(A⁰)`, `σ(B⁰)` per lane.
     sigma_a: [V; LANES],
     sigma_b: [V; LANES],
-    /// Per-gate scratch: each lane's `(T_G, T_E)`, the gate's table words.
+    /// Each lane's `(T_G, T_E ⊕ A⁰)`, the gate's table words.
     table: [u128; 2 * LANES],
 }
 
-impl<'a> HalfGatesGarbler<'a> {
-    /// A garbler appending to `out`, its wires living in `arena`; `gate`
-    /// is the index of the next AND gate in the batch.
-    pub fn new(
-        hash: &'a FixedKeyHash,
-        delta: Block,
-        batch: u64,
-        gate: u64,
-        active: usize,
-        out: &'a mut GarbledTables,
-        arena: &'a mut LabelArena,
-    ) -> Self {
+impl HalfGatesGarbleScratch {
+    fn new() -> Self {
         Self {
-            hash,
-            delta,
-            batch,
-            gate,
-            active: active.min(LANES),
-            out,
-            arena,
-            sigma_delta: sigma(delta),
             buf: [AesBlock::default(); 4 * LANES],
             lane_tweaks: half_gates_lane_tweaks(),
             sigma_a: [V::of(0); LANES],
@@ -242,29 +217,22 @@ impl<'a> HalfGatesGarbler<'a> {
         }
     }
 
-    /// Index of the next AND gate.
-    pub fn gate(&self) -> u64 {
-        self.gate
-    }
-}
-
-impl Backend for HalfGatesGarbler<'_> {
-    type Wire = WireId;
+    /// The portable gate: σ and tweaks on SSE2, one batched call of the `aes` crate.
     #[inline(always)]
-    fn xor(&mut self, a: WireId, b: WireId) -> WireId {
-        xor_gate(self.arena, a, b)
-    }
-    #[inline(always)]
-    fn not(&mut self, a: WireId) -> WireId {
-        xor_delta_gate(self.arena, a, self.delta)
-    }
-    #[inline(always)]
-    fn and(&mut self, a: WireId, b: WireId) -> WireId {
-        let d = V::of(self.delta);
-        let sd = V::of(self.sigma_delta);
-        let base = V::of(tweak_high(self.batch) | first_counter(self.gate, 2) as u128);
+    fn garble(
+        &mut self,
+        hash: &FixedKeyHash,
+        delta: Block,
+        sigma_delta: Block,
+        a: &Lanes,
+        b: &Lanes,
+        c: &mut Lanes,
+        base: Block,
+    ) {
+        let d = V::of(delta);
+        let sd = V::of(sigma_delta);
+        let base = V::of(base);
         let one = V::of(1);
-        let (a, b, c, id) = self.arena.gate(a, b);
         // H(X, j) = π(σ(X) ⊕ j) ⊕ σ(X), σ linear: σ(X ⊕ Δ) = σ(X) ⊕ σ(Δ).
         // Lane l hashes [A⁰, A¹] with tweak first + 2l, [B⁰, B¹] with first + 2l + 1.
         let (sa, sb) = (&mut self.sigma_a, &mut self.sigma_b);
@@ -279,7 +247,7 @@ impl Backend for HalfGatesGarbler<'_> {
             blocks[2] = xb.to_aes();
             blocks[3] = xb.xor(sd).to_aes();
         }
-        self.hash.permute_blocks(&mut self.buf);
+        hash.permute_blocks(&mut self.buf);
         // Lane l's two ciphertexts (T_G, T_E), as the four table words of the lane.
         for (l, ((cl, t), p)) in c
             .iter_mut()
@@ -305,11 +273,90 @@ impl Backend for HalfGatesGarbler<'_> {
             t[0] = tg.to_u128();
             t[1] = te_a.xor(av).to_u128();
         }
-        let words: &[u64] = bytemuck::cast_slice(&self.table[..2 * self.active]);
-        self.out.words.extend_from_slice(words);
+    }
+}
+
+/// Half-gates garbler: wires are the lanes' zero labels.
+#[derive(Debug)]
+pub struct HalfGatesGarbler<'a> {
+    hash: &'a FixedKeyHash,
+    delta: Block,
+    batch: u64,
+    gate: u64,
+    active: usize,
+    out: &'a mut GarbledTables,
+    arena: &'a mut LabelArena,
+    sigma_delta: Block,
+    scratch: HalfGatesGarbleScratch,
+}
+
+impl<'a> HalfGatesGarbler<'a> {
+    /// A garbler appending to `out`, its wires living in `arena`; `gate`
+    /// is the index of the next AND gate in the batch.
+    pub fn new(
+        hash: &'a FixedKeyHash,
+        delta: Block,
+        batch: u64,
+        gate: u64,
+        active: usize,
+        out: &'a mut GarbledTables,
+        arena: &'a mut LabelArena,
+    ) -> Self {
+        Self {
+            hash,
+            delta,
+            batch,
+            gate,
+            active: active.min(LANES),
+            out,
+            arena,
+            sigma_delta: sigma(delta),
+            scratch: HalfGatesGarbleScratch::new(),
+        }
+    }
+
+    /// Index of the next AND gate.
+    pub fn gate(&self) -> u64 {
+        self.gate
+    }
+}
+
+impl Backend for HalfGatesGarbler<'_> {
+    type Wire = WireId;
+    #[inline(always)]
+    fn xor(&mut self, a: WireId, b: WireId) -> WireId {
+        xor_gate(self.arena, a, b)
+    }
+    #[inline(always)]
+    fn not(&mut self, a: WireId) -> WireId {
+        xor_delta_gate(self.arena, a, self.delta)
+    }
+    #[inline(always)]
+    fn and(&mut self, a: WireId, b: WireId) -> WireId {
+        let base = tweak_high(self.batch) | first_counter(self.gate, 2) as u128;
+        let (a, b, c, id) = self.arena.gate(a, b);
+        let n = 4 * self.active;
+        let words = &mut self.out.words;
+        if let Some((k, keys)) = self.hash.accel() {
+            // Write the lanes' table words in place (the zeros are overwritten while in L1).
+            let start = words.len();
+            words.resize(start + n, 0);
+            let out: &mut [[u8; 16]] = bytemuck::cast_slice_mut(&mut words[start..]);
+            if let Ok(t) = <&mut [[u8; 16]; 2 * LANES]>::try_from(&mut *out) {
+                k.half_gates_garble(keys, a, b, c, t, base, self.delta);
+            } else {
+                let mut t = [[0u8; 16]; 2 * LANES];
+                k.half_gates_garble(keys, a, b, c, &mut t, base, self.delta);
+                out.copy_from_slice(&t[..2 * self.active]);
+            }
+        } else {
+            self.scratch
+                .garble(self.hash, self.delta, self.sigma_delta, a, b, c, base);
+            words.extend_from_slice(&bytemuck::cast_slice(&self.scratch.table)[..n]);
+        }
         // The tables are written once, front to back, into reserved capacity:
         // ask for a later gate's lines early.
-        let spare = self.out.words.spare_capacity_mut();
+        let spare = words.spare_capacity_mut();
         if let Some(later) = spare.get(PREFETCH_AHEAD_WORDS..PREFETCH_AHEAD_WORDS + 4 * LANES) {
             for line in later.chunks(8) {
                 prefetch_for_write(&line[0]);
@@ -390,8 +437,31 @@ impl Backend for HalfGatesEvaluator<'_> {
     }
     #[inline(always)]
     fn and(&mut self, a: WireId, b: WireId) -> WireId {
-        let base = V::of(tweak_high(self.batch) | first_counter(self.gate, 2) as u128);
+        let base = tweak_high(self.batch) | first_counter(self.gate, 2) as u128;
         let (a, b, c, id) = self.arena.gate(a, b);
+        let words = &self.words[self.pos..self.pos + 4 * self.active];
+        self.pos += 4 * self.active;
+        // The tables are read once, front to back: ask for a later gate's lines early.
+        let ahead = self.pos + PREFETCH_AHEAD_WORDS;
+        if let Some(later) = self.words.get(ahead..ahead + 4 * LANES) {
+            for line in later.chunks(8) {
+                prefetch(&line[0]);
+            }
+        }
+        if let Some((k, keys)) = self.hash.accel() {
+            let table: &[[u8; 16]] = bytemuck::cast_slice(words);
+            match <&[[u8; 16]; 2 * LANES]>::try_from(table) {
+                Ok(t) => k.half_gates_evaluate(keys, a, b, c, t, base),
+                Err(_) => {
+                    let mut t = [[0u8; 16]; 2 * LANES];
+                    t[..table.len()].copy_from_slice(table);
+                    k.half_gates_evaluate(keys, a, b, c, &t, base);
+                }
+            }
+            self.gate += 1;
+            return id;
+        }
+        let base = V::of(base);
         let sab = &mut self.sigma_sums;
         for (l, blocks) in self.buf.chunks_exact_mut(2).enumerate() {
             let ja = base.xor(self.lane_tweaks[l]);
@@ -404,15 +474,6 @@ impl Backend for HalfGatesEvaluator<'_> {
             blocks[1] = xa.xor(sab[l]).xor(V::of(1)).to_aes();
         }
         self.hash.permute_blocks(&mut self.buf);
-        let words = &self.words[self.pos..self.pos + 4 * self.active];
-        self.pos += 4 * self.active;
-        // The tables are read once, front to back: ask for a later gate's lines early.
-        let ahead = self.pos + PREFETCH_AHEAD_WORDS;
-        if let Some(later) = self.words.get(ahead..ahead + 4 * LANES) {
-            for line in later.chunks(8) {
-                prefetch(&line[0]);
-            }
-        }
         for (l, ((cl, w), p)) in c
             .iter_mut()
             .zip(words.chunks_exact(4))
@@ -564,6 +625,89 @@ fn top_bit(x: Block) -> u8 {
     (x >> 127) as u8
 }
 
+/// `[lo, hi]` 64-bit masks as one block: all ones in a half whose bit is set.
+const fn mask_pair(lo: u8, hi: u8) -> u128 {
+    (mask64_const(lo) as u128) | (mask64_const(hi) as u128) << 64
+}
+
+const fn mask64_const(bit: u8) -> u64 {
+    0u64.wrapping_sub((bit & 1) as u64)
+}
+
+/// The masks of a row pair over the halves `[X, Xˢ]` of two labels:
+/// `lo_row` gives the low half (the right half-label), `hi_row` the high
+/// half, both over `(A_L, A_R, B_L, B_R)` (bits 0..3). With `A = [A_R, A_L]`
+/// and `Aˢ = [A_L, A_R]` (64-bit halves, low first), the low half takes
+/// `A_R` from `A` and `A_L` from `Aˢ`, the high half the other way round.
+const fn row_pair_masks(lo_row: u8, hi_row: u8) -> [u128; 4] {
+    const fn bit(row: u8, k: u8) -> u8 {
+        (row >> k) & 1
+    }
+    [
+        mask_pair(bit(lo_row, 1), bit(hi_row, 0)),
+        mask_pair(bit(lo_row, 0), bit(hi_row, 1)),
+        mask_pair(bit(lo_row, 3), bit(hi_row, 2)),
+        mask_pair(bit(lo_row, 2), bit(hi_row, 3)),
+    ]
+}
+
+/// The three-halves evaluator's masks for the AES-NI kernel, indexed by
+/// `i·8 + j·4 + r₁·2 + r₂` (see [`ThreeHalvesEvalMasks`]).
+const THREE_HALVES_EVAL_MASKS: ThreeHalvesEvalMasks = {
+    let mut out = [[0u128; 6]; 16];
+    let mut idx = 0;
+    while idx < 16 {
+        let (i, j, r1, r2) = (
+            (idx >> 3) as u8 & 1,
+            (idx >> 2) as u8 & 1,
+            (idx >> 1) as u8 & 1,
+            idx as u8 & 1,
+        );
+        let m = r_matrix(i, j, r1, r2);
+        // Left row (C_L, high half) in bits 0..3, right row (C_R, low half) in bits 4..7.
+        let rows = row_pair_masks(m >> 4, m & 0xF);
+        out[idx] = [
+            rows[0],
+            rows[1],
+            rows[2],
+            rows[3],
+            mask_pair(j, i),
+            mask_pair(i ^ j, i ^ j),
+        ];
+        idx += 1;
+    }
+    out
+};
+
+/// The three-halves garbler's masks for the AES-NI kernel, indexed by the
+/// case `i*·8 + j*·4 + ρ₁·2 + ρ₂`: row pairs `(K_R, K_L)`, `(T0, T1)`, `(T2, 0)`.
+const THREE_HALVES_GARBLE_MASKS: ThreeHalvesGarbleMasks = {
+    let mut out = [[[0u128; 4]; 3]; 16];
+    let mut case = 0;
+    while case < 16 {
+        let [k_l, k_r, t0, t1, t2] = LINEAR_PARTS[case];
+        out[case] = [
+            row_pair_masks(k_r & 0xF, k_l & 0xF),
+            row_pair_masks(t0 & 0xF, t1 & 0xF),
+            row_pair_masks(t2 & 0xF, 0),
+        ];
+        case += 1;
+    }
+    out
+};
+
+/// The `Δ` contributions of the garbler's row pairs per case (bits 4, 5 of
+/// each row select `Δ_L`, `Δ_R`), for a given `Δ`.
+fn three_halves_delta_parts(delta: Block) -> ThreeHalvesDeltaParts {
+    let (dl, dr) = halves(delta);
+    let row = |r: u8| (mask64(r & 0x10 != 0) & dl) ^ (mask64(r & 0x20 != 0) & dr);
+    let pair = |lo: u8, hi: u8| row(lo) as u128 | (row(hi) as u128) << 64;
+    core::array::from_fn(|case| {
+        let [k_l, k_r, t0, t1, t2] = LINEAR_PARTS[case];
+        [pair(k_r, k_l), pair(t0, t1), pair(t2, 0)]
+    })
+}
+
 /// Three-halves garbler.
 #[derive(Debug)]
 pub struct ThreeHalvesGarbler<'a> {
@@ -574,16 +718,17 @@ pub struct ThreeHalvesGarbler<'a> {
     active: usize,
     out: &'a mut GarbledTables,
     coins: &'a mut AesPrg,
-    coin_bits: [Block; 4],
+    coin_block: Block,
     coins_left: usize,
     arena: &'a mut LabelArena,
     sigma_delta: Block,
+    delta_parts: ThreeHalvesDeltaParts,
     buf: [AesBlock; 6 * LANES],
 }
 
 impl<'a> ThreeHalvesGarbler<'a> {
     /// A garbler appending to `out`, drawing its control-bit coins from
-    /// `coins`, its wires living in `arena`.
+    /// `coins` (one block per 4 gates), its wires living in `arena`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         hash: &'a FixedKeyHash,
@@ -603,10 +748,11 @@ impl<'a> ThreeHalvesGarbler<'a> {
             active: active.min(LANES),
             out,
             coins,
-            coin_bits: [0; 4],
+            coin_block: 0,
             coins_left: 0,
             arena,
             sigma_delta: sigma(delta),
+            delta_parts: three_halves_delta_parts(delta),
             buf: [AesBlock::default(); 6 * LANES],
         }
     }
@@ -616,17 +762,18 @@ impl<'a> ThreeHalvesGarbler<'a> {
         self.gate
     }
 
-    /// Two coins per lane, `LANES · 2` fresh bits (the low bits of the result).
+    /// Two coins per lane: `LANES · 2 = 32` fresh bits.
     #[inline(always)]
-    fn lane_coins(&mut self) -> u64 {
-        const _: () = assert!(LANES * 2 <= 64);
+    fn lane_coins(&mut self) -> u32 {
+        const _: () = assert!(LANES * 2 == 32);
         if self.coins_left == 0 {
-            self.coins.fill(&mut self.coin_bits);
-            self.coins_left = self.coin_bits.len() * 2;
+            let mut b = [0u128; 1];
+            self.coins.fill(&mut b);
+            self.coin_block = b[0];
+            self.coins_left = 4;
         }
         self.coins_left -= 1;
-        let block = self.coin_bits[self.coins_left / 2];
-        (block >> (64 * (self.coins_left % 2))) as u64
+        (self.coin_block >> (32 * self.coins_left)) as u32
     }
 }
 
@@ -647,8 +794,29 @@ impl Backend for ThreeHalvesGarbler<'_> {
         let coins = self.lane_coins();
         let hi = tweak_high(self.batch);
         let first = first_counter(self.gate, 3);
-        let sd = self.sigma_delta;
         let (a, b, c, id) = self.arena.gate(a, b);
+        if let Some((k, keys)) = self.hash.accel() {
+            let mut words = [0u64; 3 * L];
+            let mut control = [0u8; L];
+            k.three_halves_garble(
+                keys,
+                a,
+                b,
+                c,
+                &mut words,
+                &mut control,
+                hi | first as u128,
+                d,
+                coins,
+                &THREE_HALVES_GARBLE_MASKS,
+                &self.delta_parts,
+            );
+            self.out.words.extend_from_slice(&words[..3 * self.active]);
+            self.out.control.extend_from_slice(&control[..self.active]);
+            self.gate += 1;
+            return id;
+        }
+        let sd = self.sigma_delta;
         // Colour-0 labels and their σ (σ(X ⊕ Δ) = σ(X) ⊕ σ(Δ)).
         let mut a0 = [0u128; L];
         let mut b0 = [0u128; L];
@@ -781,6 +949,29 @@ impl Backend for ThreeHalvesEvaluator<'_> {
         let hi = tweak_high(self.batch);
         let first = first_counter(self.gate, 3);
         let (a, b, c, id) = self.arena.gate(a, b);
+        if let Some((k, keys)) = self.hash.accel() {
+            let words = &self.words[3 * self.pos..3 * (self.pos + self.active)];
+            let control = &self.control[self.pos..self.pos + self.active];
+            self.pos += self.active;
+            let base = hi | first as u128;
+            match (
+                <&[u64; 3 * L]>::try_from(words),
+                <&[u8; L]>::try_from(control),
+            ) {
+                (Ok(w), Ok(z)) => {
+                    k.three_halves_evaluate(keys, a, b, c, w, z, base, &THREE_HALVES_EVAL_MASKS)
+                }
+                _ => {
+                    let mut w = [0u64; 3 * L];
+                    let mut z = [0u8; L];
+                    w[..words.len()].copy_from_slice(words);
+                    z[..control.len()].copy_from_slice(control);
+                    k.three_halves_evaluate(keys, a, b, c, &w, &z, base, &THREE_HALVES_EVAL_MASKS);
+                }
+            }
+            self.gate += 1;
+            return id;
+        }
         // Lane l: [A, B, A⊕B] at 3l..3l+3, tweaks j, j+1, j+2.
         let mut s = [[0u128; 3]; L];
         for (l, blocks) in self.buf.chunks_exact_mut(3).enumerate() {

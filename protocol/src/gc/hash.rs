@@ -11,7 +11,9 @@ use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128;
 
+use super::accel::{AesNi, RoundKeys};
 use super::simd::V;
+use super::GcError;
 
 /// A 128-bit wire label or hash output.
 pub type Block = u128;
@@ -46,10 +48,49 @@ pub fn from_aes(b: &AesBlock) -> Block {
     u128::from_le_bytes(a)
 }
 
+/// Which implementation fixed-key AES and the AND-gate kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// The `aes` crate (AES-NI detected at run time inside it) and SSE2 /
+    /// `u128` gate code: every target.
+    Portable,
+    /// Hand-fused AES-NI gate kernels (`gc/kernels.rs`), x86-64 with AES-NI and SSE4.1.
+    AesNi,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    pub fn best() -> Self {
+        if AesNi::detect().is_some() {
+            Kernel::AesNi
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// Every kernel this CPU supports (the portable one first).
+    pub fn available() -> Vec<Self> {
+        let mut k = vec![Kernel::Portable];
+        if AesNi::detect().is_some() {
+            k.push(Kernel::AesNi);
+        }
+        k
+    }
+
+    /// Name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::AesNi => "aes-ni",
+        }
+    }
+}
+
 /// Fixed-key AES permutation `π` and the tweakable hash built on it.
 #[derive(Clone)]
 pub struct FixedKeyHash {
     cipher: Aes128,
+    accel: Option<(AesNi, RoundKeys)>,
     buf: Vec<aes::Block>,
 }
 
@@ -66,12 +107,45 @@ impl Default for FixedKeyHash {
 }
 
 impl FixedKeyHash {
-    /// The hash under [`FIXED_KEY`].
+    /// The hash under [`FIXED_KEY`], with the fastest kernel this CPU supports.
     pub fn new() -> Self {
+        let accel = AesNi::detect().map(|k| (k, k.expand_key(u128::from_le_bytes(FIXED_KEY))));
         Self {
             cipher: Aes128::new(&GenericArray::from(FIXED_KEY)),
+            accel,
             buf: Vec::new(),
         }
+    }
+
+    /// The hash with a chosen kernel (an error if this CPU lacks it).
+    pub fn with_kernel(kernel: Kernel) -> Result<Self, GcError> {
+        let mut h = Self::new();
+        match kernel {
+            Kernel::Portable => h.accel = None,
+            Kernel::AesNi => {
+                if h.accel.is_none() {
+                    return Err(GcError::Parameters {
+                        reason: "the aes-ni kernel needs a CPU with AES-NI and SSE4.1".into(),
+                    });
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    /// The kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        if self.accel.is_some() {
+            Kernel::AesNi
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// The AES-NI token and the fixed key's round keys, when that kernel is in use.
+    #[inline(always)]
+    pub(crate) fn accel(&self) -> Option<(AesNi, &RoundKeys)> {
+        self.accel.as_ref().map(|(k, keys)| (*k, keys))
     }
 
     /// `π(x)`: one fixed-key AES encryption (little-endian byte order of the `u128`).
@@ -128,6 +202,10 @@ impl FixedKeyHash {
         xs: &mut [Block; N],
         tweak: impl Fn(usize) -> Block,
     ) {
+        if let Some((k, keys)) = self.accel() {
+            k.hash(keys, xs, tweak);
+            return;
+        }
         let mut buf = [aes::Block::default(); N];
         let mut sigmas = [V::of(0); N];
         for (k, ((x, b), s)) in xs.iter().zip(buf.iter_mut()).zip(&mut sigmas).enumerate() {
@@ -141,18 +219,48 @@ impl FixedKeyHash {
     }
 
     /// Measures `π`'s throughput on this core: blocks per second, encrypting
-    /// a 16384-block buffer in place (8 blocks in flight) for at least `min_time`.
+    /// a 16384-block buffer in place (8 blocks in flight) for at least
+    /// `min_time`, with this hash's kernel.
     pub fn aes_blocks_per_second(&self, min_time: std::time::Duration) -> f64 {
-        let mut blocks: Vec<aes::Block> = (0..1u128 << 14).map(to_aes).collect();
-        self.cipher.encrypt_blocks(&mut blocks);
         let start = std::time::Instant::now();
         let mut done = 0usize;
+        if let Some((k, keys)) = self.accel() {
+            let mut blocks: Vec<u128> = (0..1u128 << 14).collect();
+            k.encrypt(keys, &mut blocks);
+            let start = std::time::Instant::now();
+            while start.elapsed() < min_time {
+                k.encrypt(keys, &mut blocks);
+                done += blocks.len();
+            }
+            std::hint::black_box(&blocks);
+            return done as f64 / start.elapsed().as_secs_f64();
+        }
+        let mut blocks: Vec<aes::Block> = (0..1u128 << 14).map(to_aes).collect();
+        self.cipher.encrypt_blocks(&mut blocks);
         while start.elapsed() < min_time {
             self.cipher.encrypt_blocks(&mut blocks);
             done += blocks.len();
         }
         std::hint::black_box(&blocks);
         done as f64 / start.elapsed().as_secs_f64()
+    }
+
+    /// `π`'s aggregate throughput with `threads` threads encrypting their
+    /// own buffers at the same time (the unit for multi-threaded figures).
+    pub fn aes_blocks_per_second_threads(
+        &self,
+        threads: usize,
+        min_time: std::time::Duration,
+    ) -> f64 {
+        if threads <= 1 {
+            return self.aes_blocks_per_second(min_time);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| s.spawn(|| self.aes_blocks_per_second(min_time)))
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).sum()
+        })
     }
 }
 
@@ -161,6 +269,7 @@ impl FixedKeyHash {
 #[derive(Clone)]
 pub struct AesPrg {
     cipher: Aes128,
+    accel: Option<(AesNi, RoundKeys)>,
     counter: u128,
 }
 
@@ -175,10 +284,23 @@ impl std::fmt::Debug for AesPrg {
 impl AesPrg {
     /// A PRG from a 128-bit seed, starting at counter 0.
     pub fn new(seed: Block) -> Self {
+        Self::with_counter(seed, 0)
+    }
+
+    /// A PRG from a 128-bit seed, starting at block `counter` of its
+    /// stream (random access: `with_counter(s, c)` continues where `new(s)`
+    /// is after `c` blocks).
+    pub fn with_counter(seed: Block, counter: u128) -> Self {
         Self {
             cipher: Aes128::new(&GenericArray::from(seed.to_le_bytes())),
-            counter: 0,
+            accel: AesNi::detect().map(|k| (k, k.expand_key(seed))),
+            counter,
         }
+    }
+
+    /// Blocks drawn so far (the counter of the next block).
+    pub fn counter(&self) -> u128 {
+        self.counter
     }
 
     /// A PRG seeded from `rng`.
@@ -190,6 +312,11 @@ impl AesPrg {
 
     /// Fills `out` with the next pseudo-random blocks.
     pub fn fill(&mut self, out: &mut [Block]) {
+        if let Some((k, keys)) = &self.accel {
+            k.ctr(keys, self.counter, out);
+            self.counter = self.counter.wrapping_add(out.len() as u128);
+            return;
+        }
         const CHUNK: usize = 64;
         let mut buf = [aes::Block::default(); CHUNK];
         for part in out.chunks_mut(CHUNK) {

@@ -6,15 +6,20 @@
 //! * [`backend`]: the [`Backend`] trait, constant folding, plaintext and counting backends.
 //! * [`circuit`]: the truncated ReLU / truncate-only circuit on 43-bit share halves.
 //! * [`garble`]: half-gates and three-halves garbler/evaluator backends, `LANES` circuits per call.
+//! * [`accel`]: run-time detection of the AES-NI kernels (the crate's only `unsafe`: the calls into them).
+//! * `kernels` (x86-64): fused AES-NI AND-gate, hashing and counter-mode kernels.
 //! * [`simd`]: 128-bit label arithmetic on SSE2 registers (safe intrinsics) for the AND kernels.
 //! * [`engine`]: batch garbling/evaluation, input encoding, output re-masking mod `P`.
 //! * [`protocol`]: the two-party offline/online protocol over [`crate::net::Channel`].
 
+pub mod accel;
 pub mod backend;
 pub mod circuit;
 pub mod engine;
 pub mod garble;
 pub mod hash;
+#[cfg(target_arch = "x86_64")]
+mod kernels;
 pub mod protocol;
 pub mod simd;
 
@@ -160,6 +165,14 @@ pub enum GcError {
         /// Byte offset.
         offset: u64,
         /// What was wrong.
+        reason: String,
+    },
+    /// A worker thread of the session stopped without a result.
+    #[error("{site}: worker thread failed: {reason}")]
+    Worker {
+        /// The activation site.
+        site: String,
+        /// What the runtime reported.
         reason: String,
     },
     /// Oblivious transfer failed.

@@ -5,23 +5,61 @@
 //! site, offline: the client, which knows its share `b` already, extends
 //! correlated OTs for the bits of `b_h = b >> f` (phase `offline/ot`); the
 //! server garbles with the OT's zero labels as the client's input labels and
-//! sends tables plus output decoding (phase `offline/gc`). Online: one
-//! message of the server's input labels for `a_h = a >> f` (phase
-//! `online/gc`); the client evaluates and holds `z = v + ρ`, the server `ρ`.
-//! Sites are processed in chunks of [`CHUNK_CIRCUITS`] circuits so no frame
-//! outgrows the channel limit.
+//! sends tables plus output decoding (phase `offline/gc`). Online: the
+//! server's input labels for `a_h = a >> f` (phase `online/gc`); the client
+//! evaluates and holds `z = v + ρ`, the server `ρ`.
+//!
+//! # Pieces, threads and streaming
+//! A site of `count` circuits is cut into pieces ([`piece_sizes`], a
+//! function of `count` only, at most [`PIECE_CIRCUITS`] circuits each):
+//! one OT-extension message, one garbled-tables message and one
+//! label message per piece, each piece with its own batch tweak. Each
+//! party processes up to `threads` pieces at a time on worker threads
+//! (`tokio::task::spawn_blocking`) and hands finished pieces to the channel
+//! in order while later pieces are still being computed, so sending
+//! overlaps computing ([`GarblerSession::set_threads`],
+//! [`EvaluatorSession::set_threads`]; with one thread everything runs on
+//! the calling task, in order). Offline, the OT messages of a site all go
+//! first (client → server), then the tables (server → client): each party
+//! only writes or only reads in each stage, so no buffer size can deadlock
+//! the two. The output does not depend on the thread count: the pieces, their
+//! tweaks and their randomness (drawn in piece order from the session PRG)
+//! are the same.
+//!
+//! Each session accumulates the wall time of its stages ([`GcTimings`]):
+//! what `pibench micro relu` reports from its two-party run.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rand::{CryptoRng, RngCore};
 
-use super::engine::{self, CircuitShape, GarblerKeys, Garbling};
+use super::engine::{self, CircuitShape, GarbleSeeds, GarblerKeys, Garbling};
 use super::garble::GarbledTables;
-use super::hash::{AesPrg, Block};
+use super::hash::{AesPrg, Block, FixedKeyHash, Kernel};
 use super::{ActivationKind, GcError, Scheme};
 use crate::net::{Channel, NetError, Wire, WireError, WireReader};
-use crate::ot::{CotReceiver, CotSender, OtError};
+use crate::ot::{CotReceiver, CotSender, OtError, OtMessage, KAPPA};
 
-/// Circuits per message (4096 half-gates ReLUs ≈ 28 MB of tables).
-pub const CHUNK_CIRCUITS: usize = 4096;
+/// Most circuits per piece (1024 half-gates ReLUs ≈ 6.9 MB of tables).
+pub const PIECE_CIRCUITS: usize = 1024;
+
+/// Fewest circuits per piece of a site cut into more than one piece.
+const MIN_PIECE_CIRCUITS: usize = 64;
+
+/// How a site of `count` circuits is cut into pieces: about 16 pieces (so
+/// small sites still spread over threads), each a multiple of 16 circuits
+/// between 64 and [`PIECE_CIRCUITS`], the last one shorter.
+pub fn piece_sizes(count: usize) -> Vec<usize> {
+    let size = count
+        .div_ceil(16)
+        .next_multiple_of(16)
+        .clamp(MIN_PIECE_CIRCUITS, PIECE_CIRCUITS);
+    (0..count.div_ceil(size))
+        .map(|k| size.min(count - k * size))
+        .collect()
+}
 
 /// Phase names used for traffic accounting.
 pub mod phase {
@@ -33,18 +71,38 @@ pub mod phase {
     pub const ONLINE_GC: &str = "online/gc";
 }
 
+/// Wall time one party spent in each stage of its GC sessions, and the work done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct GcTimings {
+    /// OT extension (this party's side: from the first message to the last
+    /// labels, including waiting for the peer's messages), seconds.
+    pub ot_s: f64,
+    /// Correlated OTs extended.
+    pub ots: u64,
+    /// Garbling (garbler): from the OT labels to the last piece handed to the channel, seconds.
+    pub garble_s: f64,
+    /// Circuits garbled.
+    pub garbled: u64,
+    /// Encoding and sending the garbler's online labels, seconds.
+    pub encode_s: f64,
+    /// Evaluation (evaluator): from the first label message to the last result, seconds.
+    pub evaluate_s: f64,
+    /// Circuits evaluated.
+    pub evaluated: u64,
+}
+
 /// Every message of the GC protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GcMessage {
-    /// Garbled tables and output decoding of one chunk.
+    /// Garbled tables and output decoding of one piece.
     Garbled {
         /// Garbling scheme code.
         scheme: u8,
         /// Activation kind code.
         kind: u8,
-        /// Batch tweak (chunk sequence number in the session).
+        /// Batch tweak (piece sequence number in the session).
         batch: u64,
-        /// Circuits in this chunk.
+        /// Circuits in this piece.
         circuits: u32,
         /// Table words.
         words: Vec<u64>,
@@ -53,9 +111,9 @@ pub enum GcMessage {
         /// Output decoding field elements.
         decoding: Vec<u64>,
     },
-    /// The garbler's input labels of one chunk.
+    /// The garbler's input labels of one piece.
     GarblerLabels {
-        /// Batch tweak of the chunk.
+        /// Batch tweak of the piece.
         batch: u64,
         /// Labels, circuit-major.
         labels: Vec<Block>,
@@ -71,35 +129,59 @@ impl GcMessage {
     }
 }
 
+/// Packs the low 5 bits of each control byte, 8 gates (40 bits) at a time.
 fn pack_control(control: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + (control.len() * 5).div_ceil(8), 0);
-    for (g, &z) in control.iter().enumerate() {
-        for k in 0..5 {
-            let bit = g * 5 + k;
-            out[start + bit / 8] |= ((z >> k) & 1) << (bit % 8);
+    let mut groups = control.chunks_exact(8);
+    for g in &mut groups {
+        let mut acc = 0u64;
+        for (k, &z) in g.iter().enumerate() {
+            acc |= u64::from(z & 31) << (5 * k);
         }
+        out.extend_from_slice(&acc.to_le_bytes()[..5]);
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut acc = 0u64;
+        for (k, &z) in rest.iter().enumerate() {
+            acc |= u64::from(z & 31) << (5 * k);
+        }
+        out.extend_from_slice(&acc.to_le_bytes()[..(rest.len() * 5).div_ceil(8)]);
     }
 }
 
+/// Inverse of [`pack_control`] (`bytes` holds `(gates · 5).div_ceil(8)` bytes).
 fn unpack_control(bytes: &[u8], gates: usize) -> Vec<u8> {
-    (0..gates)
-        .map(|g| {
-            (0..5).fold(0u8, |z, k| {
-                let bit = g * 5 + k;
-                z | ((bytes[bit / 8] >> (bit % 8)) & 1) << k
-            })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(gates);
+    for (k, group) in bytes.chunks(5).enumerate() {
+        let mut b = [0u8; 8];
+        b[..group.len()].copy_from_slice(group);
+        let acc = u64::from_le_bytes(b);
+        let n = 8.min(gates - 8 * k);
+        out.extend((0..n).map(|g| (acc >> (5 * g)) as u8 & 31));
+    }
+    out
+}
+
+fn put_words(out: &mut Vec<u8>, words: &[u64]) {
+    #[cfg(target_endian = "little")]
+    out.extend_from_slice(bytemuck::cast_slice(words));
+    #[cfg(not(target_endian = "little"))]
+    for w in words {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
 }
 
 fn read_u64s(r: &mut WireReader<'_>, what: &str) -> Result<Vec<u64>, WireError> {
     let n = r.len_prefix(8, what)?;
     let raw = r.bytes(n * 8, what)?;
-    Ok(raw
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect())
+    let mut v = vec![0u64; n];
+    #[cfg(target_endian = "little")]
+    bytemuck::cast_slice_mut::<u64, u8>(&mut v).copy_from_slice(raw);
+    #[cfg(not(target_endian = "little"))]
+    for (x, c) in v.iter_mut().zip(raw.chunks_exact(8)) {
+        *x = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    }
+    Ok(v)
 }
 
 impl Wire for GcMessage {
@@ -124,15 +206,11 @@ impl Wire for GcMessage {
                 out.extend_from_slice(&batch.to_le_bytes());
                 out.extend_from_slice(&circuits.to_le_bytes());
                 out.extend_from_slice(&(words.len() as u32).to_le_bytes());
-                for w in words {
-                    out.extend_from_slice(&w.to_le_bytes());
-                }
+                put_words(out, words);
                 out.extend_from_slice(&(control.len() as u32).to_le_bytes());
                 pack_control(control, out);
                 out.extend_from_slice(&(decoding.len() as u32).to_le_bytes());
-                for d in decoding {
-                    out.extend_from_slice(&d.to_le_bytes());
-                }
+                put_words(out, decoding);
             }
             GcMessage::GarblerLabels { batch, labels } => {
                 out.reserve(13 + labels.len() * 16);
@@ -231,30 +309,105 @@ fn check_inputs(
     }
 }
 
+/// The thread count sessions start with: every core.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Seconds since `t`.
+fn since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// Up to `threads` jobs in flight on blocking worker threads, results taken
+/// in submission order. With one thread a job runs at submission, on the
+/// calling task.
+struct Pipeline<T> {
+    slots: VecDeque<Slot<T>>,
+    threads: usize,
+}
+
+enum Slot<T> {
+    Ready(Result<T, GcError>),
+    Running(tokio::task::JoinHandle<Result<T, GcError>>),
+}
+
+impl<T: Send + 'static> Pipeline<T> {
+    fn new(threads: usize) -> Self {
+        Self {
+            slots: VecDeque::new(),
+            threads: threads.max(1),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.slots.len() < self.threads
+    }
+
+    fn submit(&mut self, job: impl FnOnce() -> Result<T, GcError> + Send + 'static) {
+        if self.threads == 1 {
+            self.slots.push_back(Slot::Ready(job()));
+        } else {
+            self.slots
+                .push_back(Slot::Running(tokio::task::spawn_blocking(job)));
+        }
+    }
+
+    /// The oldest job's result (`None` when nothing is in flight).
+    async fn next(&mut self, site: &str) -> Option<Result<T, GcError>> {
+        Some(match self.slots.pop_front()? {
+            Slot::Ready(r) => r,
+            Slot::Running(h) => match h.await {
+                Ok(r) => r,
+                Err(e) => Err(GcError::Worker {
+                    site: site.to_string(),
+                    reason: e.to_string(),
+                }),
+            },
+        })
+    }
+}
+
+/// Packs the bits of `values` (`n` each, circuit-major: OT `c·n + i` is bit
+/// `i` of value `c`) as OT choice blocks.
+fn pack_value_bits(values: &[u64], n: usize) -> Vec<u128> {
+    let mut packed = vec![0u128; (values.len() * n).div_ceil(KAPPA)];
+    for (c, &v) in values.iter().enumerate() {
+        for i in 0..n {
+            let j = c * n + i;
+            packed[j / KAPPA] |= (((v >> i) & 1) as u128) << (j % KAPPA);
+        }
+    }
+    packed
+}
+
 /// The garbler's (server's) session: Δ-COT sender and label PRG.
 #[derive(Debug)]
 pub struct GarblerSession {
     cot: CotSender,
     prg: AesPrg,
     next_batch: u64,
+    threads: usize,
+    hash: Arc<FixedKeyHash>,
+    timings: Mutex<GcTimings>,
 }
 
 /// What the garbler keeps for one site after the offline phase.
 #[derive(Debug)]
 pub struct GarblerSite {
     shape: CircuitShape,
-    chunks: Vec<(u64, GarblerKeys)>,
+    pieces: Vec<(u64, GarblerKeys)>,
 }
 
 impl GarblerSite {
     /// Circuits at this site.
     pub fn count(&self) -> usize {
-        self.chunks.iter().map(|(_, k)| k.output_masks.len()).sum()
+        self.pieces.iter().map(|(_, k)| k.output_masks.len()).sum()
     }
 
     /// `ρ` per circuit: the client learns `v + ρ`.
     pub fn output_masks(&self) -> Vec<u64> {
-        self.chunks
+        self.pieces
             .iter()
             .flat_map(|(_, k)| k.output_masks.iter().copied())
             .collect()
@@ -275,12 +428,55 @@ impl GarblerSession {
             cot,
             prg: AesPrg::from_rng(rng),
             next_batch: 0,
+            threads: default_threads(),
+            hash: Arc::new(FixedKeyHash::new()),
+            timings: Mutex::new(GcTimings::default()),
         })
     }
 
     /// The free-XOR offset (shared with the COT correlation).
     pub fn delta(&self) -> Block {
         self.cot.delta()
+    }
+
+    /// Threads for OT extension, garbling and encoding (default: every core).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    /// The thread count.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Chooses the gate kernels (default: the fastest this CPU has); the
+    /// tables do not depend on the choice.
+    pub fn set_kernel(&mut self, kernel: Kernel) -> Result<(), GcError> {
+        self.hash = Arc::new(FixedKeyHash::with_kernel(kernel)?);
+        Ok(())
+    }
+
+    /// The gate kernels in use.
+    pub fn kernel(&self) -> Kernel {
+        self.hash.kernel()
+    }
+
+    /// Stage timings accumulated since the session started (or the last reset).
+    pub fn timings(&self) -> GcTimings {
+        self.timings.lock().map(|t| *t).unwrap_or_default()
+    }
+
+    /// Starts the stage timings from zero.
+    pub fn reset_timings(&self) {
+        if let Ok(mut t) = self.timings.lock() {
+            *t = GcTimings::default();
+        }
+    }
+
+    fn add_timings(&self, f: impl FnOnce(&mut GcTimings)) {
+        if let Ok(mut t) = self.timings.lock() {
+            f(&mut t);
+        }
     }
 
     /// Offline phase of one site with `count` circuits.
@@ -292,17 +488,70 @@ impl GarblerSession {
         site: &str,
     ) -> Result<GarblerSite, GcError> {
         let n = shape.input_bits();
-        let mut chunks = Vec::new();
-        let mut done = 0;
-        while done < count {
-            let m = CHUNK_CIRCUITS.min(count - done);
-            ch.set_phase(phase::OFFLINE_OT);
-            let q = self.cot.extend(ch, m * n).await.map_err(ot(site))?;
-            let batch = self.next_batch;
-            self.next_batch += 1;
-            let (garbling, keys) =
-                engine::garble(shape, self.cot.delta(), batch, &q, &mut self.prg, site)?;
-            ch.set_phase(phase::OFFLINE_GC);
+        let sizes = piece_sizes(count);
+        // Stage 1: the client's OT messages, one per piece, extended on the workers.
+        ch.set_phase(phase::OFFLINE_OT);
+        let start = Instant::now();
+        let mut qs: Vec<Vec<Block>> = Vec::with_capacity(sizes.len());
+        let mut pipe = Pipeline::new(self.threads);
+        let mut next = 0;
+        while qs.len() < sizes.len() {
+            while next < sizes.len() && pipe.has_room() {
+                let msg: OtMessage = ch.recv().await.map_err(net(site))?;
+                let job = self.cot.job(sizes[next] * n);
+                let name = site.to_string();
+                pipe.submit(move || job.run(&msg, 1).map_err(|e| ot(&name)(e)));
+                next += 1;
+            }
+            match pipe.next(site).await {
+                Some(q) => qs.push(q?),
+                None => break,
+            }
+        }
+        self.add_timings(|t| {
+            t.ot_s += since(start);
+            t.ots += (count * n) as u64;
+        });
+        // Stage 2: garble the pieces on the workers, send each as it is done.
+        ch.set_phase(phase::OFFLINE_GC);
+        let start = Instant::now();
+        let shared = Arc::new(shape.clone());
+        let delta = self.cot.delta();
+        let mut pieces = Vec::with_capacity(sizes.len());
+        let mut pending = qs.into_iter().zip(&sizes);
+        let mut pipe = Pipeline::new(self.threads);
+        loop {
+            while pipe.has_room() {
+                let Some((q, &m)) = pending.next() else { break };
+                let batch = self.next_batch;
+                self.next_batch += 1;
+                let seeds = GarbleSeeds::draw(&mut self.prg);
+                let (hash, shape, name) = (self.hash.clone(), shared.clone(), site.to_string());
+                pipe.submit(move || {
+                    let mut garbling = Garbling::default();
+                    let mut keys = GarblerKeys {
+                        delta,
+                        input_zero_labels: Vec::new(),
+                        output_masks: Vec::new(),
+                    };
+                    engine::garble_with(
+                        &hash,
+                        &shape,
+                        delta,
+                        batch,
+                        &q,
+                        seeds,
+                        &name,
+                        &mut garbling,
+                        &mut keys,
+                    )?;
+                    Ok((batch, m, garbling, keys))
+                });
+            }
+            let Some(done) = pipe.next(site).await else {
+                break;
+            };
+            let (batch, m, garbling, keys) = done?;
             let Garbling { tables, decoding } = garbling;
             ch.send(&GcMessage::Garbled {
                 scheme: shape.scheme.code(),
@@ -315,13 +564,16 @@ impl GarblerSession {
             })
             .await
             .map_err(net(site))?;
-            chunks.push((batch, keys));
-            done += m;
+            pieces.push((batch, keys));
         }
         ch.flush().await.map_err(net(site))?;
+        self.add_timings(|t| {
+            t.garble_s += since(start);
+            t.garbled += count as u64;
+        });
         Ok(GarblerSite {
             shape: shape.clone(),
-            chunks,
+            pieces,
         })
     }
 
@@ -344,8 +596,9 @@ impl GarblerSession {
         }
         check_inputs(&state.shape, a_h, "garbler input a_h", site)?;
         ch.set_phase(phase::ONLINE_GC);
+        let start = Instant::now();
         let mut done = 0;
-        for (batch, keys) in &state.chunks {
+        for (batch, keys) in &state.pieces {
             let m = keys.output_masks.len();
             let labels =
                 engine::encode_garbler_inputs(&state.shape, keys, &a_h[done..done + m], site)?;
@@ -358,6 +611,7 @@ impl GarblerSession {
             done += m;
         }
         ch.flush().await.map_err(net(site))?;
+        self.add_timings(|t| t.encode_s += since(start));
         Ok(())
     }
 }
@@ -367,20 +621,31 @@ impl GarblerSession {
 pub struct EvaluatorSession {
     cot: CotReceiver,
     next_batch: u64,
+    threads: usize,
+    hash: Arc<FixedKeyHash>,
+    timings: Mutex<GcTimings>,
+}
+
+/// One piece of a site as the evaluator holds it.
+#[derive(Debug)]
+struct EvalPiece {
+    batch: u64,
+    garbling: Garbling,
+    labels: Vec<Block>,
 }
 
 /// What the evaluator keeps for one site after the offline phase.
 #[derive(Debug)]
 pub struct EvaluatorSite {
     shape: CircuitShape,
-    chunks: Vec<(u64, Garbling, Vec<Block>)>,
+    pieces: Vec<Arc<EvalPiece>>,
 }
 
 impl EvaluatorSite {
     /// Circuits at this site.
     pub fn count(&self) -> usize {
         let n = self.shape.input_bits();
-        self.chunks.iter().map(|(_, _, l)| l.len() / n).sum()
+        self.pieces.iter().map(|p| p.labels.len() / n).sum()
     }
 }
 
@@ -394,7 +659,52 @@ impl EvaluatorSession {
         let cot = CotReceiver::setup(ch, rng)
             .await
             .map_err(ot("GC session setup"))?;
-        Ok(Self { cot, next_batch: 0 })
+        Ok(Self {
+            cot,
+            next_batch: 0,
+            threads: default_threads(),
+            hash: Arc::new(FixedKeyHash::new()),
+            timings: Mutex::new(GcTimings::default()),
+        })
+    }
+
+    /// Threads for OT extension and evaluation (default: every core).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    /// The thread count.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Chooses the gate kernels (default: the fastest this CPU has).
+    pub fn set_kernel(&mut self, kernel: Kernel) -> Result<(), GcError> {
+        self.hash = Arc::new(FixedKeyHash::with_kernel(kernel)?);
+        Ok(())
+    }
+
+    /// The gate kernels in use.
+    pub fn kernel(&self) -> Kernel {
+        self.hash.kernel()
+    }
+
+    /// Stage timings accumulated since the session started (or the last reset).
+    pub fn timings(&self) -> GcTimings {
+        self.timings.lock().map(|t| *t).unwrap_or_default()
+    }
+
+    /// Starts the stage timings from zero.
+    pub fn reset_timings(&self) {
+        if let Ok(mut t) = self.timings.lock() {
+            *t = GcTimings::default();
+        }
+    }
+
+    fn add_timings(&self, f: impl FnOnce(&mut GcTimings)) {
+        if let Ok(mut t) = self.timings.lock() {
+            f(&mut t);
+        }
     }
 
     /// Offline phase of one site: OT for the bits of `b_h` (`≤ P_f` each), then the garbled material.
@@ -407,16 +717,39 @@ impl EvaluatorSession {
     ) -> Result<EvaluatorSite, GcError> {
         check_inputs(shape, b_h, "evaluator input b_h", site)?;
         let n = shape.input_bits();
-        let mut chunks = Vec::new();
-        for part in b_h.chunks(CHUNK_CIRCUITS) {
-            let m = part.len();
-            let choices: Vec<bool> = part
-                .iter()
-                .flat_map(|&v| (0..n).map(move |i| (v >> i) & 1 == 1))
-                .collect();
-            ch.set_phase(phase::OFFLINE_OT);
-            let labels = self.cot.extend(ch, &choices).await.map_err(ot(site))?;
-            ch.set_phase(phase::OFFLINE_GC);
+        let sizes = piece_sizes(b_h.len());
+        // Stage 1: one OT message per piece, computed on the workers, sent in order.
+        ch.set_phase(phase::OFFLINE_OT);
+        let start = Instant::now();
+        let mut labels: Vec<Vec<Block>> = Vec::with_capacity(sizes.len());
+        let mut pipe = Pipeline::new(self.threads);
+        let mut offset = 0;
+        let mut next = 0;
+        while labels.len() < sizes.len() {
+            while next < sizes.len() && pipe.has_room() {
+                let m = sizes[next];
+                let choices = pack_value_bits(&b_h[offset..offset + m], n);
+                offset += m;
+                next += 1;
+                let job = self.cot.job(m * n, choices);
+                pipe.submit(move || Ok(job.run(1)));
+            }
+            let Some(done) = pipe.next(site).await else {
+                break;
+            };
+            let (msg, t) = done?;
+            ch.send(&msg).await.map_err(net(site))?;
+            labels.push(t);
+        }
+        ch.flush().await.map_err(net(site))?;
+        self.add_timings(|t| {
+            t.ot_s += since(start);
+            t.ots += (b_h.len() * n) as u64;
+        });
+        // Stage 2: the garbled pieces.
+        ch.set_phase(phase::OFFLINE_GC);
+        let mut pieces = Vec::with_capacity(sizes.len());
+        for (&m, labels) in sizes.iter().zip(labels) {
             let msg: GcMessage = ch.recv().await.map_err(net(site))?;
             let batch = self.next_batch;
             self.next_batch += 1;
@@ -442,7 +775,7 @@ impl EvaluatorSession {
             {
                 return Err(GcError::Parameters {
                     reason: format!(
-                        "{site}: garbled chunk has scheme {scheme}, kind {kind}, batch {got_batch}; \
+                        "{site}: garbled piece has scheme {scheme}, kind {kind}, batch {got_batch}; \
                          expected {}, {}, {batch}",
                         shape.scheme.code(),
                         shape.kind.code()
@@ -452,7 +785,7 @@ impl EvaluatorSession {
             if circuits as usize != m {
                 return Err(GcError::Length {
                     site: site.to_string(),
-                    what: "garbled chunk",
+                    what: "garbled piece",
                     expected: m,
                     got: circuits as usize,
                     unit: "circuits",
@@ -472,11 +805,15 @@ impl EvaluatorSession {
                 tables: GarbledTables { words, control },
                 decoding,
             };
-            chunks.push((batch, garbling, labels));
+            pieces.push(Arc::new(EvalPiece {
+                batch,
+                garbling,
+                labels,
+            }));
         }
         Ok(EvaluatorSite {
             shape: shape.clone(),
-            chunks,
+            pieces,
         })
     }
 
@@ -489,33 +826,60 @@ impl EvaluatorSession {
     ) -> Result<Vec<u64>, GcError> {
         ch.set_phase(phase::ONLINE_GC);
         let mut out = Vec::with_capacity(state.count());
-        for (batch, garbling, labels) in &state.chunks {
-            let msg: GcMessage = ch.recv().await.map_err(net(site))?;
-            let GcMessage::GarblerLabels {
-                batch: got_batch,
-                labels: garbler_labels,
-            } = msg
-            else {
-                return Err(GcError::Unexpected {
-                    site: site.to_string(),
-                    got: msg.kind_name(),
-                    expected: "garbler labels",
-                });
-            };
-            if got_batch != *batch {
-                return Err(GcError::Parameters {
-                    reason: format!("{site}: labels for batch {got_batch}, expected batch {batch}"),
+        let shape = Arc::new(state.shape.clone());
+        let mut pipe = Pipeline::new(self.threads);
+        let mut start = None;
+        let mut next = 0;
+        let mut done = 0;
+        while done < state.pieces.len() {
+            while next < state.pieces.len() && pipe.has_room() {
+                let piece = state.pieces[next].clone();
+                next += 1;
+                let msg: GcMessage = ch.recv().await.map_err(net(site))?;
+                start.get_or_insert_with(Instant::now);
+                let GcMessage::GarblerLabels {
+                    batch: got_batch,
+                    labels: garbler_labels,
+                } = msg
+                else {
+                    return Err(GcError::Unexpected {
+                        site: site.to_string(),
+                        got: msg.kind_name(),
+                        expected: "garbler labels",
+                    });
+                };
+                if got_batch != piece.batch {
+                    return Err(GcError::Parameters {
+                        reason: format!(
+                            "{site}: labels for batch {got_batch}, expected batch {}",
+                            piece.batch
+                        ),
+                    });
+                }
+                let (hash, shape, name) = (self.hash.clone(), shape.clone(), site.to_string());
+                pipe.submit(move || {
+                    engine::evaluate_with(
+                        &hash,
+                        &shape,
+                        piece.batch,
+                        &piece.garbling,
+                        &garbler_labels,
+                        &piece.labels,
+                        &name,
+                    )
                 });
             }
-            let z = engine::evaluate(
-                &state.shape,
-                *batch,
-                garbling,
-                &garbler_labels,
-                labels,
-                site,
-            )?;
-            out.extend(z);
+            let Some(z) = pipe.next(site).await else {
+                break;
+            };
+            out.extend(z?);
+            done += 1;
+        }
+        if let Some(start) = start {
+            self.add_timings(|t| {
+                t.evaluate_s += since(start);
+                t.evaluated += out.len() as u64;
+            });
         }
         Ok(out)
     }
@@ -524,7 +888,7 @@ impl EvaluatorSession {
 // ---------------------------------------------------------------- storage
 //
 // Offline material on disk (the inference store): each site is written as
-// its chunks in order; reading takes the expected shape and circuit count
+// its pieces in order (piece sizes from `piece_sizes(count)`); reading takes the expected shape and circuit count
 // from the caller (the protocol plan), derives every length from them and
 // checks every field, so a truncated or foreign file is an error naming the
 // byte offset, never an allocation the plan does not call for.
@@ -626,15 +990,10 @@ fn put_blocks(w: &mut impl std::io::Write, v: &[Block]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Chunk sizes of `count` circuits, as [`GarblerSession::offline`] makes them.
-fn chunk_sizes(count: usize) -> impl Iterator<Item = usize> {
-    (0..count.div_ceil(CHUNK_CIRCUITS)).map(move |k| CHUNK_CIRCUITS.min(count - k * CHUNK_CIRCUITS))
-}
-
 impl GarblerSite {
-    /// Writes the site (batch tweaks, Δ, input zero labels, output masks per chunk).
+    /// Writes the site (batch tweaks, Δ, input zero labels, output masks per piece).
     pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
-        for (batch, keys) in &self.chunks {
+        for (batch, keys) in &self.pieces {
             w.write_all(&batch.to_le_bytes())?;
             w.write_all(&keys.delta.to_le_bytes())?;
             put_blocks(w, &keys.input_zero_labels)?;
@@ -650,13 +1009,13 @@ impl GarblerSite {
         count: usize,
     ) -> Result<Self, GcError> {
         let n = shape.input_bits();
-        let mut chunks = Vec::new();
-        for m in chunk_sizes(count) {
+        let mut pieces = Vec::new();
+        for m in piece_sizes(count) {
             let batch = r.u64("batch")?;
             let delta = r.blocks(1, "delta")?[0];
             let input_zero_labels = r.blocks(m * n, "garbler input labels")?;
             let output_masks = r.field(m, "output masks")?;
-            chunks.push((
+            pieces.push((
                 batch,
                 GarblerKeys {
                     delta,
@@ -667,20 +1026,20 @@ impl GarblerSite {
         }
         Ok(Self {
             shape: shape.clone(),
-            chunks,
+            pieces,
         })
     }
 }
 
 impl EvaluatorSite {
-    /// Writes the site (batch tweaks, tables, control bits, decoding, input labels per chunk).
+    /// Writes the site (batch tweaks, tables, control bits, decoding, input labels per piece).
     pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
-        for (batch, garbling, labels) in &self.chunks {
-            w.write_all(&batch.to_le_bytes())?;
-            put_u64s(w, &garbling.tables.words)?;
-            w.write_all(&garbling.tables.control)?;
-            put_u64s(w, &garbling.decoding)?;
-            put_blocks(w, labels)?;
+        for p in &self.pieces {
+            w.write_all(&p.batch.to_le_bytes())?;
+            put_u64s(w, &p.garbling.tables.words)?;
+            w.write_all(&p.garbling.tables.control)?;
+            put_u64s(w, &p.garbling.decoding)?;
+            put_blocks(w, &p.labels)?;
         }
         Ok(())
     }
@@ -692,8 +1051,8 @@ impl EvaluatorSite {
         count: usize,
     ) -> Result<Self, GcError> {
         let n = shape.input_bits();
-        let mut chunks = Vec::new();
-        for m in chunk_sizes(count) {
+        let mut pieces = Vec::new();
+        for m in piece_sizes(count) {
             let batch = r.u64("batch")?;
             let words = r.u64s(shape.table_words(m), "garbled tables")?;
             let mut control = vec![0u8; shape.control_len(m)];
@@ -703,18 +1062,18 @@ impl EvaluatorSite {
             }
             let decoding = r.field(shape.decoding_len(m), "output decoding")?;
             let labels = r.blocks(m * n, "evaluator input labels")?;
-            chunks.push((
+            pieces.push(Arc::new(EvalPiece {
                 batch,
-                Garbling {
+                garbling: Garbling {
                     tables: GarbledTables { words, control },
                     decoding,
                 },
                 labels,
-            ));
+            }));
         }
         Ok(Self {
             shape: shape.clone(),
-            chunks,
+            pieces,
         })
     }
 }

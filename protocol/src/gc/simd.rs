@@ -28,6 +28,51 @@ mod imp {
         prefetch_et0(x)
     }
 
+    /// Transposes a 128×128 bit matrix in place (Eklundh's recursive block
+    /// swaps): the 64-bit level is one unpack per row pair, the finer levels
+    /// shift within 64-bit lanes (their masks never cross a lane), six SSE2
+    /// operations per row pair and level, on a stack copy that stays in L1.
+    pub fn transpose_128(m: &mut [u128; 128]) {
+        use safe_arch::{
+            shl_imm_u64_m128i, shr_imm_u64_m128i, unpack_high_i64_m128i, unpack_low_i64_m128i,
+        };
+        let mut x: [m128i; 128] = core::array::from_fn(|r| m128i::from(m[r]));
+        for r in 0..64 {
+            let (a, b) = (x[r], x[r + 64]);
+            x[r] = unpack_low_i64_m128i(a, b);
+            x[r + 64] = unpack_high_i64_m128i(a, b);
+        }
+        macro_rules! level {
+            ($j:literal, $mask:expr) => {{
+                let mask = m128i::from($mask);
+                let mut k = 0;
+                while k < 128 {
+                    for r in k..k + $j {
+                        let t = bitand_m128i(
+                            bitxor_m128i(shr_imm_u64_m128i::<$j>(x[r]), x[r + $j]),
+                            mask,
+                        );
+                        x[r + $j] = bitxor_m128i(x[r + $j], t);
+                        x[r] = bitxor_m128i(x[r], shl_imm_u64_m128i::<$j>(t));
+                    }
+                    k += 2 * $j;
+                }
+            }};
+        }
+        const fn lanes(m: u64) -> u128 {
+            (m as u128) << 64 | m as u128
+        }
+        level!(32, lanes(0x0000_0000_ffff_ffff));
+        level!(16, lanes(0x0000_ffff_0000_ffff));
+        level!(8, lanes(0x00ff_00ff_00ff_00ff));
+        level!(4, lanes(0x0f0f_0f0f_0f0f_0f0f));
+        level!(2, lanes(0x3333_3333_3333_3333));
+        level!(1, lanes(0x5555_5555_5555_5555));
+        for (o, v) in m.iter_mut().zip(x) {
+            *o = v.into();
+        }
+    }
+
     /// A 128-bit label in an SSE2 register.
     #[derive(Clone, Copy, Debug)]
     pub struct V(m128i);
@@ -79,6 +124,25 @@ mod imp {
     #[inline(always)]
     pub fn prefetch<T>(_x: &T) {}
 
+    /// Transposes a 128×128 bit matrix in place (the portable reference).
+    pub fn transpose_128(m: &mut [u128; 128]) {
+        let mut j = 64usize;
+        let mut mask: u128 = u64::MAX as u128;
+        while j != 0 {
+            let mut k = 0;
+            while k < 128 {
+                for r in k..k + j {
+                    let t = ((m[r] >> j) ^ m[r + j]) & mask;
+                    m[r + j] ^= t;
+                    m[r] ^= t << j;
+                }
+                k += 2 * j;
+            }
+            j >>= 1;
+            mask ^= mask << j;
+        }
+    }
+
     /// No prefetch hint on this target.
     #[inline(always)]
     pub fn prefetch_for_write<T>(_x: &T) {}
@@ -123,7 +187,7 @@ mod imp {
     }
 }
 
-pub use imp::{prefetch, prefetch_for_write, V};
+pub use imp::{prefetch, prefetch_for_write, transpose_128, V};
 
 impl V {
     /// A label from its `u128` value.

@@ -71,7 +71,8 @@ pub enum OtMessage {
     ExtensionColumns {
         /// Number of OTs extended (the columns are padded to a multiple of 128 bits).
         ots: u64,
-        /// `128 × ceil(ots / 128)` blocks, column-major.
+        /// `128 × ceil(ots / 128)` blocks, tile-major: for each group `w`
+        /// of 128 OTs, block `w` of column 0, 1, …, 127.
         columns: Vec<u128>,
     },
 }

@@ -1,0 +1,71 @@
+//! Dev-only: CPU time (schedstat) per ReLU of garble/evaluate on one thread.
+use pibench_protocol::gc::engine::{self, CircuitShape};
+use pibench_protocol::gc::hash::{AesPrg, FixedKeyHash};
+use pibench_protocol::gc::{ActivationKind, CircuitSpec, Scheme};
+use std::time::Duration;
+
+fn cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    s.split_whitespace().next().unwrap().parse::<f64>().unwrap() * 1e-9
+}
+
+fn main() {
+    let count: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(4096);
+    let reps: usize = std::env::args()
+        .nth(2)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(5);
+    let hash = FixedKeyHash::new();
+    // AES unit in CPU time.
+    let c0 = cpu();
+    let rate_wall = hash.aes_blocks_per_second(Duration::from_millis(500));
+    let c1 = cpu();
+    let rate_cpu = rate_wall * 0.5 / (c1 - c0).max(1e-9);
+    println!(
+        "AES blocks/s wall {rate_wall:.3e}, cpu {rate_cpu:.3e} ({:.2} ns/block cpu)",
+        1e9 / rate_cpu
+    );
+    let spec = CircuitSpec::default_fixed_point();
+    for scheme in [Scheme::HalfGates, Scheme::ThreeHalves] {
+        let shape = CircuitShape::new(spec, ActivationKind::Relu, scheme);
+        let n = shape.input_bits();
+        let mut prg = AesPrg::new(42);
+        let delta = engine::random_delta(&mut prg);
+        let a_h: Vec<u64> = (0..count)
+            .map(|_| (prg.next_block() as u64) % spec.modulus)
+            .collect();
+        let mut q = vec![0u128; count * n];
+        prg.fill(&mut q);
+        let mut bits = vec![0u128; count * n];
+        prg.fill(&mut bits);
+        let eval: Vec<u128> = q
+            .iter()
+            .zip(&bits)
+            .map(|(&l, &b)| if b & 1 == 1 { l ^ delta } else { l })
+            .collect();
+        let mut gt = Vec::new();
+        let mut et = Vec::new();
+        for _ in 0..reps {
+            let c0 = cpu();
+            let (g, k) = engine::garble(&shape, delta, 0, &q, &mut prg, "dev").unwrap();
+            let c1 = cpu();
+            let labels = engine::encode_garbler_inputs(&shape, &k, &a_h, "dev").unwrap();
+            let c2 = cpu();
+            let z = engine::evaluate(&shape, 0, &g, &labels, &eval, "dev").unwrap();
+            let c3 = cpu();
+            std::hint::black_box(z);
+            gt.push((c1 - c0) * 1e9 / count as f64);
+            et.push((c3 - c2) * 1e9 / count as f64);
+        }
+        gt.sort_by(f64::total_cmp);
+        et.sort_by(f64::total_cmp);
+        let (g, e) = (gt[gt.len() / 2], et[et.len() / 2]);
+        println!(
+            "{:>12}: garble {:.0} ns cpu = {:.0} AES-block times; evaluate {:.0} ns = {:.0} AES-block times  (min {:.0} / {:.0})",
+            scheme.name(), g, g * rate_cpu / 1e9, e, e * rate_cpu / 1e9, gt[0], et[0]
+        );
+    }
+}
