@@ -1,32 +1,42 @@
 //! `pibench micro relu`: garbled truncated-ReLU micro-benchmark.
 //!
-//! In one process and on one core it measures fixed-key AES throughput,
-//! garbling and evaluation time per ReLU (batched, no network), AND gates per
-//! ReLU, and the bytes per ReLU of a real two-party run over an in-memory
-//! duplex (base OT, OT extension, tables, decoding, online labels), with
-//! traffic counted per phase. Results are checked against the plaintext twin.
+//! Every figure comes from a real two-party run in one process: the garbler
+//! (server) and the evaluator (client) are two tokio tasks on their own
+//! runtime threads, connected by an in-memory duplex; base OT, OT
+//! extension, garbled tables, decoding, the garbler's online labels and the
+//! client's re-shared output (`z − r'` as an
+//! [`OnlineMessage::Reply`], 8 bytes per element) all cross the channel and
+//! are counted per phase. Times are the stage timings the GC sessions keep
+//! (`GcTimings`: OT extension, garbling, evaluation), for 1 thread and for
+//! `--threads` threads per party, and are also given in AES-block times: the
+//! time divided by the time of one fixed-key AES block at the aggregate rate
+//! of that many threads, measured in the same run. The result is checked
+//! against the plaintext twin through the real reply: the server's share
+//! `reply − ρ` plus the client's `r'` must equal the twin's value.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use pibench_models::fixed::{self, P};
-use pibench_protocol::gc::engine::{self, CircuitShape, GarblerKeys, Garbling};
-use pibench_protocol::gc::hash::{AesPrg, FixedKeyHash};
-use pibench_protocol::gc::protocol::{phase, EvaluatorSession, GarblerSession};
+use pibench_protocol::gc::engine::{self, CircuitShape};
+use pibench_protocol::gc::hash::{FixedKeyHash, Kernel};
+use pibench_protocol::gc::protocol::{phase, EvaluatorSession, GarblerSession, GcTimings};
 use pibench_protocol::gc::{ActivationKind, CircuitSpec, Scheme};
-use pibench_protocol::net;
-use pibench_protocol::ot::{CotReceiver, CotSender};
+use pibench_protocol::inference::OnlineMessage;
+use pibench_protocol::net::{self, Meter};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
 /// Garbling scheme on the command line.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SchemeArg {
     /// Half-gates (2 blocks per AND).
     HalfGates,
     /// Three-halves (1.5 blocks + 5 bits per AND).
     ThreeHalves,
+    /// Both, side by side.
+    Both,
 }
 
 /// Activation circuit on the command line.
@@ -36,6 +46,17 @@ pub enum KindArg {
     Relu,
     /// Truncation only (identity elements).
     Truncate,
+}
+
+/// Gate kernels on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KernelArg {
+    /// The fastest this CPU supports.
+    Best,
+    /// The fused AES-NI kernels (x86-64 with AES-NI).
+    AesNi,
+    /// The portable kernels (`aes` crate, SSE2 / u128 gate code).
+    Portable,
 }
 
 /// Output format.
@@ -50,7 +71,7 @@ pub enum FormatArg {
 /// Arguments of `pibench micro relu`.
 #[derive(Debug, Args)]
 pub struct ReluArgs {
-    /// Number of ReLUs per batch.
+    /// Number of ReLUs (one activation site of this many elements).
     #[arg(long, default_value_t = 16384)]
     count: usize,
     /// Garbling scheme.
@@ -59,26 +80,50 @@ pub struct ReluArgs {
     /// Circuit: truncated ReLU or truncate-only.
     #[arg(long, value_enum, default_value_t = KindArg::Relu)]
     kind: KindArg,
-    /// Timed repetitions of garbling and evaluation (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    /// Threads per party for the multi-threaded runs (default: every core);
+    /// a one-thread run is always made as well.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Two-party runs per configuration (the median of each figure is reported).
+    #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Gate kernels.
+    #[arg(long, value_enum, default_value_t = KernelArg::Best)]
+    kernel: KernelArg,
     /// Output format.
     #[arg(long, value_enum, default_value_t = FormatArg::Table)]
     format: FormatArg,
 }
 
-/// Measured figures of one run.
+/// A time per ReLU in nanoseconds and in AES-block times.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Cost {
+    ns_per_relu: f64,
+    aes_blocks_per_relu: f64,
+}
+
+/// Figures of one scheme at one thread count.
 #[derive(Debug, serde::Serialize)]
-struct ReluReport {
+struct RunReport {
     scheme: &'static str,
-    kind: &'static str,
-    count: usize,
+    threads: usize,
+    kernel: &'static str,
+    /// Aggregate fixed-key AES rate of `threads` threads (the unit of the AES-block figures).
     aes_blocks_per_s: f64,
-    garble_ns_per_relu: f64,
-    evaluate_ns_per_relu: f64,
-    garble_cpu_ns_per_relu: Option<f64>,
-    evaluate_cpu_ns_per_relu: Option<f64>,
-    ot_extension_ns_per_relu: f64,
+    /// Garbling stage (garbler): OT labels → last table piece handed to the channel.
+    garble: Cost,
+    /// Evaluation stage (evaluator): first label message → last result.
+    evaluate: Cost,
+    /// OT-extension stage (both parties at once, wall time of the longer side).
+    ot_extension: Cost,
+    /// The garbler's online label encoding and sending.
+    encode: Cost,
+    /// AES blocks per ReLU the gates need (4 / 6 garbling, 2 / 3 evaluating per AND).
+    garble_aes_floor: usize,
+    evaluate_aes_floor: usize,
+    /// Stage time over the gates' AES floor.
+    garble_over_floor: f64,
+    evaluate_over_floor: f64,
     and_gates_per_relu: usize,
     free_gates_per_relu: usize,
     offline_ot_bytes_per_relu: f64,
@@ -88,34 +133,132 @@ struct ReluReport {
     online_gc_bytes_per_relu: f64,
     online_reveal_bytes_per_relu: f64,
     online_bytes_per_relu: f64,
+    /// Speed-up of each stage over the one-thread run (1 for the one-thread run).
+    garble_speedup: f64,
+    evaluate_speedup: f64,
+    ot_speedup: f64,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+/// What `--format json` prints.
+#[derive(Debug, serde::Serialize)]
+struct ReluReport {
+    kind: &'static str,
+    count: usize,
+    repeat: usize,
+    cores: usize,
+    runs: Vec<RunReport>,
+}
+
+/// What one two-party run measured.
+#[derive(Debug, Clone)]
+struct Sample {
+    garbler: GcTimings,
+    evaluator: GcTimings,
+    garbler_meter: Meter,
+    base_ot_bytes: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// CPU time of the calling thread (Linux `schedstat`), to separate the work
-/// from time lost to other processes on a shared machine.
-fn thread_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
-}
-
-/// Wall and CPU time of `f`.
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Option<Duration>) {
-    let c0 = thread_cpu();
-    let t0 = Instant::now();
-    let out = f();
-    let wall = t0.elapsed();
-    // The kernel updates the run-time counter at scheduler ticks: below
-    // ~20 ms of work the CPU figure is too coarse to report.
-    let cpu = match (c0, thread_cpu()) {
-        (Some(a), Some(b)) if wall >= Duration::from_millis(20) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    (out, wall, cpu)
+/// One two-party run: offline and online for `a_h`/`b_h`, then the client's
+/// reply `z − r'`; checks the reconstructed values against `expected`.
+#[allow(clippy::too_many_arguments)]
+fn two_party_run(
+    shape: &CircuitShape,
+    a_h: &[u64],
+    b_h: &[u64],
+    expected: &[u64],
+    threads: usize,
+    kernel: Kernel,
+    seed: u64,
+) -> anyhow::Result<Sample> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let count = a_h.len();
+    let (garbler, evaluator) = rt.block_on(async {
+        let (mut cs, mut cc) = net::duplex_pair();
+        let shape_s = shape.clone();
+        let shape_c = shape.clone();
+        let a_h = a_h.to_vec();
+        let b_h = b_h.to_vec();
+        let server = tokio::spawn(async move {
+            let mut rng = ChaCha12Rng::seed_from_u64(seed);
+            let mut session = GarblerSession::setup(&mut cs, &mut rng).await?;
+            session.set_threads(threads);
+            session.set_kernel(kernel)?;
+            let base = cs.meter().get(phase::OFFLINE_OT);
+            let site = session.offline(&mut cs, &shape_s, count, "micro").await?;
+            session.online(&mut cs, &site, &a_h, "micro").await?;
+            // The client's re-shared output: the server's share is reply − ρ.
+            cs.set_phase("online/reply");
+            let reply = match cs.recv::<OnlineMessage>().await? {
+                OnlineMessage::Reply { values, .. } if values.len() == count => values,
+                other => bail!("expected the client's reply of {count} values, got {other:?}"),
+            };
+            let shares: Vec<u64> = reply
+                .iter()
+                .zip(site.output_masks())
+                .map(|(&v, rho)| fixed::sub(v, rho))
+                .collect();
+            Ok::<_, anyhow::Error>((
+                shares,
+                session.timings(),
+                cs.meter().clone(),
+                base.bytes_sent + base.bytes_received,
+            ))
+        });
+        let client = tokio::spawn(async move {
+            let mut rng = ChaCha12Rng::seed_from_u64(seed ^ 0x9e37_79b9);
+            let mut session = EvaluatorSession::setup(&mut cc, &mut rng).await?;
+            session.set_threads(threads);
+            session.set_kernel(kernel)?;
+            let site = session.offline(&mut cc, &shape_c, &b_h, "micro").await?;
+            let z = session.online(&mut cc, &site, "micro").await?;
+            // Re-share: the client keeps r', sends z − r' (one field element per ReLU).
+            let r_next: Vec<u64> = (0..z.len()).map(|_| rng.gen_range(0..P)).collect();
+            let values = z
+                .iter()
+                .zip(&r_next)
+                .map(|(&z, &r)| fixed::sub(z, r))
+                .collect();
+            cc.set_phase("online/reply");
+            cc.send(&OnlineMessage::Reply {
+                node: 0,
+                step: 0,
+                values,
+            })
+            .await?;
+            cc.flush().await?;
+            Ok::<_, anyhow::Error>((r_next, session.timings(), cc.meter().clone()))
+        });
+        let s = server.await.context("garbler task")??;
+        let c = client.await.context("evaluator task")??;
+        Ok::<_, anyhow::Error>((s, c))
+    })?;
+    let (shares, gt, gm, base) = garbler;
+    let (r_next, et, em) = evaluator;
+    for (i, ((s, r), want)) in shares.iter().zip(&r_next).zip(expected).enumerate() {
+        if fixed::add(*s, *r) != *want {
+            bail!("self-check failed at ReLU {i}: the two-party result differs from the plaintext twin");
+        }
+    }
+    if em.total("").bytes_sent != gm.total("").bytes_received
+        || em.total("").bytes_received != gm.total("").bytes_sent
+    {
+        bail!("the two parties' byte counts disagree");
+    }
+    Ok(Sample {
+        garbler: gt,
+        evaluator: et,
+        garbler_meter: gm,
+        base_ot_bytes: base,
+    })
 }
 
 /// Runs the command.
@@ -123,20 +266,29 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let scheme = match args.scheme {
-        SchemeArg::HalfGates => Scheme::HalfGates,
-        SchemeArg::ThreeHalves => Scheme::ThreeHalves,
+    let schemes: Vec<Scheme> = match args.scheme {
+        SchemeArg::HalfGates => vec![Scheme::HalfGates],
+        SchemeArg::ThreeHalves => vec![Scheme::ThreeHalves],
+        SchemeArg::Both => vec![Scheme::HalfGates, Scheme::ThreeHalves],
     };
     let kind = match args.kind {
         KindArg::Relu => ActivationKind::Relu,
         KindArg::Truncate => ActivationKind::Truncate,
     };
+    let kernel = match args.kernel {
+        KernelArg::Best => Kernel::best(),
+        KernelArg::AesNi => Kernel::AesNi,
+        KernelArg::Portable => Kernel::Portable,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let many = args.threads.unwrap_or(cores).max(1);
+    let mut thread_counts = vec![1];
+    if many > 1 {
+        thread_counts.push(many);
+    }
     let spec = CircuitSpec::default_fixed_point();
-    let shape = CircuitShape::new(spec, kind, scheme);
-    let n = shape.input_bits();
     let count = args.count;
     let mut rng = ChaCha12Rng::from_entropy();
-
     // Random shares of random activations.
     let mut a_h = Vec::with_capacity(count);
     let mut b_h = Vec::with_capacity(count);
@@ -147,149 +299,100 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
         a_h.push(a >> spec.trunc_bits);
         b_h.push(b >> spec.trunc_bits);
     }
-    let expected = engine::evaluate_plain_batch(&shape, &a_h, &b_h);
-
-    let hash = FixedKeyHash::new();
-    let aes_blocks_per_s = hash.aes_blocks_per_second(Duration::from_millis(300));
-
-    // Correlated OT without a network, timed (both parties' work).
-    let (base, m1) = CotReceiver::base_start(&mut rng);
-    let (mut sender, m2) = CotSender::base_respond(&m1, &mut rng)?;
-    let mut receiver = CotReceiver::base_finish(&base, &m2)?;
-    let choices: Vec<bool> = b_h
-        .iter()
-        .flat_map(|&v| (0..n).map(move |i| (v >> i) & 1 == 1))
-        .collect();
-    let t0 = Instant::now();
-    let (msg, eval_labels) = receiver.extend_message(&choices);
-    let q = sender.extend_from(&msg, choices.len())?;
-    let ot_time = t0.elapsed();
-
-    let mut prg = AesPrg::from_rng(&mut rng);
-    let delta = sender.delta();
-    let mut garble_times = Vec::new();
-    let mut eval_times = Vec::new();
-    let mut garble_cpu = Vec::new();
-    let mut eval_cpu = Vec::new();
-    let mut garbling = Garbling::default();
-    let mut keys = GarblerKeys {
-        delta,
-        input_zero_labels: Vec::new(),
-        output_masks: Vec::new(),
-    };
-    // One untimed warm-up fills the reused buffers (as a streaming garbler would).
-    engine::garble_into(
-        &shape,
-        delta,
-        0,
-        &q,
-        &mut prg,
-        "micro",
-        &mut garbling,
-        &mut keys,
-    )?;
-    for rep in 1..=args.repeat.max(1) {
-        let batch = rep as u64;
-        let (res, wall, cpu) = timed(|| {
-            engine::garble_into(
-                &shape,
-                delta,
-                batch,
-                &q,
-                &mut prg,
-                "micro",
-                &mut garbling,
-                &mut keys,
-            )
-        });
-        res?;
-        garble_times.push(wall);
-        garble_cpu.extend(cpu);
-        let labels = engine::encode_garbler_inputs(&shape, &keys, &a_h, "micro")?;
-        let (z, wall, cpu) =
-            timed(|| engine::evaluate(&shape, batch, &garbling, &labels, &eval_labels, "micro"));
-        let z = z?;
-        eval_times.push(wall);
-        eval_cpu.extend(cpu);
-        for (i, ((z, rho), want)) in z.iter().zip(&keys.output_masks).zip(&expected).enumerate() {
-            if fixed::sub(*z, *rho) != *want {
-                bail!(
-                    "self-check failed at ReLU {i}: garbled result differs from the plaintext twin"
-                );
+    let hash = FixedKeyHash::with_kernel(kernel)?;
+    let mut runs = Vec::new();
+    for &scheme in &schemes {
+        let shape = CircuitShape::new(spec, kind, scheme);
+        let expected = engine::evaluate_plain_batch(&shape, &a_h, &b_h);
+        let mut one_thread: Option<(f64, f64, f64)> = None;
+        for &threads in &thread_counts {
+            // The unit: fixed-key AES blocks per second with this many threads at once.
+            let aes = hash.aes_blocks_per_second_threads(threads, Duration::from_millis(300));
+            let mut samples = Vec::new();
+            for rep in 0..args.repeat.max(1) {
+                samples.push(two_party_run(
+                    &shape,
+                    &a_h,
+                    &b_h,
+                    &expected,
+                    threads,
+                    kernel,
+                    rng.gen::<u64>() ^ rep as u64,
+                )?);
             }
+            let per = |f: &dyn Fn(&Sample) -> f64| {
+                median(samples.iter().map(f).collect()) * 1e9 / count as f64
+            };
+            let cost = |ns: f64| Cost {
+                ns_per_relu: ns,
+                aes_blocks_per_relu: ns * aes / 1e9,
+            };
+            let garble = cost(per(&|s| s.garbler.garble_s));
+            let evaluate = cost(per(&|s| s.evaluator.evaluate_s));
+            let ot = cost(per(&|s| s.garbler.ot_s.max(s.evaluator.ot_s)));
+            let encode = cost(per(&|s| s.garbler.encode_s));
+            let base = one_thread.get_or_insert((
+                garble.ns_per_relu,
+                evaluate.ns_per_relu,
+                ot.ns_per_relu,
+            ));
+            let (garble_speedup, evaluate_speedup, ot_speedup) = (
+                base.0 / garble.ns_per_relu,
+                base.1 / evaluate.ns_per_relu,
+                base.2 / ot.ns_per_relu,
+            );
+            let s = &samples[0];
+            let bytes = |p: &str| {
+                let t = s.garbler_meter.get(p);
+                (t.bytes_sent + t.bytes_received) as f64 / count as f64
+            };
+            let ot_bytes = bytes(phase::OFFLINE_OT) - s.base_ot_bytes as f64 / count as f64;
+            let gc_bytes = bytes(phase::OFFLINE_GC);
+            let online_gc = bytes(phase::ONLINE_GC);
+            let reveal = bytes("online/reply");
+            let (g_per_and, e_per_and) = match scheme {
+                Scheme::HalfGates => (4, 2),
+                Scheme::ThreeHalves => (6, 3),
+            };
+            let garble_floor = g_per_and * shape.ands;
+            let evaluate_floor = e_per_and * shape.ands;
+            runs.push(RunReport {
+                scheme: scheme.name(),
+                threads,
+                kernel: kernel.name(),
+                aes_blocks_per_s: aes,
+                garble,
+                evaluate,
+                ot_extension: ot,
+                encode,
+                garble_aes_floor: garble_floor,
+                evaluate_aes_floor: evaluate_floor,
+                garble_over_floor: garble.aes_blocks_per_relu / garble_floor as f64,
+                evaluate_over_floor: evaluate.aes_blocks_per_relu / evaluate_floor as f64,
+                and_gates_per_relu: shape.ands,
+                free_gates_per_relu: shape.free_gates,
+                offline_ot_bytes_per_relu: ot_bytes,
+                offline_gc_bytes_per_relu: gc_bytes,
+                offline_bytes_per_relu: ot_bytes + gc_bytes,
+                base_ot_bytes: s.base_ot_bytes,
+                online_gc_bytes_per_relu: online_gc,
+                online_reveal_bytes_per_relu: reveal,
+                online_bytes_per_relu: online_gc + reveal,
+                garble_speedup,
+                evaluate_speedup,
+                ot_speedup,
+            });
         }
     }
-    let per_relu = |d: Duration| d.as_nanos() as f64 / count as f64;
-    let cpu_median = |v: Vec<Duration>| (!v.is_empty()).then(|| per_relu(median(v)));
-
-    // Bytes: a real two-party run over an in-memory duplex, on one thread.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .context("starting the tokio runtime")?;
-    let ((base_ot_bytes, garbler_meter), evaluator_meter) = rt.block_on(async {
-        let (mut cs, mut cc) = net::duplex_pair();
-        let shape_s = shape.clone();
-        let shape_c = shape.clone();
-        let a_h_s = a_h.clone();
-        let server = async move {
-            let mut rng = ChaCha12Rng::from_entropy();
-            let mut session = GarblerSession::setup(&mut cs, &mut rng).await?;
-            let base = cs.meter().get(phase::OFFLINE_OT);
-            let site = session
-                .offline(&mut cs, &shape_s, a_h_s.len(), "micro")
-                .await?;
-            session.online(&mut cs, &site, &a_h_s, "micro").await?;
-            Ok::<_, anyhow::Error>((base.bytes_sent + base.bytes_received, cs.meter().clone()))
-        };
-        let client = async move {
-            let mut rng = ChaCha12Rng::from_entropy();
-            let mut session = EvaluatorSession::setup(&mut cc, &mut rng).await?;
-            let site = session.offline(&mut cc, &shape_c, &b_h, "micro").await?;
-            let z = session.online(&mut cc, &site, "micro").await?;
-            Ok::<_, anyhow::Error>((cc.meter().clone(), z.len()))
-        };
-        let (s, c) = tokio::join!(server, client);
-        let (cm, zlen) = c?;
-        if zlen != count {
-            bail!("two-party run returned {zlen} results for {count} ReLUs");
-        }
-        Ok::<_, anyhow::Error>((s?, cm))
-    })?;
-    if evaluator_meter.total("").bytes_sent != garbler_meter.total("").bytes_received {
-        bail!("the two parties' byte counts disagree");
-    }
-    let per = |bytes: u64| bytes as f64 / count as f64;
-    let ot = garbler_meter.get(phase::OFFLINE_OT);
-    let gc = garbler_meter.get(phase::OFFLINE_GC);
-    let on = garbler_meter.get(phase::ONLINE_GC);
-    let ot_bytes = ot.bytes_sent + ot.bytes_received;
-    let ext_bytes = ot_bytes.saturating_sub(base_ot_bytes);
-    let gc_bytes = gc.bytes_sent + gc.bytes_received;
-    let online_bytes = on.bytes_sent + on.bytes_received;
-    // The client's masked result `z − r_next` (one field element) ends the online round.
-    let reveal = 8.0;
     let report = ReluReport {
-        scheme: scheme.name(),
         kind: match kind {
             ActivationKind::Relu => "relu",
             ActivationKind::Truncate => "truncate",
         },
         count,
-        aes_blocks_per_s,
-        garble_ns_per_relu: per_relu(median(garble_times)),
-        evaluate_ns_per_relu: per_relu(median(eval_times)),
-        garble_cpu_ns_per_relu: cpu_median(garble_cpu),
-        evaluate_cpu_ns_per_relu: cpu_median(eval_cpu),
-        ot_extension_ns_per_relu: ot_time.as_nanos() as f64 / count as f64,
-        and_gates_per_relu: shape.ands,
-        free_gates_per_relu: shape.free_gates,
-        offline_ot_bytes_per_relu: per(ext_bytes),
-        offline_gc_bytes_per_relu: per(gc_bytes),
-        offline_bytes_per_relu: per(ext_bytes + gc_bytes),
-        base_ot_bytes,
-        online_gc_bytes_per_relu: per(online_bytes),
-        online_reveal_bytes_per_relu: reveal,
-        online_bytes_per_relu: per(online_bytes) + reveal,
+        repeat: args.repeat.max(1),
+        cores,
+        runs,
     };
     match args.format {
         FormatArg::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -300,66 +403,113 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
 
 fn print_table(r: &ReluReport) {
     println!(
-        "garbled {} ({}), {} per batch, 1 core",
-        r.kind, r.scheme, r.count
+        "garbled {} × {}, two-party run in one process (duplex), median of {}; {} cores",
+        r.kind, r.count, r.repeat, r.cores
     );
-    let cpu = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
-    let rows: [(&str, String); 16] = [
+    let head: Vec<String> = r
+        .runs
+        .iter()
+        .map(|x| format!("{} ×{}", x.scheme, x.threads))
+        .collect();
+    print!("  {:<34}", "");
+    for h in &head {
+        print!(" {h:>18}");
+    }
+    println!();
+    type Row<'a> = (&'a str, Box<dyn Fn(&RunReport) -> String>);
+    let rows: Vec<Row> = vec![
+        ("kernel", Box::new(|x| x.kernel.to_string())),
         (
-            "AES blocks/s (fixed key)",
-            format!("{:.3e}", r.aes_blocks_per_s),
+            "AES blocks/s (fixed key, threads)",
+            Box::new(|x| format!("{:.3e}", x.aes_blocks_per_s)),
         ),
-        ("garble ns/ReLU", format!("{:.0}", r.garble_ns_per_relu)),
-        ("evaluate ns/ReLU", format!("{:.0}", r.evaluate_ns_per_relu)),
-        ("garble CPU ns/ReLU", cpu(r.garble_cpu_ns_per_relu)),
-        ("evaluate CPU ns/ReLU", cpu(r.evaluate_cpu_ns_per_relu)),
+        (
+            "garble ns/ReLU",
+            Box::new(|x| format!("{:.0}", x.garble.ns_per_relu)),
+        ),
+        (
+            "garble AES-block times/ReLU",
+            Box::new(|x| format!("{:.0}", x.garble.aes_blocks_per_relu)),
+        ),
+        (
+            "  (AES floor, ratio)",
+            Box::new(|x| format!("{} {:.2}×", x.garble_aes_floor, x.garble_over_floor)),
+        ),
+        (
+            "evaluate ns/ReLU",
+            Box::new(|x| format!("{:.0}", x.evaluate.ns_per_relu)),
+        ),
+        (
+            "evaluate AES-block times/ReLU",
+            Box::new(|x| format!("{:.0}", x.evaluate.aes_blocks_per_relu)),
+        ),
+        (
+            "  (AES floor, ratio)",
+            Box::new(|x| format!("{} {:.2}×", x.evaluate_aes_floor, x.evaluate_over_floor)),
+        ),
         (
             "OT extension ns/ReLU",
-            format!("{:.0}", r.ot_extension_ns_per_relu),
+            Box::new(|x| format!("{:.0}", x.ot_extension.ns_per_relu)),
         ),
-        ("AND gates/ReLU", r.and_gates_per_relu.to_string()),
-        ("free gates/ReLU", r.free_gates_per_relu.to_string()),
+        (
+            "OT extension AES-block times/ReLU",
+            Box::new(|x| format!("{:.0}", x.ot_extension.aes_blocks_per_relu)),
+        ),
+        (
+            "label encoding ns/ReLU",
+            Box::new(|x| format!("{:.0}", x.encode.ns_per_relu)),
+        ),
+        (
+            "speed-up garble / eval / OT",
+            Box::new(|x| {
+                format!(
+                    "{:.2} {:.2} {:.2}",
+                    x.garble_speedup, x.evaluate_speedup, x.ot_speedup
+                )
+            }),
+        ),
+        (
+            "AND gates/ReLU",
+            Box::new(|x| x.and_gates_per_relu.to_string()),
+        ),
+        (
+            "free gates/ReLU",
+            Box::new(|x| x.free_gates_per_relu.to_string()),
+        ),
         (
             "offline OT B/ReLU",
-            format!("{:.1}", r.offline_ot_bytes_per_relu),
+            Box::new(|x| format!("{:.1}", x.offline_ot_bytes_per_relu)),
         ),
         (
             "offline GC B/ReLU",
-            format!("{:.1}", r.offline_gc_bytes_per_relu),
+            Box::new(|x| format!("{:.1}", x.offline_gc_bytes_per_relu)),
         ),
         (
             "offline total B/ReLU",
-            format!("{:.1}", r.offline_bytes_per_relu),
+            Box::new(|x| format!("{:.1}", x.offline_bytes_per_relu)),
         ),
-        ("base OT B (once)", r.base_ot_bytes.to_string()),
+        (
+            "base OT B (once)",
+            Box::new(|x| x.base_ot_bytes.to_string()),
+        ),
         (
             "online labels B/ReLU",
-            format!("{:.1}", r.online_gc_bytes_per_relu),
+            Box::new(|x| format!("{:.1}", x.online_gc_bytes_per_relu)),
         ),
         (
-            "online reveal B/ReLU",
-            format!("{:.1}", r.online_reveal_bytes_per_relu),
+            "online reply B/ReLU",
+            Box::new(|x| format!("{:.2}", x.online_reveal_bytes_per_relu)),
         ),
         (
             "online total B/ReLU",
-            format!("{:.1}", r.online_bytes_per_relu),
-        ),
-        (
-            "tables B/ReLU (model)",
-            format!(
-                "{}",
-                Scheme::table_bytes(
-                    if r.scheme == "three-halves" {
-                        Scheme::ThreeHalves
-                    } else {
-                        Scheme::HalfGates
-                    },
-                    r.and_gates_per_relu,
-                )
-            ),
+            Box::new(|x| format!("{:.1}", x.online_bytes_per_relu)),
         ),
     ];
-    for (k, v) in rows {
-        println!("  {k:<26} {v:>12}");
+    for (name, f) in rows {
+        print!("  {name:<34}");
+        for x in &r.runs {
+            print!(" {:>18}", f(x));
+        }
+        println!();
     }
 }

@@ -219,6 +219,7 @@ impl HalfGatesGarbleScratch {
 
     /// The portable gate: σ and tweaks on SSE2, one batched call of the `aes` crate.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn garble(
         &mut self,
         hash: &FixedKeyHash,

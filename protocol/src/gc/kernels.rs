@@ -219,8 +219,8 @@ kernel! {
         }
         for (key, o) in ks.remainder().iter().zip(os.into_remainder()) {
             let mut b = xor(x0, v(key[0]));
-            for r in 1..10 {
-                b = _mm_aesenc_si128(b, v(key[r]));
+            for rk in &key[1..10] {
+                b = _mm_aesenc_si128(b, v(*rk));
             }
             *o = u(_mm_aesenclast_si128(b, v(key[10])));
         }
@@ -428,6 +428,7 @@ kernel! {
 kernel! {
     /// Evaluates one three-halves AND gate in all [`LANES`] lanes (`words`,
     /// `control` as [`three_halves_garble`] writes them).
+    #[allow(clippy::too_many_arguments)]
     pub fn three_halves_evaluate(
         keys: &RoundKeys,
         a: &Lanes,

@@ -303,7 +303,7 @@ impl SenderJob {
         let mut q = vec![0u128; tiles * KAPPA];
         // Column i takes u^i where Δ_i = 1.
         let select: [u128; KAPPA] =
-            core::array::from_fn(|i| (((self.delta >> i) & 1) as u128).wrapping_neg());
+            core::array::from_fn(|i| ((self.delta >> i) & 1).wrapping_neg());
         for_tiles(threads, tiles, &mut q, None, |first, rows, _| {
             let mut tile = [0u128; KAPPA];
             for (k, out) in rows.chunks_exact_mut(KAPPA).enumerate() {
