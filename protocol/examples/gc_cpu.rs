@@ -1,6 +1,7 @@
 //! Dev-only: CPU time (schedstat) per ReLU of garble/evaluate on one thread.
 use pibench_protocol::gc::engine::{self, CircuitShape};
-use pibench_protocol::gc::hash::{AesPrg, FixedKeyHash};
+use pibench_protocol::gc::engine::{GarbleSeeds, GarblerKeys, Garbling};
+use pibench_protocol::gc::hash::{AesPrg, FixedKeyHash, Kernel};
 use pibench_protocol::gc::{ActivationKind, CircuitSpec, Scheme};
 use std::time::Duration;
 
@@ -29,7 +30,11 @@ fn main() {
         1e9 / rate_cpu
     );
     let spec = CircuitSpec::default_fixed_point();
-    for scheme in [Scheme::HalfGates, Scheme::ThreeHalves] {
+    for (kernel, scheme) in Kernel::available()
+        .into_iter()
+        .flat_map(|k| [(k, Scheme::HalfGates), (k, Scheme::ThreeHalves)])
+    {
+        let hash = FixedKeyHash::with_kernel(kernel).unwrap();
         let shape = CircuitShape::new(spec, ActivationKind::Relu, scheme);
         let n = shape.input_bits();
         let mut prg = AesPrg::new(42);
@@ -50,11 +55,18 @@ fn main() {
         let mut et = Vec::new();
         for _ in 0..reps {
             let c0 = cpu();
-            let (g, k) = engine::garble(&shape, delta, 0, &q, &mut prg, "dev").unwrap();
+            let mut g = Garbling::default();
+            let mut k = GarblerKeys {
+                delta,
+                input_zero_labels: Vec::new(),
+                output_masks: Vec::new(),
+            };
+            let seeds = GarbleSeeds::draw(&mut prg);
+            engine::garble_with(&hash, &shape, delta, 0, &q, seeds, "dev", &mut g, &mut k).unwrap();
             let c1 = cpu();
             let labels = engine::encode_garbler_inputs(&shape, &k, &a_h, "dev").unwrap();
             let c2 = cpu();
-            let z = engine::evaluate(&shape, 0, &g, &labels, &eval, "dev").unwrap();
+            let z = engine::evaluate_with(&hash, &shape, 0, &g, &labels, &eval, "dev").unwrap();
             let c3 = cpu();
             std::hint::black_box(z);
             gt.push((c1 - c0) * 1e9 / count as f64);
@@ -64,8 +76,8 @@ fn main() {
         et.sort_by(f64::total_cmp);
         let (g, e) = (gt[gt.len() / 2], et[et.len() / 2]);
         println!(
-            "{:>12}: garble {:.0} ns cpu = {:.0} AES-block times; evaluate {:.0} ns = {:.0} AES-block times  (min {:.0} / {:.0})",
-            scheme.name(), g, g * rate_cpu / 1e9, e, e * rate_cpu / 1e9, gt[0], et[0]
+            "{:>8} {:>12}: garble {:.0} ns cpu = {:.0} AES-block times; evaluate {:.0} ns = {:.0} AES-block times  (min {:.0} / {:.0})",
+            kernel.name(), scheme.name(), g, g * rate_cpu / 1e9, e, e * rate_cpu / 1e9, gt[0], et[0]
         );
     }
 }
