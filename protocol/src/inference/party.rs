@@ -629,6 +629,7 @@ async fn server_session<R: RngCore + CryptoRng>(
     let keys = ServerKeysAll { linear, poly };
     ch.set_phase("setup/ot");
     let mut gc = GarblerSession::setup(ch, rng).await?;
+    gc.set_threads(settings.threads);
     let store = match &settings.store {
         Some(dir) => Some(Store::open(dir, &model.public, Role::Server)?),
         None => None,
@@ -1309,6 +1310,7 @@ async fn client_session<R: RngCore + CryptoRng>(
     let keys = ClientKeysAll { linear, poly };
     ch.set_phase("setup/ot");
     let mut gc = EvaluatorSession::setup(ch, rng).await?;
+    gc.set_threads(settings.threads);
     let store = match &settings.store {
         Some(dir) => Some(Store::open(dir, &public, Role::Client)?),
         None => None,

@@ -30,7 +30,8 @@ use super::InferenceError;
 
 const MAGIC: &[u8; 4] = b"PIST";
 const TRAILER: &[u8; 4] = b"DONE";
-const VERSION: u32 = 1;
+/// Store format version: 2 since GC sites are stored piece by piece.
+const VERSION: u32 = 2;
 const MANIFEST: &str = "pibench-store.json";
 
 static SESSIONS: AtomicU64 = AtomicU64::new(0);
