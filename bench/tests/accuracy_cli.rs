@@ -2,45 +2,17 @@
 //! figures it prints are the references' own, recomputed here.
 
 use std::path::Path;
-use std::process::Command;
 
 use pibench_models::arch::{ArchSpec, Dataset};
 use pibench_models::calibrate::truncation_points;
-use pibench_models::data::{ImageSet, Split, CIFAR_IMAGE_BYTES};
+use pibench_models::data::{ImageSet, Split};
 use pibench_models::file::{self, SaveOptions};
 use pibench_models::fixed::FixedPoint;
 use pibench_models::graph::{FeatureShape, Init};
 use pibench_models::reference::{argmax, forward_fixed, forward_float, EncodedNetwork};
-use rand::{Rng, SeedableRng};
-
-fn pibench(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pibench"))
-        .args(args)
-        .output()
-        .expect("run pibench");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// CIFAR-10 binary files with seeded random pixels and labels.
-fn write_cifar10(dir: &Path, per_batch: usize, test: usize, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut file = |name: &str, n: usize| {
-        let mut bytes = Vec::with_capacity(n * (1 + CIFAR_IMAGE_BYTES));
-        for _ in 0..n {
-            bytes.push(rng.gen_range(0..10u8));
-            bytes.extend((0..CIFAR_IMAGE_BYTES).map(|_| rng.gen::<u8>()));
-        }
-        std::fs::write(dir.join(name), bytes).unwrap();
-    };
-    for b in 1..=5 {
-        file(&format!("data_batch_{b}.bin"), per_batch);
-    }
-    file("test_batch.bin", test);
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{pibench, write_cifar10};
 
 fn write_model(path: &Path) {
     let net = ArchSpec::Resnet {
