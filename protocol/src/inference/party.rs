@@ -590,14 +590,13 @@ struct ServerKeysAll {
     poly: Option<ServerKeys>,
 }
 
-/// Runs the server's side of one session over `ch`.
-pub async fn run_server<R: RngCore + CryptoRng>(
+/// Ends a session: a clean shutdown after success; after an error, the
+/// error located (phase, node) and an abort sent to the peer.
+async fn end_session<T>(
     ch: &mut Channel,
-    model: &ServerModel,
-    settings: &Settings,
-    rng: &mut R,
-) -> Result<ServerOutcome, InferenceError> {
-    match server_session(ch, model, settings, rng).await {
+    outcome: Result<T, InferenceError>,
+) -> Result<T, InferenceError> {
+    match outcome {
         Ok(o) => {
             let _ = ch.shutdown().await;
             Ok(o)
@@ -607,6 +606,17 @@ pub async fn run_server<R: RngCore + CryptoRng>(
             Err(abort(ch, e).await)
         }
     }
+}
+
+/// Runs the server's side of one session over `ch`.
+pub async fn run_server<R: RngCore + CryptoRng>(
+    ch: &mut Channel,
+    model: &ServerModel,
+    settings: &Settings,
+    rng: &mut R,
+) -> Result<ServerOutcome, InferenceError> {
+    let outcome = server_session(ch, model, settings, rng).await;
+    end_session(ch, outcome).await
 }
 
 async fn server_session<R: RngCore + CryptoRng>(
@@ -1267,16 +1277,8 @@ pub async fn run_client<R: RngCore + CryptoRng>(
     settings: &Settings,
     rng: &mut R,
 ) -> Result<ClientOutcome, InferenceError> {
-    match client_session(ch, input, settings, rng).await {
-        Ok(o) => {
-            let _ = ch.shutdown().await;
-            Ok(o)
-        }
-        Err(e) => {
-            let e = locate(ch, e);
-            Err(abort(ch, e).await)
-        }
-    }
+    let outcome = client_session(ch, input, settings, rng).await;
+    end_session(ch, outcome).await
 }
 
 async fn client_session<R: RngCore + CryptoRng>(
