@@ -222,24 +222,32 @@ impl FixedKeyHash {
     /// a 16384-block buffer in place (8 blocks in flight) for at least
     /// `min_time`, with this hash's kernel.
     pub fn aes_blocks_per_second(&self, min_time: std::time::Duration) -> f64 {
-        let start = std::time::Instant::now();
         let mut done = 0usize;
         if let Some((k, keys)) = self.accel() {
             let mut blocks: Vec<u128> = (0..1u128 << 14).collect();
             k.encrypt(keys, &mut blocks);
+            // At least one timed pass: a thread descheduled for longer than
+            // `min_time` before its first check must not report 0 blocks/s.
             let start = std::time::Instant::now();
-            while start.elapsed() < min_time {
+            loop {
                 k.encrypt(keys, &mut blocks);
                 done += blocks.len();
+                if start.elapsed() >= min_time {
+                    break;
+                }
             }
             std::hint::black_box(&blocks);
             return done as f64 / start.elapsed().as_secs_f64();
         }
         let mut blocks: Vec<aes::Block> = (0..1u128 << 14).map(to_aes).collect();
         self.cipher.encrypt_blocks(&mut blocks);
-        while start.elapsed() < min_time {
+        let start = std::time::Instant::now();
+        loop {
             self.cipher.encrypt_blocks(&mut blocks);
             done += blocks.len();
+            if start.elapsed() >= min_time {
+                break;
+            }
         }
         std::hint::black_box(&blocks);
         done as f64 / start.elapsed().as_secs_f64()
