@@ -5,7 +5,8 @@ use std::path::Path;
 
 use pibench_models::arch::Dataset;
 use pibench_models::data::{
-    read_inputs, resize_bilinear, write_inputs, DataError, ImageSet, Split, CIFAR_IMAGE_BYTES,
+    detect, read_inputs, resize_bilinear, write_inputs, DataError, ImageSet, Split,
+    CIFAR_IMAGE_BYTES,
 };
 use pibench_models::graph::FeatureShape;
 
@@ -291,4 +292,61 @@ fn raw_sets_check_their_sizes() {
     );
     assert!(ImageSet::from_raw(Dataset::Cifar10, Split::Test, vec![0; 3072], vec![1, 2]).is_err());
     assert!(ImageSet::from_raw(Dataset::Cifar10, Split::Test, vec![0; 3072], vec![10]).is_err());
+}
+
+/// One image by its index (what `pibench run/client --data DIR --image K`
+/// reads), the dataset told from the folder's layout, and an index past the
+/// end refused with the split's size.
+#[test]
+fn one_image_by_index_and_the_dataset_from_the_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let c10 = dir.path().join("c10");
+    let nested = c10.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&nested).unwrap();
+    cifar10(&nested, 2, 3);
+    let c100 = dir.path().join("c100");
+    std::fs::create_dir_all(&c100).unwrap();
+    cifar_file(&c100.join("train.bin"), 0, 3, 2, |r| [1, (50 + r) as u8]);
+    cifar_file(&c100.join("test.bin"), 7, 2, 2, |r| [3, (90 + r) as u8]);
+    let tiny = dir.path().join("tiny");
+    std::fs::create_dir_all(&tiny).unwrap();
+    tiny_imagenet(&tiny);
+    assert_eq!(detect(&c10), Some(Dataset::Cifar10));
+    assert_eq!(detect(&nested), Some(Dataset::Cifar10));
+    assert_eq!(detect(&c100), Some(Dataset::Cifar100));
+    assert_eq!(detect(&tiny), Some(Dataset::TinyImageNet));
+    assert_eq!(detect(dir.path()), None);
+
+    let shape = FeatureShape::new(3, 32, 32);
+    let all = ImageSet::load(Dataset::Cifar10, &c10, Split::Train, None).unwrap();
+    for k in [0, 5, 9] {
+        let one = ImageSet::load_one(Dataset::Cifar10, &c10, Split::Train, k).unwrap();
+        assert_eq!((one.len(), one.total), (1, 10));
+        assert_eq!(one.label(0), all.label(k));
+        assert_eq!(
+            one.normalised(0, shape).unwrap(),
+            all.normalised(k, shape).unwrap()
+        );
+    }
+    let one = ImageSet::load_one(Dataset::Cifar100, &c100, Split::Test, 1).unwrap();
+    assert_eq!(one.label(0), 98);
+    assert_eq!(
+        one.normalised(0, shape).unwrap(),
+        expected(Dataset::Cifar100, 8)
+    );
+    let v = ImageSet::load_one(Dataset::TinyImageNet, &tiny, Split::Test, 3).unwrap();
+    assert_eq!(v.label(0), 196);
+    let e = ImageSet::load_one(Dataset::Cifar10, &c10, Split::Test, 3).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::NoSuchImage {
+                index: 3,
+                total: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("has 3 images"), "{e}");
 }

@@ -1,108 +1,28 @@
-//! Datasets in their official on-disk layouts, augmentation and batching.
+//! Datasets for training, augmentation and batching.
 //!
-//! * CIFAR-10 binary (`cifar-10-batches-bin/`: `data_batch_1..5.bin`,
-//!   `test_batch.bin`, records of 1 label byte + 3072 pixel bytes);
-//! * CIFAR-100 binary (`cifar-100-binary/`: `train.bin`, `test.bin`, records
-//!   of 2 label bytes (coarse, fine) + 3072 pixel bytes; the fine label is used);
-//! * Tiny-ImageNet (`wnids.txt`, `train/<wnid>/images/*.JPEG`,
-//!   `val/images/*.JPEG` + `val/val_annotations.txt`).
-//!
-//! `--data DIR` may point at the dataset folder itself or at its parent.
-//! Images are held as `u8` tensors `[N, 3, H, W]` on the CPU; batches are
+//! Reading is `pibench_models::data`'s (one reader for the CLI's `accuracy`,
+//! `calibrate` and `client --data` and for training): CIFAR-10/100 binary and
+//! Tiny-ImageNet folders, `--data DIR` at the dataset folder or its parent,
+//! every malformed record an error naming file, record and byte offset. Here
+//! the images are held as `u8` tensors `[N, 3, H, W]` on the CPU; batches are
 //! moved to the device, converted to `f32`, augmented (random crop with
-//! 4-pixel zero padding, horizontal flip) and normalised there.
+//! 4-pixel zero padding, horizontal flip) and normalised there with the same
+//! constants (`Dataset::normalisation`).
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use pibench_models::arch::Dataset as ModelDataset;
+use pibench_models::data::{ImageSet, Split as DataSplit};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
-use thiserror::Error;
+
+pub use pibench_models::data::DataError;
 
 /// Bytes of one 32×32 RGB image in the CIFAR binary formats.
 pub const CIFAR_IMAGE_BYTES: usize = 3 * 32 * 32;
 
-/// Errors of dataset loading.
-#[derive(Debug, Error)]
-pub enum DataError {
-    /// A file or folder the layout requires is absent.
-    #[error("{dataset}: missing {path}")]
-    Missing {
-        /// Dataset being loaded.
-        dataset: &'static str,
-        /// The path that was expected.
-        path: PathBuf,
-    },
-    /// Reading a file failed.
-    #[error("{dataset}: cannot read {path}: {source}")]
-    Io {
-        /// Dataset being loaded.
-        dataset: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// A binary file's size is not a whole number of records.
-    #[error("{dataset}: {path} has {len} bytes, not a multiple of the {record}-byte record size")]
-    RecordSize {
-        /// Dataset being loaded.
-        dataset: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// File length in bytes.
-        len: usize,
-        /// Expected record size in bytes.
-        record: usize,
-    },
-    /// A label is outside the dataset's class range.
-    #[error("{dataset}: {path}: label {label} at byte offset {offset} is not below {classes}")]
-    Label {
-        /// Dataset being loaded.
-        dataset: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The label value.
-        label: u32,
-        /// Byte offset of the label.
-        offset: usize,
-        /// Number of classes.
-        classes: usize,
-    },
-    /// An image could not be decoded or has the wrong size.
-    #[error("{dataset}: image {path}: {reason}")]
-    Image {
-        /// Dataset being loaded.
-        dataset: &'static str,
-        /// The image file.
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
-    /// A text index file is malformed.
-    #[error("{dataset}: {path} line {line}: {reason}")]
-    Index {
-        /// Dataset being loaded.
-        dataset: &'static str,
-        /// The index file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The dataset holds no images.
-    #[error("{dataset}: {split} split is empty")]
-    Empty {
-        /// Dataset being loaded.
-        dataset: &'static str,
-        /// Split name.
-        split: &'static str,
-    },
-}
-
-/// The supported datasets.
+/// The supported datasets (the command-line names of [`ModelDataset`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
@@ -116,45 +36,38 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
+    /// The models crate's dataset.
+    pub fn dataset(self) -> ModelDataset {
+        match self {
+            DatasetKind::Cifar10 => ModelDataset::Cifar10,
+            DatasetKind::Cifar100 => ModelDataset::Cifar100,
+            DatasetKind::TinyImagenet => ModelDataset::TinyImageNet,
+        }
+    }
+
     /// Number of classes.
     pub fn classes(self) -> usize {
-        match self {
-            DatasetKind::Cifar10 => 10,
-            DatasetKind::Cifar100 => 100,
-            DatasetKind::TinyImagenet => 200,
-        }
+        self.dataset().num_classes()
     }
 
     /// Image side length in pixels.
     pub fn image_size(self) -> i64 {
-        match self {
-            DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
-            DatasetKind::TinyImagenet => 64,
-        }
+        self.dataset().native_side() as i64
     }
 
     /// Input shape `3 × side × side`.
     pub fn input(self) -> pibench_models::graph::FeatureShape {
-        let s = self.image_size() as usize;
-        pibench_models::graph::FeatureShape::new(3, s, s)
+        self.dataset().input()
     }
 
     /// Name used in model files and logs (as in `pibench_models::file`).
     pub fn name(self) -> &'static str {
-        match self {
-            DatasetKind::Cifar10 => "cifar10",
-            DatasetKind::Cifar100 => "cifar100",
-            DatasetKind::TinyImagenet => "tinyimagenet",
-        }
+        self.dataset().name()
     }
 
     /// Per-channel mean and standard deviation used for normalisation.
     pub fn normalisation(self) -> ([f32; 3], [f32; 3]) {
-        match self {
-            DatasetKind::Cifar10 => ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
-            DatasetKind::Cifar100 => ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
-            DatasetKind::TinyImagenet => ([0.4802, 0.4481, 0.3975], [0.2302, 0.2265, 0.2262]),
-        }
+        self.dataset().normalisation()
     }
 }
 
@@ -168,6 +81,17 @@ pub struct Split {
 }
 
 impl Split {
+    /// The images of `set` as tensors.
+    fn of(set: &ImageSet) -> Split {
+        let n = set.len() as i64;
+        let side = set.side() as i64;
+        let labels: Vec<i64> = set.labels().iter().map(|&l| l as i64).collect();
+        Split {
+            images: Tensor::from_slice(set.pixels()).view([n, 3, side, side]),
+            labels: Tensor::from_slice(&labels),
+        }
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.size()[0] as usize
@@ -228,263 +152,17 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Loads `kind` from `dir` (the dataset folder or its parent).
+    /// Loads both splits of `kind` from `dir` (the dataset folder or its parent).
     pub fn load(kind: DatasetKind, dir: &Path) -> Result<Dataset, DataError> {
-        let (train, test) = match kind {
-            DatasetKind::Cifar10 => {
-                let root = locate(dir, "cifar-10-batches-bin", "data_batch_1.bin");
-                let train: Vec<PathBuf> = (1..=5)
-                    .map(|i| root.join(format!("data_batch_{i}.bin")))
-                    .collect();
-                let test = vec![root.join("test_batch.bin")];
-                (
-                    read_cifar("cifar10", &train, 1, 0, 10)?,
-                    read_cifar("cifar10", &test, 1, 0, 10)?,
-                )
-            }
-            DatasetKind::Cifar100 => {
-                let root = locate(dir, "cifar-100-binary", "train.bin");
-                (
-                    read_cifar("cifar100", &[root.join("train.bin")], 2, 1, 100)?,
-                    read_cifar("cifar100", &[root.join("test.bin")], 2, 1, 100)?,
-                )
-            }
-            DatasetKind::TinyImagenet => {
-                let root = locate(dir, "tiny-imagenet-200", "wnids.txt");
-                read_tiny(&root)?
-            }
-        };
-        let name = kind.name();
-        if train.is_empty() {
-            return Err(DataError::Empty {
-                dataset: name,
-                split: "train",
-            });
-        }
-        if test.is_empty() {
-            return Err(DataError::Empty {
-                dataset: name,
-                split: "test",
-            });
-        }
-        Ok(Dataset { kind, train, test })
+        let d = kind.dataset();
+        let train = ImageSet::load(d, dir, DataSplit::Train, None)?;
+        let test = ImageSet::load(d, dir, DataSplit::Test, None)?;
+        Ok(Dataset {
+            kind,
+            train: Split::of(&train),
+            test: Split::of(&test),
+        })
     }
-}
-
-/// `dir/sub` if it holds `marker`, else `dir`.
-fn locate(dir: &Path, sub: &str, marker: &str) -> PathBuf {
-    let nested = dir.join(sub);
-    if nested.join(marker).exists() {
-        nested
-    } else {
-        dir.to_path_buf()
-    }
-}
-
-fn read_file(dataset: &'static str, path: &Path) -> Result<Vec<u8>, DataError> {
-    if !path.exists() {
-        return Err(DataError::Missing {
-            dataset,
-            path: path.to_path_buf(),
-        });
-    }
-    fs::read(path).map_err(|source| DataError::Io {
-        dataset,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Reads CIFAR binary files whose records are `label_bytes` labels followed
-/// by 3072 pixels; the label used is byte `label_index` of the record.
-fn read_cifar(
-    dataset: &'static str,
-    files: &[PathBuf],
-    label_bytes: usize,
-    label_index: usize,
-    classes: usize,
-) -> Result<Split, DataError> {
-    let record = label_bytes + CIFAR_IMAGE_BYTES;
-    let mut pixels = Vec::new();
-    let mut labels = Vec::new();
-    for path in files {
-        let bytes = read_file(dataset, path)?;
-        if bytes.is_empty() || bytes.len() % record != 0 {
-            return Err(DataError::RecordSize {
-                dataset,
-                path: path.clone(),
-                len: bytes.len(),
-                record,
-            });
-        }
-        for (i, rec) in bytes.chunks_exact(record).enumerate() {
-            let label = rec[label_index] as usize;
-            if label >= classes {
-                return Err(DataError::Label {
-                    dataset,
-                    path: path.clone(),
-                    label: label as u32,
-                    offset: i * record + label_index,
-                    classes,
-                });
-            }
-            labels.push(label as i64);
-            pixels.extend_from_slice(&rec[label_bytes..]);
-        }
-    }
-    let n = labels.len() as i64;
-    Ok(Split {
-        images: Tensor::from_slice(&pixels).view([n, 3, 32, 32]),
-        labels: Tensor::from_slice(&labels),
-    })
-}
-
-fn read_lines(dataset: &'static str, path: &Path) -> Result<Vec<String>, DataError> {
-    let bytes = read_file(dataset, path)?;
-    let text = String::from_utf8(bytes).map_err(|e| DataError::Index {
-        dataset,
-        path: path.to_path_buf(),
-        line: 0,
-        reason: format!("not UTF-8: {e}"),
-    })?;
-    Ok(text.lines().map(|l| l.trim().to_string()).collect())
-}
-
-const TINY: &str = "tiny-imagenet";
-
-fn read_tiny(root: &Path) -> Result<(Split, Split), DataError> {
-    let wnids_path = root.join("wnids.txt");
-    let wnids: Vec<String> = read_lines(TINY, &wnids_path)?
-        .into_iter()
-        .filter(|l| !l.is_empty())
-        .collect();
-    if wnids.is_empty() {
-        return Err(DataError::Index {
-            dataset: TINY,
-            path: wnids_path,
-            line: 1,
-            reason: "no class ids".into(),
-        });
-    }
-    let class_of = |wnid: &str| wnids.iter().position(|w| w == wnid);
-
-    let mut train_files = Vec::new();
-    for (class, wnid) in wnids.iter().enumerate() {
-        let folder = root.join("train").join(wnid).join("images");
-        let entries = fs::read_dir(&folder).map_err(|_| DataError::Missing {
-            dataset: TINY,
-            path: folder.clone(),
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .map(|x| x.eq_ignore_ascii_case("jpeg") || x.eq_ignore_ascii_case("jpg"))
-                    .unwrap_or(false)
-            })
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(DataError::Missing {
-                dataset: TINY,
-                path: folder.join("*.JPEG"),
-            });
-        }
-        train_files.extend(files.into_iter().map(|f| (f, class)));
-    }
-
-    let ann_path = root.join("val").join("val_annotations.txt");
-    let mut val_files = Vec::new();
-    for (i, line) in read_lines(TINY, &ann_path)?.iter().enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let mut fields = line.split('\t');
-        let (Some(file), Some(wnid)) = (fields.next(), fields.next()) else {
-            return Err(DataError::Index {
-                dataset: TINY,
-                path: ann_path.clone(),
-                line: i + 1,
-                reason: "expected <file>\\t<wnid>".into(),
-            });
-        };
-        let class = class_of(wnid).ok_or_else(|| DataError::Index {
-            dataset: TINY,
-            path: ann_path.clone(),
-            line: i + 1,
-            reason: format!("class {wnid} is not in wnids.txt"),
-        })?;
-        val_files.push((root.join("val").join("images").join(file), class));
-    }
-    Ok((decode_all(&train_files)?, decode_all(&val_files)?))
-}
-
-/// Decodes 64×64 JPEGs on all available cores.
-fn decode_all(files: &[(PathBuf, usize)]) -> Result<Split, DataError> {
-    const SIDE: u32 = 64;
-    let per_image = (3 * SIDE * SIDE) as usize;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let chunk = files.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<Vec<u8>, DataError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    let mut out = Vec::with_capacity(part.len() * per_image);
-                    for (path, _) in part {
-                        let img = image::open(path).map_err(|e| DataError::Image {
-                            dataset: TINY,
-                            path: path.clone(),
-                            reason: e.to_string(),
-                        })?;
-                        let rgb = img.to_rgb8();
-                        if rgb.width() != SIDE || rgb.height() != SIDE {
-                            return Err(DataError::Image {
-                                dataset: TINY,
-                                path: path.clone(),
-                                reason: format!(
-                                    "is {}x{}, expected {SIDE}x{SIDE}",
-                                    rgb.width(),
-                                    rgb.height()
-                                ),
-                            });
-                        }
-                        // HWC → CHW.
-                        let raw = rgb.as_raw();
-                        for c in 0..3 {
-                            out.extend(raw.iter().skip(c).step_by(3));
-                        }
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(DataError::Image {
-                        dataset: TINY,
-                        path: PathBuf::new(),
-                        reason: "decoder thread panicked".into(),
-                    })
-                })
-            })
-            .collect()
-    });
-    let mut pixels = Vec::with_capacity(files.len() * per_image);
-    for p in parts {
-        pixels.extend(p?);
-    }
-    let labels: Vec<i64> = files.iter().map(|(_, c)| *c as i64).collect();
-    let n = labels.len() as i64;
-    let side = SIDE as i64;
-    Ok(Split {
-        images: Tensor::from_slice(&pixels).view([n, 3, side, side]),
-        labels: Tensor::from_slice(&labels),
-    })
 }
 
 /// Turns `u8` batches into normalised, optionally augmented `f32` batches on a device.

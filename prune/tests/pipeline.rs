@@ -552,7 +552,7 @@ fn bad_inputs_fail_before_training() {
     std::fs::write(&f, vec![0u8; 100]).unwrap();
     let err = run(base_args(dir.path(), &out, "snl", "100"));
     assert!(
-        err.contains("not a multiple of the 3073-byte record size"),
+        err.contains("not a positive multiple of the 3073-byte record size"),
         "{err}"
     );
     let err = run(base_args(dir.path(), &out, "deepreshape", "100"));

@@ -63,12 +63,14 @@ pub fn write_cifar100(dir: &Path, train: usize, test: usize, seed: u64) {
     }
 }
 
-/// Writes a Tiny-ImageNet layout with `classes` wnids, `per_class` training
-/// JPEGs each and `val` validation JPEGs.
+/// Writes a Tiny-ImageNet layout with 200 wnids, `per_class` training JPEGs for
+/// each of the first `classes` of them and `val` validation JPEGs.
 pub fn write_tiny(dir: &Path, classes: usize, per_class: usize, val: usize, seed: u64) {
     let root = dir.join("tiny-imagenet-200");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let wnids: Vec<String> = (0..classes).map(|i| format!("n{:08}", 1000 + i)).collect();
+    // A real Tiny-ImageNet lists 200 classes (the reader insists); images go
+    // to the first `classes`, the other class folders stay empty.
+    let wnids: Vec<String> = (0..200).map(|i| format!("n{:08}", 1000 + i)).collect();
     fs::create_dir_all(&root).unwrap();
     fs::write(root.join("wnids.txt"), wnids.join("\n") + "\n").unwrap();
     let save = |path: &Path, class: usize, rng: &mut ChaCha8Rng| {
@@ -85,6 +87,9 @@ pub fn write_tiny(dir: &Path, classes: usize, per_class: usize, val: usize, seed
     for (c, w) in wnids.iter().enumerate() {
         let folder = root.join("train").join(w).join("images");
         fs::create_dir_all(&folder).unwrap();
+        if c >= classes {
+            continue;
+        }
         for i in 0..per_class {
             save(&folder.join(format!("{w}_{i}.JPEG")), c, &mut rng);
         }
