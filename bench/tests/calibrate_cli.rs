@@ -189,3 +189,136 @@ fn calibrate_refuses_bad_options() {
     // A failed write leaves the model as it was.
     assert!(file::load(&model).unwrap().header.bounds.is_none());
 }
+
+/// The protocol and the calibrated bounds: `pibench run` refuses a model file
+/// without bounds under `--trunc local`, runs a calibrated one with ℓ from
+/// its bounds (input: a dataset image with its label), and refuses a file
+/// whose bounds say a point is unbounded.
+#[test]
+fn run_uses_calibrated_bounds_and_refuses_unbounded_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar10(dir.path(), 3, 4, 11);
+    let model = dir.path().join("m.safetensors");
+    write_model(&model);
+    let cal = dir.path().join("m.cal.safetensors");
+    let (m, d, c) = (
+        model.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+        cal.to_str().unwrap(),
+    );
+    let (ok, _, err) = pibench(&[
+        "calibrate",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--limit",
+        "8",
+        "--out",
+        c,
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+
+    // No bounds, local truncation: refused before any party starts.
+    let (ok, _, err) = pibench(&["run", "--model", m, "--threads", "2"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no calibrated magnitude bounds") && err.contains("pibench calibrate"),
+        "{err}"
+    );
+    // --relus replaces the calibrated masks: the bounds no longer apply, and it says why.
+    let (ok, _, err) = pibench(&["run", "--model", c, "--relus", "100", "--threads", "2"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--relus replaces the calibrated masks"),
+        "{err}"
+    );
+
+    // Calibrated: ℓ from the file's bounds, a test image as the input.
+    let (ok, stdout, err) = pibench(&[
+        "run",
+        "--model",
+        c,
+        "--data",
+        d,
+        "--image",
+        "2",
+        "--threads",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["reference"]["argmax_agrees"], true);
+    let lt = &v["local_truncation"];
+    assert!(
+        lt["bounds_source"]
+            .as_str()
+            .unwrap()
+            .contains("calibrated bounds"),
+        "{lt}"
+    );
+    assert!(lt["per_inference"].as_f64().unwrap() > 0.0);
+    let label = v["input"]["label"].as_u64().unwrap();
+    assert!(label < 10);
+    assert!(v["input"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("test image 2"));
+    assert_eq!(v["correct"].as_bool().unwrap(), {
+        let l: Vec<f64> = v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u64 == label
+    });
+    // The ℓ used per point is the calibrated one.
+    let b = file::load(&cal).unwrap().header.bounds.unwrap();
+    for p in lt["points"].as_array().unwrap() {
+        let (name, kind, l) = (
+            p[0].as_str().unwrap(),
+            p[1].as_str().unwrap(),
+            p[2].as_u64().unwrap(),
+        );
+        let pb = b
+            .points
+            .iter()
+            .find(|q| q.node == name && q.kind.to_string() == kind)
+            .unwrap();
+        assert_eq!(l, pb.bits as u64, "{name} {kind}");
+    }
+
+    // A point whose calibrated bound reaches 2^53 is unbounded: refused in both modes.
+    let loaded = file::load(&cal).unwrap();
+    let mut bad = b.clone();
+    let p = &mut bad.points[0];
+    p.fixed_max = 2f64.powi(53 - p.frac_bits as i32);
+    p.bound = p.fixed_max.max(p.float_max) * 2f64.powi(bad.margin_bits as i32);
+    p.bits = pibench_models::calibrate::magnitude_bits(p.bound * 2f64.powi(p.frac_bits as i32));
+    let unbounded = dir.path().join("m.unbounded.safetensors");
+    file::save(
+        &loaded.network,
+        &SaveOptions {
+            dataset: Some("cifar10".into()),
+            bounds: Some(bad),
+            ..Default::default()
+        },
+        &unbounded,
+    )
+    .unwrap();
+    for trunc in ["local", "exact"] {
+        let (ok, _, err) = pibench(&[
+            "run",
+            "--model",
+            unbounded.to_str().unwrap(),
+            "--trunc",
+            trunc,
+        ]);
+        assert!(!ok);
+        assert!(err.contains("is unbounded"), "{trunc}: {err}");
+    }
+}

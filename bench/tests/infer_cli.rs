@@ -156,6 +156,76 @@ fn server_serves_clients_one_after_another_and_survives_bad_ones() {
     assert!(log.matches(": done").count() == 2, "{log}");
 }
 
+/// `--max-clients 2`: two clients that connect at once are served at the same
+/// time (the second session starts before the first ends), each gets its own
+/// correct answer; with the default of 1 the sessions run one after the other.
+#[test]
+fn max_clients_serves_sessions_concurrently() {
+    for (max, concurrent) in [("2", true), ("1", false)] {
+        let (mut server, port, _dir) = start_server(&["--max-clients", max]);
+        let clients: Vec<_> = (0..2)
+            .map(|_| std::thread::spawn(move || client(port, &["--format", "json"])))
+            .collect();
+        let outs: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let mut logits = Vec::new();
+        for (ok, out, err) in &outs {
+            assert!(ok, "--max-clients {max}: {err}");
+            let v: serde_json::Value = serde_json::from_str(out).unwrap();
+            logits.push(v["logits"][0].clone());
+        }
+        // Same model and seeded input in both sessions: the same logits up to
+        // the local truncations' ±1 LSB (independent shares per session).
+        let a: Vec<f64> = logits[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let b: Vec<f64> = logits[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let max_abs = a.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 0.02 * (1.0 + max_abs),
+            "--max-clients {max}: sessions differ by {diff}"
+        );
+        server.0.kill().unwrap();
+        let mut log = String::new();
+        server
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        let events: Vec<&str> = log
+            .lines()
+            .filter_map(|l| {
+                if l.ends_with(": started") {
+                    Some("started")
+                } else if l.ends_with(": done") {
+                    Some("done")
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let want = if concurrent {
+            ["started", "started", "done", "done"]
+        } else {
+            ["started", "done", "started", "done"]
+        };
+        assert_eq!(events, want, "--max-clients {max}: {log}");
+    }
+}
+
 #[test]
 fn client_without_a_server_says_so() {
     let (ok, _, err) = client(1, &[]);

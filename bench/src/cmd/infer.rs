@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use pibench_models::data::{self, ImageSet};
 use pibench_models::fixed;
+use pibench_models::graph::FeatureShape;
 use pibench_models::reference::{self, argmax, EncodedNetwork, TruncationStat};
 use pibench_protocol::gc::Scheme;
 use pibench_protocol::he::HeParams;
@@ -27,7 +29,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use super::model_args::ModelArgs;
+use super::accuracy::SplitArg;
+use super::model_args::{BuiltModel, ModelArgs};
 
 /// Truncation mode on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -169,6 +172,63 @@ pub struct ServerArgs {
     report_json: Option<PathBuf>,
 }
 
+/// A dataset image as the input.
+#[derive(Debug, Clone, Args)]
+pub struct ImageInputArgs {
+    /// Take the input image from this dataset folder (CIFAR-10/100 binary or
+    /// Tiny-ImageNet, recognised by its layout), normalised as in training.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Index of the image in the split of --data.
+    #[arg(long, default_value_t = 0, requires = "data")]
+    pub image: usize,
+    /// Split of --data (test: Tiny-ImageNet's validation images).
+    #[arg(long, value_enum, default_value_t = SplitArg::Test, requires = "data")]
+    pub split: SplitArg,
+}
+
+/// Where an input came from, and its label when it is a dataset image.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InputInfo {
+    /// A file, a dataset image or a seeded random input.
+    pub source: String,
+    /// The image's label.
+    pub label: Option<usize>,
+}
+
+impl ImageInputArgs {
+    /// Reads the image at the network input `shape` (`None`: the dataset's
+    /// native size); `None` when --data is not given.
+    fn load(&self, shape: Option<FeatureShape>) -> anyhow::Result<Option<(Vec<f32>, InputInfo)>> {
+        let Some(dir) = &self.data else {
+            return Ok(None);
+        };
+        let dataset = data::detect(dir).with_context(|| {
+            format!(
+                "{}: not a CIFAR-10/100 binary or Tiny-ImageNet folder (no data_batch_1.bin, train.bin or wnids.txt)",
+                dir.display()
+            )
+        })?;
+        let set = ImageSet::load_one(dataset, dir, self.split.into(), self.image)?;
+        let side = dataset.native_side();
+        let shape = shape.unwrap_or(FeatureShape::new(3, side, side));
+        set.check_input(shape)?;
+        let x = set.normalised(0, shape)?;
+        let info = InputInfo {
+            source: format!(
+                "{} {} image {} ({}, label {})",
+                dataset.name(),
+                set.split.name(),
+                self.image,
+                set.origin(0),
+                set.label(0)
+            ),
+            label: Some(set.label(0)),
+        };
+        Ok(Some((x, info)))
+    }
+}
+
 /// Arguments of `pibench client`.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -176,11 +236,13 @@ pub struct ClientArgs {
     #[arg(long)]
     connect: String,
     /// A safetensors file with a tensor `input` of the network's input shape.
-    #[arg(long, conflicts_with = "random")]
+    #[arg(long, conflicts_with_all = ["random", "data"])]
     input: Option<PathBuf>,
     /// A seeded random input in [−2, 2) instead of --input.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "data")]
     random: bool,
+    #[command(flatten)]
+    image: ImageInputArgs,
     /// Seed of --random.
     #[arg(long, default_value_t = 7)]
     input_seed: u64,
@@ -211,8 +273,10 @@ pub struct RunArgs {
     #[command(flatten)]
     protocol: ProtocolArgs,
     /// A safetensors file with a tensor `input` of the network's input shape (default: a seeded random input).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "data")]
     input: Option<PathBuf>,
+    #[command(flatten)]
+    image: ImageInputArgs,
     /// Seed of the random input.
     #[arg(long, default_value_t = 7)]
     input_seed: u64,
@@ -289,6 +353,9 @@ pub struct ClientJson {
     pub logits: Vec<Vec<f64>>,
     /// Reports per inference.
     pub reports: Vec<PartyReport>,
+    /// Where the input came from.
+    #[serde(default)]
+    pub input: InputInfo,
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> anyhow::Result<()> {
@@ -302,6 +369,10 @@ fn write_json(path: &Path, v: &impl Serialize) -> anyhow::Result<()> {
 /// `pibench server`.
 pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     let built = args.model.build()?;
+    built.require_bounded(
+        args.protocol.trunc == TruncArg::Local,
+        args.model.uncalibrated,
+    )?;
     let model = ServerModel::new(built.net, built.fixed)?;
     let settings = args.protocol.settings();
     eprintln!(
@@ -336,6 +407,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
             let session = tokio::spawn(async move {
                 let _permit = permit;
                 let n = served;
+                eprintln!("pibench server: session {n} from {peer}: started");
                 let mut ch = match shaper::tcp_channel(stream, &settings.net) {
                     Ok(ch) => ch,
                     Err(e) => {
@@ -430,6 +502,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
                 act_frac_bits: pibench_models::fixed::FixedPoint::default().act_frac_bits,
                 max_weight_frac_bits: pibench_models::fixed::FixedPoint::default()
                     .max_weight_frac_bits,
+                uncalibrated: true,
             };
             let b = ma.build()?;
             let enc = EncodedNetwork::new(&b.net, b.fixed)?;
@@ -440,11 +513,22 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
     if args.inferences == 0 {
         bail!("--inferences must be at least 1");
     }
-    if args.input.is_none() && !args.random {
-        bail!("give --input FILE or --random");
+    if args.input.is_none() && !args.random && args.image.data.is_none() {
+        bail!("give --input FILE, --data DIR [--image K] or --random");
     }
+    let mut info = InputInfo {
+        source: format!("seeded random input (seed {})", args.input_seed),
+        label: None,
+    };
+    let image = args.image.load(None)?;
     let source = match &args.input {
+        _ if image.is_some() => {
+            let (x, i) = image.unwrap_or_default();
+            info = i;
+            InputSource::Values(vec![x; args.inferences])
+        }
         Some(p) => {
+            info.source = format!("{}", p.display());
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             let st = safetensors::SafeTensors::deserialize(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", p.display()))?;
@@ -479,6 +563,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
         model_hash: outcome.public.hash_hex(),
         logits: outcome.logits.clone(),
         reports: outcome.reports.clone(),
+        input: info.clone(),
     };
     if let Some(p) = &args.report_json {
         write_json(p, &json)?;
@@ -489,9 +574,17 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
             for (k, r) in outcome.reports.iter().enumerate() {
                 print_party_table(r, None);
                 let l = &outcome.logits[k];
+                let top = argmax(l).unwrap_or(0);
+                println!("input: {}", info.source);
+                if let Some(label) = info.label {
+                    println!(
+                        "inference {k}: class {top}, label {label} ({})",
+                        if top == label { "correct" } else { "wrong" }
+                    );
+                }
                 println!(
                     "inference {k}: argmax {} logits {:?}",
-                    argmax(l).unwrap_or(0),
+                    top,
                     l.iter()
                         .map(|v| (v * 1e4).round() / 1e4)
                         .collect::<Vec<_>>()
@@ -662,44 +755,78 @@ pub struct FailureBound {
     pub per_inference: f64,
     /// Per truncation point: name, kind, ℓ, elements.
     pub points: Vec<(String, String, u32, usize)>,
+    /// Truncation points where this input's magnitude exceeded the calibrated
+    /// bound (name, kind, this input's ℓ, the bound's ℓ); empty without bounds.
+    #[serde(default)]
+    pub exceeded: Vec<(String, String, u32, u32)>,
 }
 
+/// The failure bound of `local` truncation: per truncation point `ℓ` from the
+/// model file's calibrated bounds when it has them (they already carry their
+/// margin), otherwise from this input's own fixed-point reference run plus
+/// `margin` bits; times the elements that point truncates locally.
 fn failure_bound(
+    built: &BuiltModel,
     stats: &[TruncationStat],
     client: &PartyReport,
     local: bool,
     margin: u32,
 ) -> FailureBound {
     let mut points = Vec::new();
+    let mut exceeded = Vec::new();
     let mut total = 0.0;
     let mut elements = 0;
-    if local {
-        for s in stats {
-            // Elements of this point truncated locally: identity + polynomial (site
-            // input) or polynomial (second rounding) or all (batch norms, pools).
-            let node = client.nodes.get(s.node);
-            let n = match (s.kind, node) {
-                (reference::TruncKind::Site, Some(n)) => n.identity + n.poly,
-                (reference::TruncKind::SitePoly, Some(n)) => n.poly,
-                (_, Some(_)) => client.nodes.get(s.node).map_or(0, |_| 0).max(1),
-                _ => 0,
-            };
-            if n == 0 {
-                continue;
+    for s in stats {
+        let calibrated = built.bounds.as_ref().and_then(|b| b.get(&s.name, s.kind));
+        if let Some(b) = calibrated {
+            if s.bits > b.bits {
+                exceeded.push((s.name.clone(), s.kind.to_string(), s.bits, b.bits));
             }
-            let l = s.bits + margin;
-            total += n as f64 * fixed::local_truncation_failure_bound(l);
-            elements += n;
-            points.push((s.name.clone(), s.kind.to_string(), l, n));
         }
+        if !local {
+            continue;
+        }
+        // Elements of this point truncated locally: a site's identity and
+        // polynomial elements (its ReLU elements truncate in the garbled
+        // circuit), a polynomial's second rounding, every output of a batch
+        // norm or an average pool.
+        let n = match (s.kind, client.nodes.get(s.node)) {
+            (reference::TruncKind::Site, Some(n)) => n.identity + n.poly,
+            (reference::TruncKind::SitePoly, Some(n)) => n.poly,
+            (_, Some(_)) => built.net.nodes.get(s.node).map_or(0, |n| n.shape.len()),
+            _ => 0,
+        };
+        if n == 0 {
+            continue;
+        }
+        let l = match calibrated {
+            Some(b) => b.bits,
+            None => s.bits + margin,
+        };
+        total += n as f64 * fixed::local_truncation_failure_bound(l);
+        elements += n;
+        points.push((s.name.clone(), s.kind.to_string(), l, n));
     }
-    FailureBound {
-        bounds_source:
+    let (bounds_source, margin_bits) = match &built.bounds {
+        Some(b) => (
+            format!(
+                "the model file's calibrated bounds ({}, {} images)",
+                b.source, b.images
+            ),
+            b.margin_bits,
+        ),
+        None => (
             "largest pre-truncation magnitudes of this input's fixed-point reference run".into(),
-        margin_bits: margin,
+            margin,
+        ),
+    };
+    FailureBound {
+        bounds_source,
+        margin_bits,
         elements,
         per_inference: total,
         points,
+        exceeded,
     }
 }
 
@@ -716,6 +843,12 @@ pub struct RunJson {
     pub dataset: Option<String>,
     /// Counted ReLUs (default convention).
     pub relus: u64,
+    /// Where the input came from (and its label).
+    #[serde(default)]
+    pub input: InputInfo,
+    /// Whether the private inference's class equals the image's label.
+    #[serde(default)]
+    pub correct: Option<bool>,
     /// Agreed settings.
     pub settings: Vec<(String, String)>,
     /// Security of each component.
@@ -821,10 +954,27 @@ fn wait_for_port(path: &Path, child: &mut Child, limit: Duration) -> anyhow::Res
 /// `pibench run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let built = args.model.build()?;
+    built.require_bounded(
+        args.protocol.trunc == TruncArg::Local,
+        args.model.uncalibrated,
+    )?;
     let n_in = built.net.input.len();
-    let x = match &args.input {
-        Some(p) => read_input(p, n_in)?,
-        None => random_input(n_in, args.input_seed),
+    let (x, input_info) = match (&args.input, args.image.load(Some(built.net.input))?) {
+        (_, Some(image)) => image,
+        (Some(p), None) => (
+            read_input(p, n_in)?,
+            InputInfo {
+                source: p.display().to_string(),
+                label: None,
+            },
+        ),
+        (None, None) => (
+            random_input(n_in, args.input_seed),
+            InputInfo {
+                source: format!("seeded random input in [−2, 2) (seed {})", args.input_seed),
+                label: None,
+            },
+        ),
     };
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
@@ -920,10 +1070,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             &built.net,
             pibench_models::count::Convention::default(),
         ),
+        correct: input_info.label.map(|l| argmax(&logits) == Some(l)),
+        input: input_info,
         settings: cr.settings.clone(),
         security: cr.security.clone(),
         network: format!("{} on loopback", args.protocol.net),
-        local_truncation: failure_bound(&fixed_out.truncations, &cr, local, 1),
+        local_truncation: failure_bound(&built, &fixed_out.truncations, &cr, local, 1),
         layers: rows(&cr, Some(&s)),
         totals: totals(&cr, &s),
         logits: logits.clone(),
@@ -944,6 +1096,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 doc.relus,
                 &doc.model_hash[..16]
             );
+            println!("  input: {}", doc.input.source);
             for (k, v) in &doc.settings {
                 println!("  {k}: {v}");
             }
@@ -963,6 +1116,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 println!("  exact truncation: every truncation in a garbled circuit, failure probability 0");
             }
+            for (name, kind, got, bound) in &doc.local_truncation.exceeded {
+                println!(
+                    "  WARNING: this input exceeds the calibrated bound at {name} ({kind}): |y| < 2^{got}, bound 2^{bound}"
+                );
+            }
             print_party_table(&cr, Some(&s));
             println!(
                 "logits vs fixed-point reference: max |Δ| {:.3e} (max |logit| {:.3}), argmax {}; \
@@ -976,6 +1134,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 },
                 check.max_abs_diff_float
             );
+            if let (Some(label), Some(ok)) = (doc.input.label, doc.correct) {
+                println!(
+                    "private inference: class {}, label {label} ({})",
+                    argmax(&logits).unwrap_or(0),
+                    if ok { "correct" } else { "wrong" }
+                );
+            }
         }
     }
     if !check.argmax_agrees {

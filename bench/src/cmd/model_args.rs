@@ -7,11 +7,13 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use clap::Args;
 use pibench_models::arch::{parse_hrn_factors, ArchSpec, Dataset};
+use pibench_models::calibrate::{truncation_points, Bounds};
 use pibench_models::count::{relu_count, Convention};
 use pibench_models::file;
 use pibench_models::fixed::FixedPoint;
 use pibench_models::graph::{Init, Network};
 use pibench_models::mask::random_relu_mask;
+use pibench_models::reference::{EncodedNetwork, SAFE_BITS};
 
 /// Which network to run.
 #[derive(Debug, Clone, Args)]
@@ -39,6 +41,10 @@ pub struct ModelArgs {
     /// Cap on the per-layer weight fractional bits (≤ 16).
     #[arg(long, default_value_t = FixedPoint::default().max_weight_frac_bits)]
     pub max_weight_frac_bits: u32,
+    /// Run a model file that has no calibrated bounds (`pibench calibrate`) with
+    /// `--trunc local`: the failure bound then uses this input's own magnitudes.
+    #[arg(long)]
+    pub uncalibrated: bool,
 }
 
 /// A network and a one-line description of where it came from.
@@ -52,6 +58,60 @@ pub struct BuiltModel {
     pub dataset: Option<String>,
     /// Where weights and masks come from.
     pub source: String,
+    /// Whether the network came from a model file (not built from an architecture).
+    pub from_file: bool,
+    /// The model file's calibrated bounds, when they hold for this network and
+    /// fixed-point setting (see [`ModelArgs::build`]).
+    pub bounds: Option<Bounds>,
+    /// Why the model file's bounds are not used, when it has some.
+    pub bounds_note: Option<String>,
+}
+
+/// `ℓ` from which a value may leave the range the fixed-point arithmetic is
+/// safe in (`2^SAFE_BITS`, two bits below the field's size, where the
+/// reference reports an overflow): a truncation point whose bound is this
+/// large is unbounded.
+pub const UNBOUNDED_BITS: u32 = SAFE_BITS;
+
+impl BuiltModel {
+    /// Refuses a network whose magnitudes are not bounded well enough to run
+    /// privately: a calibrated truncation point at `ℓ ≥ SAFE_BITS` (values may
+    /// overflow the safe range: neither truncation mode is then correct), or — with
+    /// `local` truncation — a model file without calibrated bounds (its failure
+    /// bound would be unknown) unless `uncalibrated` is set. Networks built from
+    /// an architecture with random weights have no data to calibrate on; their
+    /// runs state that ℓ comes from the input itself.
+    pub fn require_bounded(&self, local: bool, uncalibrated: bool) -> anyhow::Result<()> {
+        if let Some(b) = &self.bounds {
+            if let Some(p) = b.points.iter().find(|p| p.bits >= UNBOUNDED_BITS) {
+                bail!(
+                    "{}: truncation point {} ({}) is unbounded: its calibrated bound {:.4e} is 2^{} at \
+                     2^{} fractional bits, and values from 2^{UNBOUNDED_BITS} on may overflow the field arithmetic; \
+                     lower --act-frac-bits/--max-weight-frac-bits or check the model",
+                    self.source,
+                    p.node,
+                    p.kind,
+                    p.bound,
+                    p.bits,
+                    p.frac_bits
+                );
+            }
+            return Ok(());
+        }
+        if local && self.from_file && !uncalibrated {
+            bail!(
+                "{}: no calibrated magnitude bounds{}, so the failure probability of `--trunc local` \
+                 is unknown; run `pibench calibrate --model FILE --data DIR` first, use `--trunc exact`, \
+                 or pass --uncalibrated to bound it with this input's own magnitudes",
+                self.source,
+                self.bounds_note
+                    .as_deref()
+                    .map(|n| format!(" usable here ({n})"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
 }
 
 fn looks_like_path(model: &str) -> bool {
@@ -72,6 +132,9 @@ impl ModelArgs {
         if self.no_stem_relu {
             v.push("--no-stem-relu".into());
         }
+        if self.uncalibrated {
+            v.push("--uncalibrated".into());
+        }
         v.extend([
             "--seed".into(),
             self.seed.to_string(),
@@ -87,7 +150,9 @@ impl ModelArgs {
     pub fn build(&self) -> anyhow::Result<BuiltModel> {
         let fixed = FixedPoint::new(self.act_frac_bits, self.max_weight_frac_bits)?;
         let dataset = self.dataset.as_deref().map(Dataset::parse).transpose()?;
-        let (mut net, ds, mut source) = if looks_like_path(&self.model) {
+        let mut file_bounds = None;
+        let from_file = looks_like_path(&self.model);
+        let (mut net, ds, mut source) = if from_file {
             let path = Path::new(&self.model);
             let loaded = file::load(path).with_context(|| format!("loading {}", path.display()))?;
             if let Some(d) = dataset {
@@ -104,6 +169,7 @@ impl ModelArgs {
             let ds = dataset
                 .map(|d| d.name().to_string())
                 .or(loaded.header.dataset.clone());
+            file_bounds = loaded.header.bounds.clone();
             (
                 loaded.network,
                 ds,
@@ -153,11 +219,40 @@ impl ModelArgs {
                 relu_count(&net, Convention::default())
             ));
         }
+        // Calibrated bounds hold for the network and scale plan they were measured on.
+        let (bounds, bounds_note) = match file_bounds {
+            None => (None, None),
+            Some(_) if self.relus.is_some() => (
+                None,
+                Some("--relus replaces the calibrated masks".to_string()),
+            ),
+            Some(b) => {
+                let enc = EncodedNetwork::new(&net, fixed)?;
+                match b.check(&truncation_points(&net, &enc)) {
+                    Ok(()) => {
+                        source.push_str(&format!(
+                            "; calibrated bounds ({} images, +{} bit margin)",
+                            b.images, b.margin_bits
+                        ));
+                        (Some(b), None)
+                    }
+                    Err(reason) => (
+                        None,
+                        Some(format!(
+                            "they were calibrated for another fixed-point setting: {reason}"
+                        )),
+                    ),
+                }
+            }
+        };
         Ok(BuiltModel {
             net,
             fixed,
             dataset: ds,
             source,
+            from_file,
+            bounds,
+            bounds_note,
         })
     }
 }
