@@ -139,6 +139,23 @@ fn a_table_runs_end_to_end_and_resume_keeps_measured_rows() {
     }
     let png = std::fs::read(out.join("tiny-latency.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // --replot rewrites the report and the plots from the JSON, measuring nothing.
+    let md = std::fs::read_to_string(out.join("tiny.md")).unwrap();
+    let csv = std::fs::read_to_string(out.join("tiny.csv")).unwrap();
+    for f in [
+        "tiny.md",
+        "tiny.csv",
+        "tiny-latency.png",
+        "tiny-breakdown.svg",
+    ] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    let o = table(&cfg, &out, &["--replot"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("tiny: rewrote"));
+    assert_eq!(std::fs::read_to_string(out.join("tiny.md")).unwrap(), md);
+    assert_eq!(std::fs::read_to_string(out.join("tiny.csv")).unwrap(), csv);
+    assert!(out.join("tiny-latency.png").is_file() && out.join("tiny-breakdown.svg").is_file());
     let svg = std::fs::read_to_string(out.join("tiny-breakdown.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("GC evaluation"));
 

@@ -81,6 +81,10 @@ pub struct TableArgs {
     /// Small, INSECURE HE parameters (tests only).
     #[arg(long, hide = true)]
     insecure_test_params: bool,
+    /// Measure nothing: rewrite each table's Markdown, CSV and plots from its
+    /// JSON in --out-dir (after a change to the report or the plots).
+    #[arg(long, conflicts_with_all = ["rows", "resume"])]
+    replot: bool,
 }
 
 /// Largest `--repeat`.
@@ -411,6 +415,27 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
     }
     if args.threads == Some(0) {
         bail!("--threads 0: expected at least 1");
+    }
+    if args.replot {
+        for path in &args.configs {
+            let cfg = TableConfig::load(path)?;
+            let json_path = args.out_dir.join(format!("{}.json", cfg.table.id));
+            let mut result = TableResult::read(&json_path)?
+                .with_context(|| format!("--replot: no results at {}", json_path.display()))?;
+            result.compute_ratios();
+            let mut files = result.write(&args.out_dir)?;
+            files.extend(write_plots(&result, &args.out_dir)?);
+            println!(
+                "{}: rewrote {}",
+                cfg.table.id,
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Ok(());
     }
     let filter = args.rows.as_deref().map(RowFilter::parse).transpose()?;
     let net = match &args.net {

@@ -632,6 +632,11 @@ fn run_once(
         .arg(model)
         .args(["--format", "json", "--trunc", trunc])
         .args(["--timeout", &opts.recv_timeout_s.to_string()])
+        // The rows' networks are written to fresh model files without
+        // calibrated bounds (most have seeded random weights and no data):
+        // latency does not depend on them, and the failure-bound column then
+        // takes ℓ from each run's own input, as the run's `bounds_source` says.
+        .arg("--uncalibrated")
         .arg("--json-out")
         .arg(&json);
     if let Some(n) = &opts.net {
