@@ -38,34 +38,47 @@ fn write_model(path: &Path) {
     file::save(&net, &opts, path).unwrap();
 }
 
-#[test]
-fn calibrate_writes_bounds_that_cover_their_images() {
+/// Synthetic CIFAR-10 files and the model in a new folder: (folder, model
+/// file, path for the calibrated file).
+fn setup(seed: u64) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    write_cifar10(dir.path(), 3, 4, 9);
+    write_cifar10(dir.path(), 3, 4, seed);
     let model = dir.path().join("m.safetensors");
     write_model(&model);
     let out = dir.path().join("m.cal.safetensors");
+    (dir, model, out)
+}
+
+/// `pibench calibrate --model M --data D EXTRA…`.
+fn calibrate(m: &str, d: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["calibrate", "--model", m, "--data", d];
+    args.extend_from_slice(extra);
+    pibench(&args)
+}
+
+#[test]
+fn calibrate_writes_bounds_that_cover_their_images() {
+    let (dir, model, out) = setup(9);
     let (m, d, o) = (
         model.to_str().unwrap(),
         dir.path().to_str().unwrap(),
         out.to_str().unwrap(),
     );
-    let (ok, stdout, err) = pibench(&[
-        "calibrate",
-        "--model",
+    let (ok, stdout, err) = calibrate(
         m,
-        "--data",
         d,
-        "--limit",
-        "8",
-        "--margin-bits",
-        "2",
-        "--out",
-        o,
-        "--format",
-        "json",
-        "--quiet",
-    ]);
+        &[
+            "--limit",
+            "8",
+            "--margin-bits",
+            "2",
+            "--out",
+            o,
+            "--format",
+            "json",
+            "--quiet",
+        ],
+    );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["bounds"]["images"], 8);
@@ -196,28 +209,13 @@ fn calibrate_refuses_bad_options() {
 /// whose bounds say a point is unbounded.
 #[test]
 fn run_uses_calibrated_bounds_and_refuses_unbounded_files() {
-    let dir = tempfile::tempdir().unwrap();
-    write_cifar10(dir.path(), 3, 4, 11);
-    let model = dir.path().join("m.safetensors");
-    write_model(&model);
-    let cal = dir.path().join("m.cal.safetensors");
+    let (dir, model, cal) = setup(11);
     let (m, d, c) = (
         model.to_str().unwrap(),
         dir.path().to_str().unwrap(),
         cal.to_str().unwrap(),
     );
-    let (ok, _, err) = pibench(&[
-        "calibrate",
-        "--model",
-        m,
-        "--data",
-        d,
-        "--limit",
-        "8",
-        "--out",
-        c,
-        "--quiet",
-    ]);
+    let (ok, _, err) = calibrate(m, d, &["--limit", "8", "--out", c, "--quiet"]);
     assert!(ok, "{err}");
 
     // No bounds, local truncation: refused before any party starts.

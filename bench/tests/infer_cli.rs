@@ -109,9 +109,32 @@ fn client(port: u16, extra: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A JSON array of numbers.
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Kills the server and returns what it wrote to stderr.
+fn server_log(mut server: Server) -> String {
+    server.0.kill().unwrap();
+    let mut log = String::new();
+    server
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    log
+}
+
 #[test]
 fn server_serves_clients_one_after_another_and_survives_bad_ones() {
-    let (mut server, port, _dir) = start_server(&[]);
+    let (server, port, _dir) = start_server(&[]);
     let (ok, out, err) = client(port, &["--format", "json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -134,24 +157,11 @@ fn server_serves_clients_one_after_another_and_survives_bad_ones() {
     assert_eq!(w["logits"].as_array().unwrap().len(), 2);
     // Same model, same seeded input: the same argmax as the first session.
     let am = |l: &serde_json::Value| {
-        let l: Vec<f64> = l
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let l = floats(l);
         (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b })
     };
     assert_eq!(am(&v["logits"][0]), am(&w["logits"][0]));
-    server.0.kill().unwrap();
-    let mut log = String::new();
-    server
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = server_log(server);
     assert!(log.contains("truncation differs"), "{log}");
     assert!(log.matches(": done").count() == 2, "{log}");
 }
@@ -162,7 +172,7 @@ fn server_serves_clients_one_after_another_and_survives_bad_ones() {
 #[test]
 fn max_clients_serves_sessions_concurrently() {
     for (max, concurrent) in [("2", true), ("1", false)] {
-        let (mut server, port, _dir) = start_server(&["--max-clients", max]);
+        let (server, port, _dir) = start_server(&["--max-clients", max]);
         let clients: Vec<_> = (0..2)
             .map(|_| std::thread::spawn(move || client(port, &["--format", "json"])))
             .collect();
@@ -175,18 +185,7 @@ fn max_clients_serves_sessions_concurrently() {
         }
         // Same model and seeded input in both sessions: the same logits up to
         // the local truncations' ±1 LSB (independent shares per session).
-        let a: Vec<f64> = logits[0]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        let b: Vec<f64> = logits[1]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let (a, b) = (floats(&logits[0]), floats(&logits[1]));
         let max_abs = a.iter().fold(0f64, |m, v| m.max(v.abs()));
         let diff = a
             .iter()
@@ -196,15 +195,7 @@ fn max_clients_serves_sessions_concurrently() {
             diff <= 0.02 * (1.0 + max_abs),
             "--max-clients {max}: sessions differ by {diff}"
         );
-        server.0.kill().unwrap();
-        let mut log = String::new();
-        server
-            .0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
+        let log = server_log(server);
         let events: Vec<&str> = log
             .lines()
             .filter_map(|l| {
