@@ -1,22 +1,17 @@
 //! `pibench count` end to end: exact counts, JSON, and one-line errors on bad input.
 
-use std::process::Command;
-
 use pibench_models::arch::ArchSpec;
 use pibench_models::file::{self, SaveOptions};
 use pibench_models::graph::{FeatureShape, Init};
+#[path = "common/cli.rs"]
+#[allow(dead_code)] // the CIFAR writer serves the accuracy/calibrate tests
+mod cli;
 
+/// Runs `pibench count ARGS`: (success, stdout, stderr).
 fn pibench(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pibench"))
-        .arg("count")
-        .args(args)
-        .output()
-        .expect("run pibench");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["count"];
+    all.extend_from_slice(args);
+    cli::pibench(&all)
 }
 
 fn json_relus(args: &[&str]) -> u64 {

@@ -1,4 +1,4 @@
-//! Helpers shared by the CLI tests of `accuracy` and `calibrate`.
+//! Helpers shared by the CLI tests of `accuracy`, `calibrate` and `count`.
 
 use std::path::Path;
 use std::process::Command;
