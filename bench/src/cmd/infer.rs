@@ -520,14 +520,12 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
         source: format!("seeded random input (seed {})", args.input_seed),
         label: None,
     };
-    let image = args.image.load(None)?;
-    let source = match &args.input {
-        _ if image.is_some() => {
-            let (x, i) = image.unwrap_or_default();
+    let source = match (args.image.load(None)?, &args.input) {
+        (Some((x, i)), _) => {
             info = i;
             InputSource::Values(vec![x; args.inferences])
         }
-        Some(p) => {
+        (None, Some(p)) => {
             info.source = format!("{}", p.display());
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -540,7 +538,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
                 .product();
             InputSource::Values(vec![read_input(p, n)?; args.inferences])
         }
-        None => InputSource::Random {
+        (None, None) => InputSource::Random {
             count: args.inferences,
             seed: args.input_seed,
         },
