@@ -35,9 +35,11 @@
 //!   truncated either by the truncate-only garbled circuit (`exact`, the
 //!   same guarantee) or locally (`local`, Delphi's choice): each party
 //!   truncates its own share ([`local_truncate_server`],
-//!   [`local_truncate_client`]). Local truncation is exact up to
-//!   `e ∈ {−1, 0}` unless the uniform share falls within `|y|` of the wrap
-//!   point: probability at most `2^(ℓ+1) / P` per element when `|y| < 2^ℓ`
+//!   [`local_truncate_client`]). Local truncation rounds stochastically
+//!   (`floor(x/2^f)` or that plus one, unbiased; an error `e ∈ {−1, 0, 1}`
+//!   against the round-to-nearest reference) unless the uniform share falls
+//!   within `|y| + 2^f` of the wrap point: probability at most
+//!   `2^(ℓ+1) / P` per element when `|y| < 2^ℓ` and `f < ℓ`
 //!   ([`local_truncation_failure_bound`]); a failure turns the element into
 //!   garbage of magnitude ≈ `P / 2^f`.
 
@@ -324,15 +326,26 @@ pub fn round_offset(f: u32) -> u64 {
     }
 }
 
-/// Local truncation, server side: `floor(a / 2^f)` of the server's share
-/// `a ∈ [0, P)` (the rounding offset already added).
+/// Local truncation, server side: `floor((a + 2^(f−1)) / 2^f)` of the
+/// server's share `a ∈ [0, P)` (the caller has already added the rounding
+/// offset [`round_offset`], so `a + b ≡ y = x + 2^(f−1)`).
 ///
-/// With `a` uniform and `a + b ≡ y (mod P)`, `|y| < 2^ℓ`, the integers
-/// `a + (b − P)` equal `y` except with probability `≤ (|y| + 1) / P`, and then
-/// `floor(a/2^f) + floor((b − P)/2^f) ∈ {floor(y/2^f) − 1, floor(y/2^f)}`.
+/// With `a` uniform and `a + b ≡ y (mod P)`, the integers `a + (b − P)`
+/// equal `y` except with probability `≤ (|y| + 2^f) / P`, and then the two
+/// floors add up to `floor((y + 2^(f−1))/2^f) − c` where the carry
+/// `c ∈ {0, 1}` is 1 with probability `1 − φ − 2^−f`, `φ` the fractional
+/// part of `(y + 2^(f−1))/2^f`. The second `2^(f−1)` cancels that carry on
+/// average: the result is `floor(x/2^f)` or `floor(x/2^f) + 1`, the latter
+/// with probability `frac(x/2^f) + 2^−f` — stochastic rounding of `x/2^f`,
+/// unbiased up to `2^−f` of a unit. (Without it, i.e. a plain floor on both
+/// sides as in SecureML/Delphi, the mean error is `−½` unit per element,
+/// which adds up over the hundreds of thousands of linearized elements of
+/// a pruned network; measured on a trained SNL ResNet-18 it moved the
+/// logits by 0.46 against a largest logit of 5.) Relative to the reference
+/// `truncate_round(x) = floor(y/2^f)` the error is in `{−1, 0, 1}`.
 #[inline]
 pub fn local_truncate_server(a: u64, f: u32) -> u64 {
-    a >> f
+    add(a, round_offset(f)) >> f
 }
 
 /// Local truncation, client side: `floor((b − P) / 2^f) mod P` of the
@@ -499,7 +512,32 @@ mod tests {
     }
 
     #[test]
-    fn local_truncation_is_floor_up_to_minus_one() {
+    fn local_truncation_is_unbiased() {
+        // The mean of (result − x/2^f) over random shares is 2^−f (not −½ as
+        // with a plain floor on both sides), for values with every fraction.
+        let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(9);
+        for f in [4u32, 8, 12] {
+            let n = 200_000;
+            let mut sum = 0.0;
+            for _ in 0..n {
+                let x: i64 = rng.gen_range(-(1i64 << 30)..(1i64 << 30));
+                let y = from_i64(x + (1i64 << (f - 1))); // round_offset added by the caller
+                let a = rng.gen_range(0..P);
+                let b = sub(y, a);
+                let t = add(local_truncate_server(a, f), local_truncate_client(b, f));
+                sum += to_i64(t) as f64 - x as f64 / (1u64 << f) as f64;
+            }
+            let mean = sum / n as f64;
+            // Standard error ≤ 0.5/sqrt(n) ≈ 0.0011; 10 standard errors.
+            assert!(
+                (mean - 2f64.powi(-(f as i32))).abs() < 0.012,
+                "f={f} mean={mean}"
+            );
+        }
+    }
+
+    #[test]
+    fn local_truncation_rounds_stochastically() {
         let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(8);
         for f in [1u32, 8, 12, 16, 20, 24] {
             for i in 0..20_000 {
@@ -517,10 +555,15 @@ mod tests {
                 let b = sub(from_i64(y), a);
                 let t = add(local_truncate_server(a, f), local_truncate_client(b, f));
                 let e = to_i64(t) - (y >> f);
-                // Failure needs a within |y| of the wrap point: probability ≤ 2^-18 here.
-                let near_wrap = (y >= 0 && (a as i64) <= y) || (y < 0 && a > P - y.unsigned_abs());
+                // Failure needs a within |y| + 2^f of the wrap point: probability ≤ 2^-18 here.
+                let reach = y.unsigned_abs() + (1u64 << f);
+                let near_wrap = a < reach || a > P - reach;
                 if !near_wrap {
-                    assert!((-1..=0).contains(&e), "f={f} y={y} a={a} e={e}");
+                    assert!((-1..=1).contains(&e), "f={f} y={y} a={a} e={e}");
+                    // Stochastic rounding of (y − 2^(f−1)) / 2^f.
+                    let x = y - (1i64 << (f - 1));
+                    let v = to_i64(t);
+                    assert!(v == x >> f || v == (x >> f) + 1, "f={f} y={y} a={a} v={v}");
                 }
             }
         }

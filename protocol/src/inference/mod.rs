@@ -48,7 +48,8 @@
 //! # Correctness
 //! Each truncation returns `round(y/2^f) + e`: `e ∈ {−1, 0, 1, 2}` in a
 //! garbled circuit (the carry of the dropped low bits, never a wrap), `e ∈
-//! {−1, 0}` locally, except with probability `≤ 2^(ℓ+1)/P` per locally
+//! {−1, 0, 1}` locally (stochastic rounding, unbiased: see
+//! `pibench_models::fixed::local_truncate_server`), except with probability `≤ 2^(ℓ+1)/P` per locally
 //! truncated element, where `|y| < 2^ℓ` (then the element is garbage). The
 //! logits are therefore those of the fixed-point reference up to the
 //! propagation of these last-bit differences; the two-party tests check
