@@ -46,9 +46,10 @@
 //! `local` truncation.
 //!
 //! # Correctness
-//! Each truncation returns `round(y/2^f) + e`: `e ∈ {−1, 0, 1, 2}` in a
-//! garbled circuit (the carry of the dropped low bits, never a wrap), `e ∈
-//! {−1, 0, 1}` locally (stochastic rounding, unbiased: see
+//! Each truncation rounds stochastically without bias and returns
+//! `round(x/2^f) + e`: `e ∈ {−1, …, 3}` in a garbled circuit (the carry of the
+//! dropped low bits, never a wrap; the garbler adds `2^f`, see
+//! `pibench_models::fixed::gc_round_offset`), `e ∈ {−1, 0, 1}` locally (see
 //! `pibench_models::fixed::local_truncate_server`), except with probability `≤ 2^(ℓ+1)/P` per locally
 //! truncated element, where `|y| < 2^ℓ` (then the element is garbage). The
 //! logits are therefore those of the fixed-point reference up to the

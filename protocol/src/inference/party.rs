@@ -1063,7 +1063,7 @@ async fn server_truncate_all(
         .gc
         .remove(&i)
         .ok_or_else(|| proto(name, "no garbled material"))?;
-    let a = offset_all(&pre, fixed::round_offset(trunc));
+    let a = offset_all(&pre, fixed::gc_round_offset(trunc));
     let rho = server_gc_round(ch, gc, &sites, &groups, &[a], 0, i, name).await?;
     let reply = recv_reply(ch, i, 0, pre.len(), name).await?;
     Ok(sub_all(&reply, &rho[0]))
@@ -1083,7 +1083,11 @@ async fn server_site(
     name: &str,
 ) -> Result<Vec<u64>, InferenceError> {
     let f = sp.trunc;
+    // Local truncation: the rounding offset (local_truncate_server adds the
+    // second half itself); garbled truncation: 2^f (unbiased, see
+    // fixed::gc_round_offset).
     let off_f = fixed::round_offset(f);
+    let gc_off = fixed::gc_round_offset(f);
     let groups = plan.gc_groups(i)?;
     let sites = off.gc.remove(&i).unwrap_or_default();
     if sites.len() != groups.len() {
@@ -1091,16 +1095,18 @@ async fn server_site(
     }
     let mut out = vec![0u64; x.len()];
     // Server inputs of every group, in group order.
-    let relu_in = offset_all(&gather(x, &sp.relu), off_f);
-    let ident_in = offset_all(&gather(x, &sp.ident), off_f);
-    let poly_in = offset_all(&gather(x, &sp.poly), off_f);
+    let relu_in = offset_all(&gather(x, &sp.relu), gc_off);
+    let ident = gather(x, &sp.ident);
+    let poly_x = gather(x, &sp.poly);
+    let ident_in = offset_all(&ident, off_f);
+    let poly_in = offset_all(&poly_x, off_f);
     let mut inputs: Vec<Vec<u64>> = Vec::new();
     for (g, _) in &groups {
         let role = g.label.rsplit('/').next().unwrap_or("");
         inputs.push(match role {
             "relu" => relu_in.clone(),
-            "identity" => ident_in.clone(),
-            "poly-t" => poly_in.clone(),
+            "identity" => offset_all(&ident, gc_off),
+            "poly-t" => offset_all(&poly_x, gc_off),
             _ => Vec::new(), // later rounds
         });
     }
@@ -1204,18 +1210,19 @@ async fn server_site(
         .iter()
         .position(|(_, r)| *r == 2)
         .ok_or_else(|| proto(name, "no truncation group"))?;
-    inputs2[k2] = offset_all(&reshared, fixed::round_offset(g_bits));
+    // Two garbled steps when g > 16: each adds 2^(its bits), so the result
+    // is x/2^g unbiased (see fixed::gc_round_offset).
+    inputs2[k2] = offset_all(&reshared, fixed::gc_round_offset(a_bits));
     ch.set_phase("online/gc");
     let rho2 = server_gc_round(ch, gc, &sites, &groups, &inputs2, 2, i, name).await?;
     let mut s1 = sub_all(&recv_reply(ch, i, 2, sp.poly.len(), name).await?, &rho2[0]);
-    let _ = a_bits;
     if b_bits > 0 {
         let k3 = groups
             .iter()
             .position(|(_, r)| *r == 3)
             .ok_or_else(|| proto(name, "no truncation group"))?;
         let mut inputs3 = vec![Vec::new(); groups.len()];
-        inputs3[k3] = s1.clone();
+        inputs3[k3] = offset_all(&s1, fixed::gc_round_offset(b_bits));
         ch.set_phase("online/gc");
         let rho3 = server_gc_round(ch, gc, &sites, &groups, &inputs3, 3, i, name).await?;
         s1 = sub_all(&recv_reply(ch, i, 3, sp.poly.len(), name).await?, &rho3[0]);
