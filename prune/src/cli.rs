@@ -290,6 +290,15 @@ pub struct PruneCli {
     /// Hide progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Calibrate the exported file's per-site magnitude bounds on this many
+    /// training images spread evenly over the split (what `pibench
+    /// calibrate` does; 0 = write no bounds).
+    #[arg(long, default_value_t = 1000)]
+    pub calibrate_images: usize,
+    /// Margin of the calibrated bounds in bits (bounds = maxima × 2^margin).
+    #[arg(long, default_value_t = pibench_models::calibrate::DEFAULT_MARGIN_BITS,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub calibrate_margin_bits: u32,
     /// Stop after this many epochs (all phases together), leaving a partial
     /// checkpoint to --resume from (tests and pre-emptible machines).
     #[arg(long)]
@@ -611,7 +620,18 @@ pub fn run(args: PruneCli) -> anyhow::Result<()> {
         } else {
             with_suffix(&args.out, &format!(".{}.safetensors", p.label))
         };
-        let relus = export::save(&p.net, args.dataset.name(), &path)?;
+        let cal = export::Calibration {
+            data: &args.data,
+            dataset: args.dataset.dataset(),
+            images: args.calibrate_images,
+            margin_bits: args.calibrate_margin_bits,
+            threads: args.threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |t| t.max(1) as usize,
+            ),
+        };
+        let (relus, calibration) =
+            export::save_calibrated(&p.net, args.dataset.name(), &path, Some(&cal))?;
         eprintln!(
             "wrote {} ({}, {relus} ReLUs, validation accuracy {:.4}, test accuracy {:.4})",
             path.display(),
@@ -619,6 +639,26 @@ pub fn run(args: PruneCli) -> anyhow::Result<()> {
             p.result.val_acc,
             p.result.test_acc
         );
+        let calibration = match calibration {
+            export::CalibrationOutcome::Skipped => serde_json::json!("skipped"),
+            export::CalibrationOutcome::Stored {
+                points,
+                max_bits,
+                images,
+            } => {
+                eprintln!(
+                    "  calibrated bounds stored: {points} truncation points on {images} training images, largest ℓ = {max_bits} bits (margin {} bit(s))",
+                    args.calibrate_margin_bits
+                );
+                serde_json::json!({ "points": points, "max_bits": max_bits, "images": images })
+            }
+            export::CalibrationOutcome::Failed(why) => {
+                eprintln!(
+                    "  warning: no calibrated bounds stored ({why}); `pibench run` needs --trunc exact or --uncalibrated for this file"
+                );
+                serde_json::json!({ "failed": why })
+            }
+        };
         written.push(serde_json::json!({
             "file": path.display().to_string(),
             "label": p.label,
@@ -627,6 +667,7 @@ pub fn run(args: PruneCli) -> anyhow::Result<()> {
             "test_acc": p.result.test_acc,
             "budget": args.budget,
             "exact": relus as i64 == args.budget,
+            "calibration": calibration,
         }));
     }
     log.results.push(serde_json::json!({ "written": written }));

@@ -391,6 +391,18 @@ fn cli_snl_follows_the_paper_and_resumes() {
     let loaded = file::load(&out).unwrap();
     assert!(loaded.header.relus <= 3000, "{stdout}");
     assert!(!loaded.header.convention.stem_relu);
+    // Export calibrates the bounds on training images (issue 12): all 100
+    // training images (fewer than the default 1000), margin 1 bit.
+    let bounds = loaded.header.bounds.as_ref().expect("calibrated at export");
+    assert_eq!(bounds.images, 100, "{stderr}");
+    assert_eq!(bounds.margin_bits, 1);
+    assert!(!bounds.points.is_empty());
+    assert!(
+        bounds.source.contains("at export by piprune"),
+        "{}",
+        bounds.source
+    );
+    assert!(stderr.contains("calibrated bounds stored"), "{stderr}");
     assert_eq!(
         loaded.network.sites().next().unwrap().relu_count(),
         0,
