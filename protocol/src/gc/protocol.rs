@@ -941,14 +941,25 @@ impl<R: std::io::Read> StoreReader<R> {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// `n` `u64`s (the caller bounds `n`).
+    /// `n` `u64`s (the caller bounds `n`). Read in chunks of
+    /// [`STORE_CHUNK`] bytes straight into the result: one allocation of
+    /// the result's size, no second full-size buffer (the tables of a site
+    /// run to gigabytes).
     pub fn u64s(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
-        let mut raw = vec![0u8; 8 * n];
-        self.bytes(&mut raw, what)?;
-        Ok(raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect())
+        let mut out = Vec::with_capacity(n);
+        let mut buf = vec![0u8; STORE_CHUNK.min(8 * n)];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(STORE_CHUNK / 8);
+            let b = &mut buf[..8 * k];
+            self.bytes(b, what)?;
+            out.extend(
+                b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+            );
+            left -= k;
+        }
+        Ok(out)
     }
 
     /// `n` field elements (each checked `< P`).
@@ -965,27 +976,49 @@ impl<R: std::io::Read> StoreReader<R> {
         Ok(v)
     }
 
-    /// `n` labels.
+    /// `n` labels (chunked like [`StoreReader::u64s`]).
     pub fn blocks(&mut self, n: usize, what: &str) -> Result<Vec<Block>, GcError> {
-        let mut raw = vec![0u8; 16 * n];
-        self.bytes(&mut raw, what)?;
-        Ok(raw
-            .chunks_exact(16)
-            .map(|c| u128::from_le_bytes(c.try_into().unwrap_or([0; 16])))
-            .collect())
+        let mut out = Vec::with_capacity(n);
+        let mut buf = vec![0u8; STORE_CHUNK.min(16 * n)];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(STORE_CHUNK / 16);
+            let b = &mut buf[..16 * k];
+            self.bytes(b, what)?;
+            out.extend(
+                b.chunks_exact(16)
+                    .map(|c| u128::from_le_bytes(c.try_into().unwrap_or([0; 16]))),
+            );
+            left -= k;
+        }
+        Ok(out)
     }
 }
 
+/// Chunk size of the store's reads and writes: at least a `BufReader`'s
+/// 1 MiB buffer, so large reads bypass it (one copy from the page cache).
+pub const STORE_CHUNK: usize = 1 << 20;
+
 fn put_u64s(w: &mut impl std::io::Write, v: &[u64]) -> std::io::Result<()> {
-    for x in v {
-        w.write_all(&x.to_le_bytes())?;
+    let mut buf = Vec::with_capacity(STORE_CHUNK.min(8 * v.len()));
+    for part in v.chunks(STORE_CHUNK / 8) {
+        buf.clear();
+        for x in part {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        w.write_all(&buf)?;
     }
     Ok(())
 }
 
 fn put_blocks(w: &mut impl std::io::Write, v: &[Block]) -> std::io::Result<()> {
-    for x in v {
-        w.write_all(&x.to_le_bytes())?;
+    let mut buf = Vec::with_capacity(STORE_CHUNK.min(16 * v.len()));
+    for part in v.chunks(STORE_CHUNK / 16) {
+        buf.clear();
+        for x in part {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        w.write_all(&buf)?;
     }
     Ok(())
 }
