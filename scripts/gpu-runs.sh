@@ -18,39 +18,20 @@
 # Every step has its own time limit and writes its log to OUT as soon as it
 # ends, so a run cut short still returns what it measured.
 set -u
-PIPRUNE=${PIPRUNE:-target/release/piprune}
-OUT=${OUT:-results/gpu}
-DEV=${DEV:-cuda}
-EXTRA=${EXTRA:-}
-# Model files and checkpoints (large) go here, logs to OUT.
-MODELS=${MODELS:-$OUT/models}
-BUDGET=${BUDGET:-50000}
-mkdir -p "$OUT"
-LOG="$OUT/gpu-runs.log"
-exec > >(tee -a "$LOG") 2>&1
-t0=$(date +%s)
-stamp() { echo "== [$(($(date +%s) - t0)) s] $*"; }
+source "$(dirname "$0")/gpu-lib.sh"
+exec > >(tee -a "$OUT/gpu-runs.log") 2>&1
 
 stamp "machine"
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 grep -m1 "model name" /proc/cpuinfo; nproc
-if TORCH_DIR=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null); then
-  export LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [[ $HAVE_TORCH == 1 ]]; then
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
-  HAVE_TORCH=1
 else
   echo "python torch not importable: no PyTorch comparison"
-  HAVE_TORCH=0
 fi
 "$PIPRUNE" --version || { echo "piprune does not start"; exit 1; }
-
-if [[ -z "${DATA:-}" || ! -d "$DATA" ]]; then
-  DATA="${TMPDIR:-/tmp}/pibench-synth"
-  stamp "synthetic CIFAR-100 (scripts/synth-cifar.py) in $DATA"
-  [[ -f "$DATA/cifar-100-binary/train.bin" ]] || python3 scripts/synth-cifar.py "$DATA" --classes 100 || exit 1
-  echo "DATA IS SYNTHETIC: accuracies below are not CIFAR-100 accuracies"
-fi
+gpu_data
 
 if [[ $HAVE_TORCH == 1 ]]; then
   for amp in "" "--amp"; do
@@ -59,16 +40,6 @@ if [[ $HAVE_TORCH == 1 ]]; then
       | tee "$OUT/pytorch${amp:+-amp}.json"
   done
 fi
-
-run() { # name timeout args...
-  local name=$1 limit=$2
-  shift 2
-  stamp "piprune $name: $*"
-  mkdir -p "$MODELS/$name"
-  timeout "$limit" "$PIPRUNE" "$@" --device "$DEV" --no-progress $EXTRA \
-    --out "$MODELS/$name/$name.safetensors" --log "$OUT/$name.log.json"
-  echo "exit $? ($name)"
-}
 
 # fp32 throughput, and the all-ReLU teacher of AutoReP and ReLUPruner (no
 # stem ReLU, as in SNL's code that both build on); the run stops one epoch

@@ -941,25 +941,35 @@ impl<R: std::io::Read> StoreReader<R> {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// `n` `u64`s (the caller bounds `n`). Read in chunks of
-    /// [`STORE_CHUNK`] bytes straight into the result: one allocation of
+    /// `n` items of `width` bytes each, converted by `conv`, read in chunks
+    /// of [`STORE_CHUNK`] bytes straight into the result: one allocation of
     /// the result's size, no second full-size buffer (the tables of a site
     /// run to gigabytes).
-    pub fn u64s(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
+    fn chunked<T>(
+        &mut self,
+        n: usize,
+        width: usize,
+        what: &str,
+        conv: impl Fn(&[u8]) -> T,
+    ) -> Result<Vec<T>, GcError> {
         let mut out = Vec::with_capacity(n);
-        let mut buf = vec![0u8; STORE_CHUNK.min(8 * n)];
+        let mut buf = vec![0u8; STORE_CHUNK.min(width * n)];
         let mut left = n;
         while left > 0 {
-            let k = left.min(STORE_CHUNK / 8);
-            let b = &mut buf[..8 * k];
+            let k = left.min(STORE_CHUNK / width);
+            let b = &mut buf[..width * k];
             self.bytes(b, what)?;
-            out.extend(
-                b.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
-            );
+            out.extend(b.chunks_exact(width).map(&conv));
             left -= k;
         }
         Ok(out)
+    }
+
+    /// `n` `u64`s (the caller bounds `n`).
+    pub fn u64s(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
+        self.chunked(n, 8, what, |c| {
+            u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))
+        })
     }
 
     /// `n` field elements (each checked `< P`).
@@ -976,22 +986,11 @@ impl<R: std::io::Read> StoreReader<R> {
         Ok(v)
     }
 
-    /// `n` labels (chunked like [`StoreReader::u64s`]).
+    /// `n` labels.
     pub fn blocks(&mut self, n: usize, what: &str) -> Result<Vec<Block>, GcError> {
-        let mut out = Vec::with_capacity(n);
-        let mut buf = vec![0u8; STORE_CHUNK.min(16 * n)];
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(STORE_CHUNK / 16);
-            let b = &mut buf[..16 * k];
-            self.bytes(b, what)?;
-            out.extend(
-                b.chunks_exact(16)
-                    .map(|c| u128::from_le_bytes(c.try_into().unwrap_or([0; 16]))),
-            );
-            left -= k;
-        }
-        Ok(out)
+        self.chunked(n, 16, what, |c| {
+            u128::from_le_bytes(c.try_into().unwrap_or([0; 16]))
+        })
     }
 }
 
@@ -999,28 +998,29 @@ impl<R: std::io::Read> StoreReader<R> {
 /// 1 MiB buffer, so large reads bypass it (one copy from the page cache).
 pub const STORE_CHUNK: usize = 1 << 20;
 
-fn put_u64s(w: &mut impl std::io::Write, v: &[u64]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(STORE_CHUNK.min(8 * v.len()));
-    for part in v.chunks(STORE_CHUNK / 8) {
+/// Writes `v` little-endian through a [`STORE_CHUNK`]-byte buffer.
+fn put_chunked<T: Copy, const W: usize>(
+    w: &mut impl std::io::Write,
+    v: &[T],
+    le: impl Fn(T) -> [u8; W],
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(STORE_CHUNK.min(W * v.len()));
+    for part in v.chunks(STORE_CHUNK / W) {
         buf.clear();
-        for x in part {
-            buf.extend_from_slice(&x.to_le_bytes());
+        for &x in part {
+            buf.extend_from_slice(&le(x));
         }
         w.write_all(&buf)?;
     }
     Ok(())
 }
 
+fn put_u64s(w: &mut impl std::io::Write, v: &[u64]) -> std::io::Result<()> {
+    put_chunked(w, v, u64::to_le_bytes)
+}
+
 fn put_blocks(w: &mut impl std::io::Write, v: &[Block]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(STORE_CHUNK.min(16 * v.len()));
-    for part in v.chunks(STORE_CHUNK / 16) {
-        buf.clear();
-        for x in part {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        w.write_all(&buf)?;
-    }
-    Ok(())
+    put_chunked(w, v, u128::to_le_bytes)
 }
 
 impl GarblerSite {
