@@ -49,6 +49,21 @@ pub enum ArchSpec {
         /// Output channels of the three stages (`16k, 32k, 64k`).
         widths: Vec<usize>,
     },
+    /// CIFAR ResNet with bottleneck blocks (ResNet-50/101): `1×1 → 3×3
+    /// (stride) → 1×1` with expansion 4, projection shortcuts where the
+    /// shape changes, as in the CIFAR ResNets of kuangliu/pytorch-cifar (the
+    /// stride on the 3×3 conv, "ResNet v1.5"). Sites per block: `relu1` (at
+    /// the block's input resolution), `relu2`, `relu3` (after the add).
+    Bottleneck {
+        /// Display name, e.g. `resnet50`.
+        name: String,
+        /// Stem output channels.
+        stem: usize,
+        /// Blocks per stage.
+        blocks: Vec<usize>,
+        /// Inner channels ("planes") per stage; a block outputs 4× as many.
+        widths: Vec<usize>,
+    },
     /// VGG with the given conv widths per stage (VGG-16: 2,2,3,3,3 convs).
     Vgg {
         /// Display name, e.g. `vgg16`.
@@ -77,6 +92,26 @@ impl ArchSpec {
             name: "resnet34".into(),
             stem: 64,
             blocks: vec![3, 4, 6, 3],
+            widths: vec![64, 128, 256, 512],
+        }
+    }
+
+    /// CIFAR ResNet-50 (bottleneck blocks 3, 4, 6, 3).
+    pub fn resnet50() -> Self {
+        Self::Bottleneck {
+            name: "resnet50".into(),
+            stem: 64,
+            blocks: vec![3, 4, 6, 3],
+            widths: vec![64, 128, 256, 512],
+        }
+    }
+
+    /// CIFAR ResNet-101 (bottleneck blocks 3, 4, 23, 3).
+    pub fn resnet101() -> Self {
+        Self::Bottleneck {
+            name: "resnet101".into(),
+            stem: 64,
+            blocks: vec![3, 4, 23, 3],
             widths: vec![64, 128, 256, 512],
         }
     }
@@ -134,12 +169,14 @@ impl ArchSpec {
         let unknown = || {
             ModelError::UnknownArch {
             name: name.to_string(),
-            expected: "resnet18, resnet34, vgg16, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (e.g. hrn-5x5x3x-m16)".into(),
+            expected: "resnet18, resnet34, resnet50, resnet101, vgg16, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (e.g. hrn-5x5x3x-m16)".into(),
         }
         };
         match lower.as_str() {
             "resnet18" => return Ok(Self::resnet18()),
             "resnet34" => return Ok(Self::resnet34()),
+            "resnet50" => return Ok(Self::resnet50()),
+            "resnet101" => return Ok(Self::resnet101()),
             "vgg16" => return Ok(Self::vgg16()),
             _ => {}
         }
@@ -170,7 +207,10 @@ impl ArchSpec {
     /// Display name.
     pub fn name(&self) -> &str {
         match self {
-            Self::Resnet { name, .. } | Self::Wrn { name, .. } | Self::Vgg { name, .. } => name,
+            Self::Resnet { name, .. }
+            | Self::Bottleneck { name, .. }
+            | Self::Wrn { name, .. }
+            | Self::Vgg { name, .. } => name,
         }
     }
 
@@ -188,6 +228,12 @@ impl ArchSpec {
                 widths,
                 ..
             } => build_resnet(self, *stem, blocks, widths, input, num_classes, init),
+            Self::Bottleneck {
+                stem,
+                blocks,
+                widths,
+                ..
+            } => build_bottleneck(self, *stem, blocks, widths, input, num_classes, init),
             Self::Wrn {
                 depth,
                 stem,
@@ -214,6 +260,21 @@ impl ArchSpec {
             } => (
                 *stem,
                 blocks.iter().copied().zip(widths.iter().copied()).collect(),
+            ),
+            // A bottleneck stage holds fewer weights than 2·9·n·(4w)² and its
+            // widest site has 4w channels: bounded as a basic stage of width 4w.
+            Self::Bottleneck {
+                stem,
+                blocks,
+                widths,
+                ..
+            } => (
+                *stem,
+                blocks
+                    .iter()
+                    .copied()
+                    .zip(widths.iter().map(|&w| w.saturating_mul(4)))
+                    .collect(),
             ),
             Self::Wrn {
                 depth,
@@ -358,6 +419,85 @@ fn build_resnet(
             };
             let sum = g.add(&format!("{p}.add"), c2, short);
             x = g.site(&format!("{p}.relu2"), sum, Some(s), Some(b), SiteRole::Body);
+        }
+    }
+    let pool = g.global_avgpool("avgpool", x);
+    let flat = g.flatten("flatten", pool);
+    g.linear("linear", flat, num_classes);
+    g.finish(spec.name(), spec.clone(), num_classes)
+}
+
+fn build_bottleneck(
+    spec: &ArchSpec,
+    stem: usize,
+    blocks: &[usize],
+    widths: &[usize],
+    input: FeatureShape,
+    num_classes: usize,
+    init: Init,
+) -> Result<Network> {
+    positive("stem channels", stem)?;
+    if blocks.is_empty() || blocks.len() != widths.len() {
+        return Err(ModelError::InvalidSize {
+            what: "ResNet stages".into(),
+            value: format!("{} block counts, {} widths", blocks.len(), widths.len()),
+            expected: "the same non-zero number of stages".into(),
+        });
+    }
+    for (s, (&b, &w)) in blocks.iter().zip(widths).enumerate() {
+        positive(&format!("blocks of stage {}", s + 1), b)?;
+        positive(&format!("channels of stage {}", s + 1), w)?;
+    }
+    check_spatial(spec.name(), input, 1 << (blocks.len() - 1))?;
+    let mut g = GraphBuilder::new(input, init);
+    let c = g.conv("conv1", g.input(), stem, 3, 1, 1, 1, Some("bn1"));
+    let mut x = g.site("relu0", c, Some(0), None, SiteRole::Stem);
+    for (si, (&nb, &planes)) in blocks.iter().zip(widths).enumerate() {
+        let s = si + 1;
+        let out = 4 * planes;
+        for b in 0..nb {
+            let stride = if si > 0 && b == 0 { 2 } else { 1 };
+            let p = format!("layer{s}.{b}");
+            let cin = g.shape(x).c;
+            let conv = |g: &mut GraphBuilder,
+                        i: usize,
+                        from: usize,
+                        cout: usize,
+                        k: usize,
+                        st: usize,
+                        pad: usize| {
+                g.conv(
+                    &format!("{p}.conv{i}"),
+                    from,
+                    cout,
+                    k,
+                    st,
+                    pad,
+                    1,
+                    Some(&format!("{p}.bn{i}")),
+                )
+            };
+            let c1 = conv(&mut g, 1, x, planes, 1, 1, 0);
+            let r1 = g.site(&format!("{p}.relu1"), c1, Some(s), Some(b), SiteRole::Body);
+            let c2 = conv(&mut g, 2, r1, planes, 3, stride, 1);
+            let r2 = g.site(&format!("{p}.relu2"), c2, Some(s), Some(b), SiteRole::Body);
+            let c3 = conv(&mut g, 3, r2, out, 1, 1, 0);
+            let short = if stride != 1 || cin != out {
+                g.conv(
+                    &format!("{p}.shortcut.0"),
+                    x,
+                    out,
+                    1,
+                    stride,
+                    0,
+                    1,
+                    Some(&format!("{p}.shortcut.1")),
+                )
+            } else {
+                x
+            };
+            let sum = g.add(&format!("{p}.add"), c3, short);
+            x = g.site(&format!("{p}.relu3"), sum, Some(s), Some(b), SiteRole::Body);
         }
     }
     let pool = g.global_avgpool("avgpool", x);

@@ -28,6 +28,37 @@ fn resnet18_counts() {
     assert_eq!(relus(&r18, TINY, conv(false, false)), 1_966_080);
 }
 
+/// Bottleneck ResNets, derived by hand (CIFAR 32×32; stage s has planes
+/// p = 64·2^(s−1), 4p output channels, the first block of stages 2–4 strides
+/// its 3×3 conv, so its relu1 still runs at the previous resolution):
+/// * stem: 64·32·32 = 65,536
+/// * stage 1 (32×32 = 1024 px, p = 64): a block is relu1 64·1024 + relu2
+///   64·1024 + relu3 256·1024 = 393,216; three blocks 1,179,648
+/// * stage 2 (p = 128, 32→16): first block 128·1024 + 128·256 + 512·256 =
+///   294,912; others 128·256·2 + 512·256 = 196,608 (×3) → 884,736
+/// * stage 3 (p = 256, 16→8): first 256·256 + 256·64 + 1024·64 = 147,456;
+///   others 256·64·2 + 1024·64 = 98,304 (×5 for ResNet-50: 638,976;
+///   ×22 for ResNet-101: 2,310,144)
+/// * stage 4 (p = 512, 8→4): first 512·64 + 512·16 + 2048·16 = 73,728;
+///   others 512·16·2 + 2048·16 = 49,152 (×2) → 172,032
+///
+/// ResNet-50: 65,536 + 1,179,648 + 884,736 + 638,976 + 172,032 = 2,940,928;
+/// ResNet-101: 65,536 + 1,179,648 + 884,736 + 2,310,144 + 172,032 = 4,612,096.
+#[test]
+fn bottleneck_resnet_counts() {
+    let r50 = ArchSpec::parse("resnet50").unwrap();
+    assert_eq!(relus(&r50, CIFAR, conv(true, false)), 2_940_928);
+    assert_eq!(relus(&r50, CIFAR, conv(false, false)), 2_940_928 - 65_536);
+    let r101 = ArchSpec::parse("ResNet101").unwrap();
+    assert_eq!(relus(&r101, CIFAR, conv(true, false)), 4_612_096);
+    // Tiny-ImageNet (64×64): every site has 4× the elements.
+    assert_eq!(relus(&r50, TINY, conv(true, false)), 4 * 2_940_928);
+    let net = r50.build(CIFAR, 100, Init::Zeros).unwrap();
+    // 1 stem + 3 sites per block × 16 blocks.
+    assert_eq!(net.sites().count(), 1 + 3 * 16);
+    assert!(net.sites().any(|s| s.name == "layer3.5.relu3"));
+}
+
 #[test]
 fn wrn22_8_counts() {
     let wrn = ArchSpec::wrn(22, 8).unwrap();

@@ -43,14 +43,22 @@ fn test_settings(trunc: TruncMode) -> Settings {
 /// A residual CNN on 3×8×8 with partial masks, identity sites and one
 /// polynomial site.
 fn mixed_network(seed: u64) -> Network {
-    let mut net = ArchSpec::Resnet {
-        name: "mixed-resnet".into(),
-        stem: 4,
-        blocks: vec![1, 1],
-        widths: vec![4, 8],
-    }
-    .build(FeatureShape::new(3, 8, 8), 10, Init::Seeded(seed))
-    .unwrap();
+    mixed(
+        ArchSpec::Resnet {
+            name: "mixed-resnet".into(),
+            stem: 4,
+            blocks: vec![1, 1],
+            widths: vec![4, 8],
+        },
+        seed,
+    )
+}
+
+/// `spec` on 3×8×8 with the sites masked as in [`mixed_network`].
+fn mixed(spec: ArchSpec, seed: u64) -> Network {
+    let mut net = spec
+        .build(FeatureShape::new(3, 8, 8), 10, Init::Seeded(seed))
+        .unwrap();
     let mut rng = ChaCha12Rng::seed_from_u64(seed + 100);
     let n_sites = net.sites().count();
     for (k, site) in net.sites_mut().enumerate() {
@@ -219,7 +227,10 @@ fn check_trace(
 }
 
 async fn end_to_end(trunc: TruncMode, tcp: bool) {
-    let net = mixed_network(3);
+    end_to_end_of(mixed_network(3), trunc, tcp).await;
+}
+
+async fn end_to_end_of(net: Network, trunc: TruncMode, tcp: bool) {
     let x = input(&net, 4);
     let (server, client) = run_pair(
         &net,
@@ -276,6 +287,25 @@ async fn exact_truncation_over_duplex() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_truncation_over_tcp() {
     end_to_end(TruncMode::Local, true).await;
+}
+
+/// Bottleneck blocks (ResNet-50's 1×1–3×3–1×1 with projection shortcuts),
+/// mixed sites, both truncation modes: every node equals the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bottleneck_network_matches_the_reference() {
+    let spec = |seed| {
+        mixed(
+            ArchSpec::Bottleneck {
+                name: "mixed-bottleneck".into(),
+                stem: 4,
+                blocks: vec![2, 1],
+                widths: vec![2, 4],
+            },
+            seed,
+        )
+    };
+    end_to_end_of(spec(6), TruncMode::Local, false).await;
+    end_to_end_of(spec(7), TruncMode::Exact, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

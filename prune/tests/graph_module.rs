@@ -20,6 +20,7 @@ fn archs() -> Vec<(ArchSpec, FeatureShape)> {
         (tiny(ArchSpec::resnet34()), cifar),
         (tiny(ArchSpec::wrn(22, 8).unwrap()), cifar),
         (tiny(ArchSpec::vgg16()), cifar),
+        (tiny(ArchSpec::resnet50()), cifar),
         (ArchSpec::parse("hrn-2x5x3x-m4").unwrap(), cifar),
         (tiny(ArchSpec::resnet18()), FeatureShape::new(3, 16, 16)),
     ]

@@ -128,6 +128,20 @@ fn estimate_limits(arch: &ArchSpec, input: FeatureShape) -> std::result::Result<
                 .map(|(&b, &w)| (b as u128, w as u128))
                 .collect(),
         ),
+        // Bounded like a basic stage of width 4w (see models' check_limits).
+        ArchSpec::Bottleneck {
+            stem,
+            blocks,
+            widths,
+            ..
+        } => (
+            *stem as u128,
+            blocks
+                .iter()
+                .zip(widths)
+                .map(|(&b, &w)| (b as u128, 4 * w as u128))
+                .collect(),
+        ),
         ArchSpec::Wrn {
             depth,
             stem,

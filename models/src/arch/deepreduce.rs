@@ -79,6 +79,17 @@ pub fn scale_channels(spec: &ArchSpec, alpha: f64) -> Result<ArchSpec> {
             blocks: blocks.clone(),
             widths: widths.iter().map(|&w| scale(w, alpha)).collect(),
         },
+        ArchSpec::Bottleneck {
+            name,
+            stem,
+            blocks,
+            widths,
+        } => ArchSpec::Bottleneck {
+            name: format!("{name}{tag}"),
+            stem: scale(*stem, alpha),
+            blocks: blocks.clone(),
+            widths: widths.iter().map(|&w| scale(w, alpha)).collect(),
+        },
         ArchSpec::Wrn {
             name,
             depth,
