@@ -119,7 +119,7 @@ fn fails_with(args: &[&str], needles: &[&str]) {
 #[test]
 fn bad_input_gives_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
-    fails_with(&["--model", "resnet50"], &["resnet50"]);
+    fails_with(&["--model", "resnet152"], &["resnet152"]);
     fails_with(&["--model", "wrn23_8"], &["WRN depth"]);
     fails_with(
         &["--model", "hrn", "--hrn", "5x5x3x", "--base-channels", "0"],

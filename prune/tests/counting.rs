@@ -160,7 +160,7 @@ fn pareto_front_drops_dominated_points() {
 #[test]
 fn one_architecture_definition() {
     // Names resolve through pibench_models::arch; HRNs take --base-channels.
-    assert!(arch::resolve("resnet50", None, 1.0).is_err());
+    assert!(arch::resolve("resnet152", None, 1.0).is_err());
     assert!(arch::resolve("hrn-2x5x", None, 1.0).is_err());
     assert!(arch::resolve("resnet18", None, 0.0).is_err());
     let h = arch::resolve("hrn-2x5x3x", Some(8), 1.0).unwrap();

@@ -554,7 +554,7 @@ fn bad_inputs_fail_before_training() {
     let err = run(base_args(dir.path(), &out, "deepreduce", "10"));
     assert!(err.contains("smallest achievable"), "{err}");
     let mut bad_model = base_args(dir.path(), &out, "snl", "100");
-    bad_model[3] = "resnet50".into();
+    bad_model[3] = "resnet152".into();
     let err = run(bad_model);
     assert!(err.contains("unknown architecture"), "{err}");
     let missing = dir.path().join("nowhere");

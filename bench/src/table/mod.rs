@@ -128,7 +128,9 @@ fn estimate_limits(arch: &ArchSpec, input: FeatureShape) -> std::result::Result<
                 .map(|(&b, &w)| (b as u128, w as u128))
                 .collect(),
         ),
-        // Bounded like a basic stage of width 4w (see models' check_limits).
+        // A bottleneck block of p planes holds 4p·p + 9p² + 4p·p = 17p²
+        // weights (plus its shortcut): bounded by a basic stage of width 2p
+        // (18·(2p)² per block); its widest site (4p) is added below.
         ArchSpec::Bottleneck {
             stem,
             blocks,
@@ -139,7 +141,7 @@ fn estimate_limits(arch: &ArchSpec, input: FeatureShape) -> std::result::Result<
             blocks
                 .iter()
                 .zip(widths)
-                .map(|(&b, &w)| (b as u128, 4 * w as u128))
+                .map(|(&b, &w)| (b as u128, 2 * w as u128))
                 .collect(),
         ),
         ArchSpec::Wrn {
@@ -170,6 +172,9 @@ fn estimate_limits(arch: &ArchSpec, input: FeatureShape) -> std::result::Result<
         weights = weights.saturating_add(2 * 9 * n * w * w.max(prev));
         prev = w;
         widest = widest.max(w);
+    }
+    if let ArchSpec::Bottleneck { widths, .. } = arch {
+        widest = widest.max(4 * widths.iter().copied().max().unwrap_or(0) as u128);
     }
     let site = widest * input.h as u128 * input.w as u128;
     if weights > MAX_WEIGHTS {
