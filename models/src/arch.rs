@@ -227,13 +227,20 @@ impl ArchSpec {
                 blocks,
                 widths,
                 ..
-            } => build_resnet(self, *stem, blocks, widths, input, num_classes, init),
-            Self::Bottleneck {
+            }
+            | Self::Bottleneck {
                 stem,
                 blocks,
                 widths,
                 ..
-            } => build_bottleneck(self, *stem, blocks, widths, input, num_classes, init),
+            } => {
+                let block: &BlockFn<'_> = if matches!(self, Self::Bottleneck { .. }) {
+                    &bottleneck_block
+                } else {
+                    &basic_block
+                };
+                resnet_frame(self, *stem, blocks, widths, input, num_classes, init, block)
+            }
             Self::Wrn {
                 depth,
                 stem,
@@ -251,6 +258,27 @@ impl ArchSpec {
     /// Rejects sizes that could only come from a corrupt file or a typo and
     /// would otherwise exhaust memory: more than 2^31 weights or activations.
     fn check_limits(&self, input: FeatureShape, num_classes: usize) -> Result<()> {
+        let too_big = |what: &str, v: u128| -> Result<()> {
+            if v > 1u128 << 31 {
+                return Err(ModelError::InvalidSize {
+                    what: format!("{what} of {}", self.name()),
+                    value: v.to_string(),
+                    expected: "at most 2^31".into(),
+                });
+            }
+            Ok(())
+        };
+        let (weights, site) = self.size_estimate(input, num_classes);
+        too_big("weights", weights)?;
+        too_big("activations per site", site)?;
+        too_big("input elements", input.len() as u128)
+    }
+
+    /// Upper bounds, without building the network, on its number of
+    /// weights (classifier included) and on the elements of its widest
+    /// activation site — what [`ArchSpec::build`] and `pibench table` check
+    /// before allocating anything.
+    pub fn size_estimate(&self, input: FeatureShape, num_classes: usize) -> (u128, u128) {
         let (stem, stages): (usize, Vec<(usize, usize)>) = match self {
             Self::Resnet {
                 stem,
@@ -261,8 +289,9 @@ impl ArchSpec {
                 *stem,
                 blocks.iter().copied().zip(widths.iter().copied()).collect(),
             ),
-            // A bottleneck stage holds fewer weights than 2·9·n·(4w)² and its
-            // widest site has 4w channels: bounded as a basic stage of width 4w.
+            // A bottleneck block of p planes holds 4p·p + 9p² + 4p·p = 17p²
+            // weights plus its shortcut: bounded by a basic stage of width
+            // 2p (18·(2p)² per block); its widest site (4p) is added below.
             Self::Bottleneck {
                 stem,
                 blocks,
@@ -273,7 +302,7 @@ impl ArchSpec {
                 blocks
                     .iter()
                     .copied()
-                    .zip(widths.iter().map(|&w| w.saturating_mul(4)))
+                    .zip(widths.iter().map(|&w| w.saturating_mul(2)))
                     .collect(),
             ),
             Self::Wrn {
@@ -287,32 +316,20 @@ impl ArchSpec {
                 convs.iter().copied().zip(widths.iter().copied()).collect(),
             ),
         };
-        let too_big = |what: &str, v: u128| -> Result<()> {
-            if v > 1u128 << 31 {
-                return Err(ModelError::InvalidSize {
-                    what: format!("{what} of {}", self.name()),
-                    value: v.to_string(),
-                    expected: "at most 2^31".into(),
-                });
-            }
-            Ok(())
-        };
         let mut weights = 9 * input.c as u128 * stem as u128;
         let mut prev = stem as u128;
         let mut widest = stem as u128;
         for &(n, w) in &stages {
-            weights = weights
-                .saturating_add(2 * 9 * n as u128 * w as u128 * w.max(prev as usize) as u128);
-            prev = w as u128;
-            widest = widest.max(w as u128);
+            let w = w as u128;
+            weights = weights.saturating_add((2 * 9 * n as u128).saturating_mul(w * w.max(prev)));
+            prev = w;
+            widest = widest.max(w);
+        }
+        if let Self::Bottleneck { widths, .. } = self {
+            widest = widest.max(4 * widths.iter().copied().max().unwrap_or(0) as u128);
         }
         weights = weights.saturating_add(prev * num_classes as u128);
-        too_big("weights", weights)?;
-        too_big(
-            "activations per site",
-            widest * input.h as u128 * input.w as u128,
-        )?;
-        too_big("input elements", input.len() as u128)
+        (weights, widest * input.h as u128 * input.w as u128)
     }
 }
 
@@ -351,7 +368,15 @@ fn check_spatial(what: &str, input: FeatureShape, downsample: usize) -> Result<(
     Ok(())
 }
 
-fn build_resnet(
+/// One residual block: `(builder, input node, stage s ≥ 1, block b,
+/// stride, stage width, name prefix "layer{s}.{b}")` → the block's output.
+type BlockFn<'a> = dyn Fn(&mut GraphBuilder, usize, usize, usize, usize, usize, &str) -> usize + 'a;
+
+/// The CIFAR ResNet frame shared by basic and bottleneck blocks: checks,
+/// 3×3 stem + `relu0`, stages of `blocks` (stride 2 at the first block of
+/// stages 2..), global average pool, `linear`.
+#[allow(clippy::too_many_arguments)]
+fn resnet_frame(
     spec: &ArchSpec,
     stem: usize,
     blocks: &[usize],
@@ -359,6 +384,7 @@ fn build_resnet(
     input: FeatureShape,
     num_classes: usize,
     init: Init,
+    block: &BlockFn<'_>,
 ) -> Result<Network> {
     positive("stem channels", stem)?;
     if blocks.is_empty() || blocks.len() != widths.len() {
@@ -377,48 +403,10 @@ fn build_resnet(
     let c = g.conv("conv1", g.input(), stem, 3, 1, 1, 1, Some("bn1"));
     let mut x = g.site("relu0", c, Some(0), None, SiteRole::Stem);
     for (si, (&nb, &width)) in blocks.iter().zip(widths).enumerate() {
-        let s = si + 1;
         for b in 0..nb {
             let stride = if si > 0 && b == 0 { 2 } else { 1 };
-            let p = format!("layer{s}.{b}");
-            let cin = g.shape(x).c;
-            let c1 = g.conv(
-                &format!("{p}.conv1"),
-                x,
-                width,
-                3,
-                stride,
-                1,
-                1,
-                Some(&format!("{p}.bn1")),
-            );
-            let r1 = g.site(&format!("{p}.relu1"), c1, Some(s), Some(b), SiteRole::Body);
-            let c2 = g.conv(
-                &format!("{p}.conv2"),
-                r1,
-                width,
-                3,
-                1,
-                1,
-                1,
-                Some(&format!("{p}.bn2")),
-            );
-            let short = if stride != 1 || cin != width {
-                g.conv(
-                    &format!("{p}.shortcut.0"),
-                    x,
-                    width,
-                    1,
-                    stride,
-                    0,
-                    1,
-                    Some(&format!("{p}.shortcut.1")),
-                )
-            } else {
-                x
-            };
-            let sum = g.add(&format!("{p}.add"), c2, short);
-            x = g.site(&format!("{p}.relu2"), sum, Some(s), Some(b), SiteRole::Body);
+            let p = format!("layer{}.{b}", si + 1);
+            x = block(&mut g, x, si + 1, b, stride, width, &p);
         }
     }
     let pool = g.global_avgpool("avgpool", x);
@@ -427,83 +415,83 @@ fn build_resnet(
     g.finish(spec.name(), spec.clone(), num_classes)
 }
 
-fn build_bottleneck(
-    spec: &ArchSpec,
-    stem: usize,
-    blocks: &[usize],
-    widths: &[usize],
-    input: FeatureShape,
-    num_classes: usize,
-    init: Init,
-) -> Result<Network> {
-    positive("stem channels", stem)?;
-    if blocks.is_empty() || blocks.len() != widths.len() {
-        return Err(ModelError::InvalidSize {
-            what: "ResNet stages".into(),
-            value: format!("{} block counts, {} widths", blocks.len(), widths.len()),
-            expected: "the same non-zero number of stages".into(),
-        });
+/// A projection shortcut (1×1 conv + BN) where the shape changes, else `x`.
+fn shortcut(g: &mut GraphBuilder, x: usize, out: usize, stride: usize, p: &str) -> usize {
+    if stride != 1 || g.shape(x).c != out {
+        g.conv(
+            &format!("{p}.shortcut.0"),
+            x,
+            out,
+            1,
+            stride,
+            0,
+            1,
+            Some(&format!("{p}.shortcut.1")),
+        )
+    } else {
+        x
     }
-    for (s, (&b, &w)) in blocks.iter().zip(widths).enumerate() {
-        positive(&format!("blocks of stage {}", s + 1), b)?;
-        positive(&format!("channels of stage {}", s + 1), w)?;
-    }
-    check_spatial(spec.name(), input, 1 << (blocks.len() - 1))?;
-    let mut g = GraphBuilder::new(input, init);
-    let c = g.conv("conv1", g.input(), stem, 3, 1, 1, 1, Some("bn1"));
-    let mut x = g.site("relu0", c, Some(0), None, SiteRole::Stem);
-    for (si, (&nb, &planes)) in blocks.iter().zip(widths).enumerate() {
-        let s = si + 1;
-        let out = 4 * planes;
-        for b in 0..nb {
-            let stride = if si > 0 && b == 0 { 2 } else { 1 };
-            let p = format!("layer{s}.{b}");
-            let cin = g.shape(x).c;
-            let conv = |g: &mut GraphBuilder,
-                        i: usize,
-                        from: usize,
-                        cout: usize,
-                        k: usize,
-                        st: usize,
-                        pad: usize| {
-                g.conv(
-                    &format!("{p}.conv{i}"),
-                    from,
-                    cout,
-                    k,
-                    st,
-                    pad,
-                    1,
-                    Some(&format!("{p}.bn{i}")),
-                )
-            };
-            let c1 = conv(&mut g, 1, x, planes, 1, 1, 0);
-            let r1 = g.site(&format!("{p}.relu1"), c1, Some(s), Some(b), SiteRole::Body);
-            let c2 = conv(&mut g, 2, r1, planes, 3, stride, 1);
-            let r2 = g.site(&format!("{p}.relu2"), c2, Some(s), Some(b), SiteRole::Body);
-            let c3 = conv(&mut g, 3, r2, out, 1, 1, 0);
-            let short = if stride != 1 || cin != out {
-                g.conv(
-                    &format!("{p}.shortcut.0"),
-                    x,
-                    out,
-                    1,
-                    stride,
-                    0,
-                    1,
-                    Some(&format!("{p}.shortcut.1")),
-                )
-            } else {
-                x
-            };
-            let sum = g.add(&format!("{p}.add"), c3, short);
-            x = g.site(&format!("{p}.relu3"), sum, Some(s), Some(b), SiteRole::Body);
-        }
-    }
-    let pool = g.global_avgpool("avgpool", x);
-    let flat = g.flatten("flatten", pool);
-    g.linear("linear", flat, num_classes);
-    g.finish(spec.name(), spec.clone(), num_classes)
+}
+
+/// `{p}.conv{i}` with `kernel`, `stride`, padding `kernel / 2` and BN `{p}.bn{i}`.
+fn block_conv(
+    g: &mut GraphBuilder,
+    p: &str,
+    i: usize,
+    from: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+) -> usize {
+    g.conv(
+        &format!("{p}.conv{i}"),
+        from,
+        cout,
+        kernel,
+        stride,
+        kernel / 2,
+        1,
+        Some(&format!("{p}.bn{i}")),
+    )
+}
+
+/// BasicBlock: 3×3 (stride) + `relu1`, 3×3, add the shortcut, `relu2`.
+fn basic_block(
+    g: &mut GraphBuilder,
+    x: usize,
+    s: usize,
+    b: usize,
+    stride: usize,
+    width: usize,
+    p: &str,
+) -> usize {
+    let c1 = block_conv(g, p, 1, x, width, 3, stride);
+    let r1 = g.site(&format!("{p}.relu1"), c1, Some(s), Some(b), SiteRole::Body);
+    let c2 = block_conv(g, p, 2, r1, width, 3, 1);
+    let short = shortcut(g, x, width, stride, p);
+    let sum = g.add(&format!("{p}.add"), c2, short);
+    g.site(&format!("{p}.relu2"), sum, Some(s), Some(b), SiteRole::Body)
+}
+
+/// Bottleneck: 1×1 + `relu1`, 3×3 (stride) + `relu2`, 1×1 to 4× the planes,
+/// add the shortcut, `relu3`.
+fn bottleneck_block(
+    g: &mut GraphBuilder,
+    x: usize,
+    s: usize,
+    b: usize,
+    stride: usize,
+    planes: usize,
+    p: &str,
+) -> usize {
+    let c1 = block_conv(g, p, 1, x, planes, 1, 1);
+    let r1 = g.site(&format!("{p}.relu1"), c1, Some(s), Some(b), SiteRole::Body);
+    let c2 = block_conv(g, p, 2, r1, planes, 3, stride);
+    let r2 = g.site(&format!("{p}.relu2"), c2, Some(s), Some(b), SiteRole::Body);
+    let c3 = block_conv(g, p, 3, r2, 4 * planes, 1, 1);
+    let short = shortcut(g, x, 4 * planes, stride, p);
+    let sum = g.add(&format!("{p}.add"), c3, short);
+    g.site(&format!("{p}.relu3"), sum, Some(s), Some(b), SiteRole::Body)
 }
 
 fn build_wrn(

@@ -114,69 +114,7 @@ pub fn dapa2_coefficients(sigma: f64) -> (f64, f64, f64) {
 }
 
 fn estimate_limits(arch: &ArchSpec, input: FeatureShape) -> std::result::Result<(), String> {
-    let (stem, stages): (u128, Vec<(u128, u128)>) = match arch {
-        ArchSpec::Resnet {
-            stem,
-            blocks,
-            widths,
-            ..
-        } => (
-            *stem as u128,
-            blocks
-                .iter()
-                .zip(widths)
-                .map(|(&b, &w)| (b as u128, w as u128))
-                .collect(),
-        ),
-        // A bottleneck block of p planes holds 4p·p + 9p² + 4p·p = 17p²
-        // weights (plus its shortcut): bounded by a basic stage of width 2p
-        // (18·(2p)² per block); its widest site (4p) is added below.
-        ArchSpec::Bottleneck {
-            stem,
-            blocks,
-            widths,
-            ..
-        } => (
-            *stem as u128,
-            blocks
-                .iter()
-                .zip(widths)
-                .map(|(&b, &w)| (b as u128, 2 * w as u128))
-                .collect(),
-        ),
-        ArchSpec::Wrn {
-            depth,
-            stem,
-            widths,
-            ..
-        } => (
-            *stem as u128,
-            widths
-                .iter()
-                .map(|&w| ((*depth as u128).saturating_sub(4) / 6, w as u128))
-                .collect(),
-        ),
-        ArchSpec::Vgg { convs, widths, .. } => (
-            3,
-            convs
-                .iter()
-                .zip(widths)
-                .map(|(&c, &w)| (c as u128, w as u128))
-                .collect(),
-        ),
-    };
-    let mut weights = 9 * input.c as u128 * stem;
-    let mut prev = stem;
-    let mut widest = stem;
-    for &(n, w) in &stages {
-        weights = weights.saturating_add(2 * 9 * n * w * w.max(prev));
-        prev = w;
-        widest = widest.max(w);
-    }
-    if let ArchSpec::Bottleneck { widths, .. } = arch {
-        widest = widest.max(4 * widths.iter().copied().max().unwrap_or(0) as u128);
-    }
-    let site = widest * input.h as u128 * input.w as u128;
+    let (weights, site) = arch.size_estimate(input, 0);
     if weights > MAX_WEIGHTS {
         return Err(format!(
             "{} would have about {weights} weights (limit {MAX_WEIGHTS})",
