@@ -8,15 +8,18 @@
 //! # Exact field products through `f64` GEMM
 //! A convolution is `W · X` with `W` the `cout × K` weight matrix and `X` the
 //! `K × (H'·W')` im2col matrix (`K = cin/groups · k²`). Field elements
-//! `x < P < 2^55` are split into three 19-bit limbs `x = x0 + x1·2^19 +
-//! x2·2^38`; encoded weights are small signed integers, `|w| < 2^15`
+//! `x < P < 2^55` are split into two limbs `x = x0 + x1·2^28` (`x0 < 2^28`,
+//! `x1 < 2^27`); encoded weights are small signed integers, `|w| < 2^15`
 //! ([`crate::fixed::WEIGHT_MAGNITUDE_BITS`]). Every limb product is below
-//! `2^34` and every sum of `K < 2^18` of them below `2^52`, so an `f64`
-//! accumulation is *exact* whatever the summation order (all partial sums
-//! are integers below `2^53`). The three integer results are recombined as
-//! `Y0 + Y1·2^19 + Y2·2^38` in `i128` and reduced modulo `P`. Shares never
-//! lose a bit: this is integer arithmetic carried by the floating-point
-//! units, not a float approximation.
+//! `2^43`, so a sum of at most [`K_CHUNK`] `= 2^10` of them stays below
+//! `2^53` and an `f64` accumulation is *exact* whatever the summation order
+//! (all partial sums are integers below `2^53`). The reduction dimension is
+//! therefore cut into chunks of `K_CHUNK` rows: one GEMM per chunk (the
+//! same FLOPs as one long GEMM), the chunk results added exactly in `i64`,
+//! then recombined as `Y0 + Y1·2^28` in `i128` and reduced modulo `P`.
+//! Shares never lose a bit: this is integer arithmetic carried by the
+//! floating-point units, not a float approximation. (Two limbs instead of
+//! three 19-bit limbs without chunking: a third less GEMM work.)
 //!
 //! The matrix products run on `ndarray`'s `general_mat_mul` (matrixmultiply's
 //! `dgemm` with runtime-detected AVX/FMA/AVX-512 kernels), split over
@@ -30,11 +33,15 @@ use crate::fixed::{self, WEIGHT_MAGNITUDE_BITS};
 use super::kernels::ConvGeometry;
 
 /// Limb width of the exact field products.
-const LIMB_BITS: u32 = 19;
-/// Number of limbs of a field element (`3 · 19 ≥ 55`).
-const LIMBS: usize = 3;
-/// Largest reduction length `K` for which the `f64` sums stay exact.
-pub const MAX_EXACT_K: usize = 1 << (53 - LIMB_BITS - WEIGHT_MAGNITUDE_BITS - 1);
+const LIMB_BITS: u32 = 28;
+/// Number of limbs of a field element (`2 · 28 ≥ 55`).
+const LIMBS: usize = 2;
+/// Rows of the reduction dimension per GEMM: `K_CHUNK · (2^28 − 1) ·
+/// (2^15 − 1) < 2^53`, so every `f64` partial sum is an exact integer.
+pub const K_CHUNK: usize = 1 << (53 - LIMB_BITS - WEIGHT_MAGNITUDE_BITS);
+/// Largest reduction length `K` of the limb method: the `i64` sum of
+/// `K / K_CHUNK` chunk results (each below `2^53`) stays below `2^63`.
+pub const MAX_EXACT_K: usize = K_CHUNK << 9;
 
 /// `C = A · B` for row-major `A` (`m × k`) and `B` (`k × n`), overwriting
 /// `C` (`m × n`), with the rows of `A` split over `threads` threads.
@@ -167,34 +174,62 @@ pub fn linear_f64(
 
 fn limbs(x: u64) -> [f64; LIMBS] {
     let m = (1u64 << LIMB_BITS) - 1;
-    [
-        (x & m) as f64,
-        ((x >> LIMB_BITS) & m) as f64,
-        (x >> (2 * LIMB_BITS)) as f64,
-    ]
+    [(x & m) as f64, (x >> LIMB_BITS) as f64]
 }
 
-/// The three limb planes of a field tensor.
+/// The limb planes of a field tensor.
 fn limb_planes(x: &[u64]) -> [Vec<f64>; LIMBS] {
-    let mut p = [
-        Vec::with_capacity(x.len()),
-        Vec::with_capacity(x.len()),
-        Vec::with_capacity(x.len()),
-    ];
+    let mut p = [Vec::with_capacity(x.len()), Vec::with_capacity(x.len())];
     for &v in x {
         let l = limbs(v);
         p[0].push(l[0]);
         p[1].push(l[1]);
-        p[2].push(l[2]);
     }
     p
 }
 
-/// Recombines the limb sums `Y0 + Y1·2^19 + Y2·2^38` modulo `P`, plus `bias`.
+/// Recombines the limb sums `Y0 + Y1·2^28` modulo `P`, plus `bias`.
 #[inline]
-fn recombine(y: [f64; LIMBS], bias: u64) -> u64 {
-    let v = y[0] as i128 + ((y[1] as i128) << LIMB_BITS) + ((y[2] as i128) << (2 * LIMB_BITS));
+fn recombine(y: [i64; LIMBS], bias: u64) -> u64 {
+    let v = y[0] as i128 + ((y[1] as i128) << LIMB_BITS);
     fixed::add(fixed::from_i128(v), bias)
+}
+
+/// `C = W · X` exactly for integer-valued `W` (`m × k`, `|w| < 2^15`) and
+/// limb rows `X` (`k × n`, entries `< 2^28`): one GEMM per [`K_CHUNK`] rows,
+/// the chunk results summed in `i64` into `acc` (`m × n`, overwritten).
+#[allow(clippy::too_many_arguments)]
+fn exact_gemm(
+    w: &[f64],
+    x: &[f64],
+    acc: &mut [i64],
+    prod: &mut [f64],
+    wchunk: &mut Vec<f64>,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+) {
+    acc[..m * n].iter_mut().for_each(|v| *v = 0);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = (k - k0).min(K_CHUNK);
+        // W[:, k0..k0+kc] as a contiguous m × kc matrix.
+        let a: &[f64] = if kc == k {
+            w
+        } else {
+            wchunk.clear();
+            for r in 0..m {
+                wchunk.extend_from_slice(&w[r * k + k0..r * k + k0 + kc]);
+            }
+            wchunk
+        };
+        dgemm_rows(a, &x[k0 * n..(k0 + kc) * n], prod, m, kc, n, threads);
+        for (s, &p) in acc[..m * n].iter_mut().zip(prod.iter()) {
+            *s += p as i64;
+        }
+        k0 += kc;
+    }
 }
 
 /// Whether the exact limb method applies: every weight (centred) below
@@ -227,18 +262,30 @@ pub fn conv2d_field(
     let wf: Vec<f64> = weight.iter().map(|&w| fixed::to_i64(w) as f64).collect();
     let mut cols = vec![0.0; kk * LIMBS * plane];
     let mut prod = vec![0.0; cout_g * LIMBS * plane];
+    let mut acc = vec![0i64; cout_g * LIMBS * plane];
+    let mut wchunk = Vec::new();
     let mut out = Vec::with_capacity(g.cout * plane);
     let planes = limb_planes(input);
-    let planes = [&planes[0][..], &planes[1][..], &planes[2][..]];
+    let planes = [&planes[0][..], &planes[1][..]];
     for group in 0..g.groups {
         im2col(&planes, g, group, &mut cols);
         let w = &wf[group * cout_g * kk..(group + 1) * cout_g * kk];
-        dgemm_rows(w, &cols, &mut prod, cout_g, kk, LIMBS * plane, threads);
+        exact_gemm(
+            w,
+            &cols,
+            &mut acc,
+            &mut prod,
+            &mut wchunk,
+            cout_g,
+            kk,
+            LIMBS * plane,
+            threads,
+        );
         for oc in 0..cout_g {
-            let row = &prod[oc * LIMBS * plane..(oc + 1) * LIMBS * plane];
+            let row = &acc[oc * LIMBS * plane..(oc + 1) * LIMBS * plane];
             let b = bias.map_or(0, |b| b[group * cout_g + oc]);
             for p in 0..plane {
-                out.push(recombine([row[p], row[plane + p], row[2 * plane + p]], b));
+                out.push(recombine([row[p], row[plane + p]], b));
             }
         }
     }
@@ -258,17 +305,28 @@ pub fn linear_field(
         return super::kernels::linear_field(input, weight, bias, out_features);
     }
     let wf: Vec<f64> = weight.iter().map(|&w| fixed::to_i64(w) as f64).collect();
-    // X is n × 3 (one column per limb).
+    // X is n × 2 (one column per limb).
     let mut x = vec![0.0; n * LIMBS];
     for (i, &v) in input.iter().enumerate() {
         x[i * LIMBS..(i + 1) * LIMBS].copy_from_slice(&limbs(v));
     }
     let mut prod = vec![0.0; out_features * LIMBS];
-    dgemm_rows(&wf, &x, &mut prod, out_features, n, LIMBS, 1);
+    let mut acc = vec![0i64; out_features * LIMBS];
+    exact_gemm(
+        &wf,
+        &x,
+        &mut acc,
+        &mut prod,
+        &mut Vec::new(),
+        out_features,
+        n,
+        LIMBS,
+        1,
+    );
     (0..out_features)
         .map(|o| {
             recombine(
-                [prod[o * LIMBS], prod[o * LIMBS + 1], prod[o * LIMBS + 2]],
+                [acc[o * LIMBS], acc[o * LIMBS + 1]],
                 bias.map_or(0, |b| b[o]),
             )
         })
@@ -353,5 +411,59 @@ mod tests {
             conv2d_field(&x, &w, None, &g, 2),
             kernels::conv2d_field(&x, &w, None, &g)
         );
+    }
+
+    /// Reductions longer than one chunk (`K = 130·3² = 1170 > K_CHUNK`, and
+    /// a 2,500-input fully connected layer) at the exactness limits: every
+    /// limb at its maximum and every weight at `±(2^15 − 1)`, so each chunk
+    /// sum is as close to `2^53` as the bound allows, plus random values.
+    #[test]
+    fn chunked_reductions_are_exact_at_the_limits() {
+        let g = ConvGeometry {
+            input: FeatureShape::new(130, 3, 3),
+            cout: 3,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        let kk = 130 * 9;
+        assert!(kk > K_CHUNK);
+        let top = (1i64 << WEIGHT_MAGNITUDE_BITS) - 1;
+        // Largest low and high limbs: 2^28 − 1 + (2^27 − 1)·2^28 exceeds P, so
+        // use P − 1 and an element with a full low limb.
+        let full_low = (1u64 << 28) - 1 + (1u64 << 40);
+        let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(9);
+        for case in 0..3 {
+            let x: Vec<u64> = (0..g.input.len())
+                .map(|i| match case {
+                    0 => P - 1,
+                    1 => [P - 1, full_low][i % 2],
+                    _ => rng.gen_range(0..P),
+                })
+                .collect();
+            let w: Vec<u64> = (0..3 * kk)
+                .map(|i| match case {
+                    0 => fixed::from_i64(top),
+                    1 => fixed::from_i64(if i % 3 == 0 { -top } else { top }),
+                    _ => fixed::from_i64(rng.gen_range(-top..=top)),
+                })
+                .collect();
+            assert!(exact_applies(&w, kk));
+            assert_eq!(
+                conv2d_field(&x, &w, None, &g, 2),
+                kernels::conv2d_field(&x, &w, None, &g),
+                "case {case}"
+            );
+            let n = 2500;
+            let xl: Vec<u64> = (0..n).map(|i| x[i % x.len()]).collect();
+            let wl: Vec<u64> = (0..2 * n).map(|i| w[i % w.len()]).collect();
+            let b = [3, P - 2];
+            assert_eq!(
+                linear_field(&xl, &wl, Some(&b), 2),
+                kernels::linear_field(&xl, &wl, Some(&b), 2),
+                "case {case} (linear)"
+            );
+        }
     }
 }
