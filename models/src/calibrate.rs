@@ -98,7 +98,7 @@ pub enum PlanOp {
     BatchNorm {
         /// Fractional bits of the per-channel scale.
         scale_frac_bits: u32,
-        /// Truncation amount (0: none).
+        /// Truncation of the input before the scale (0: none).
         trunc_bits: u32,
     },
     /// Average pool or global average pool.
@@ -290,12 +290,9 @@ pub fn truncation_points(net: &Network, enc: &EncodedNetwork) -> Vec<TruncPoint>
                     }
                 }
             }
-            (
-                Op::BatchNorm(_),
-                Some(EncodedOp::BatchNorm {
-                    frac_bits, trunc, ..
-                }),
-            ) if *trunc > 0 => push(TruncKind::BatchNorm, s_in + frac_bits, *trunc),
+            (Op::BatchNorm(_), Some(EncodedOp::BatchNorm { trunc, .. })) if *trunc > 0 => {
+                push(TruncKind::BatchNorm, s_in, *trunc)
+            }
             (op, Some(EncodedOp::Pool(PoolPlan::Rounded { trunc, .. }))) => {
                 let kind = if matches!(op, Op::GlobalAvgPool) {
                     TruncKind::GlobalAvgPool
@@ -473,9 +470,9 @@ impl Evaluator for FloatTracer<'_> {
         bn: &BatchNorm,
         x: &Vec<f64>,
     ) -> crate::Result<Vec<f64>> {
-        let y = self.inner.batchnorm(ctx, bn, x)?;
-        self.note(ctx.index, 0, max_abs_f64(&y));
-        Ok(y)
+        // The truncation point is the batch norm's input (see reference::EncodedNetwork).
+        self.note(ctx.index, 0, max_abs_f64(x));
+        self.inner.batchnorm(ctx, bn, x)
     }
 
     fn linear(&mut self, ctx: &NodeCtx<'_>, l: &Linear, x: &Vec<f64>) -> crate::Result<Vec<f64>> {

@@ -233,3 +233,98 @@ fn trace_returns_every_node_and_ends_with_the_logits() {
         &forward_fixed(&net, FixedPoint::default(), &x).unwrap().raw
     );
 }
+
+/// Data-free batch-norm statistics: after `set_batchnorm_statistics`, every
+/// batch norm's output over the calibration inputs has per-channel mean
+/// `beta` and variance `gamma²·var/(var+eps)`; and a random all-identity WRN
+/// whose activations grow layer after layer keeps them O(1).
+#[test]
+fn batchnorm_statistics_normalise_a_random_network() {
+    use pibench_models::graph::Op;
+    use pibench_models::reference::{
+        calibrate_random_batchnorm, random_input, set_batchnorm_statistics,
+    };
+    let spec = pibench_models::arch::ArchSpec::Wrn {
+        name: "wrn16-small".into(),
+        depth: 16,
+        stem: 8,
+        widths: vec![16, 16, 32],
+    };
+    let mut net = spec
+        .build(FeatureShape::new(3, 16, 16), 10, Init::Seeded(3))
+        .unwrap();
+    for s in net.sites_mut() {
+        s.fill_mask(0);
+    }
+    let x = random_input(net.input.len(), 77);
+    let peak = |net: &Network| -> f64 {
+        let t = forward_trace(net, &mut FloatEvaluator::default(), &x).unwrap();
+        t.iter()
+            .flat_map(|v| v.iter())
+            .fold(0.0f64, |m, v| m.max(v.abs()))
+    };
+    // Scale the weights up as a deep random net would compound them.
+    for n in net.nodes.iter_mut() {
+        if let Op::Conv2d(c) = &mut n.op {
+            c.weight.data.iter_mut().for_each(|w| *w *= 3.0);
+        }
+    }
+    let before = peak(&net);
+    let inputs: Vec<Vec<f32>> = (0..3).map(|k| random_input(net.input.len(), k)).collect();
+    let set = set_batchnorm_statistics(&mut net, &inputs, 2).unwrap();
+    let bns = net
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(&n.op, Op::Conv2d(c) if c.bn.is_some()) || matches!(n.op, Op::BatchNorm(_))
+        })
+        .count();
+    assert_eq!(set, bns);
+    assert!(set > 10);
+    // Every batch norm's output over the calibration inputs is normalised.
+    let traces: Vec<Vec<Vec<f64>>> = inputs
+        .iter()
+        .map(|x| forward_trace(&net, &mut FloatEvaluator::default(), x).unwrap())
+        .collect();
+    for (i, n) in net.nodes.iter().enumerate() {
+        let bn = match &n.op {
+            Op::Conv2d(c) => c.bn.as_ref(),
+            Op::BatchNorm(b) => Some(b),
+            _ => None,
+        };
+        let Some(bn) = bn else { continue };
+        let plane = n.shape.plane();
+        for c in 0..n.shape.c {
+            let vals: Vec<f64> = traces
+                .iter()
+                .flat_map(|t| t[i][c * plane..(c + 1) * plane].iter().copied())
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / vals.len() as f64;
+            let var = bn.running_var[c] as f64;
+            let want_v = (bn.gamma[c] as f64).powi(2) * var / (var + bn.eps as f64);
+            assert!(
+                (m - bn.beta[c] as f64).abs() < 1e-3 * (1.0 + var.sqrt()),
+                "{}: mean {m}",
+                n.name
+            );
+            assert!(
+                (v - want_v).abs() < 1e-3 * (1.0 + want_v),
+                "{}: var {v} vs {want_v}",
+                n.name
+            );
+        }
+    }
+    let after = peak(&net);
+    assert!(
+        before > 1e4,
+        "the uncalibrated net should blow up ({before})"
+    );
+    assert!(after < 100.0, "calibrated peak {after}");
+    // The seeded wrapper is deterministic.
+    let mut a = net.clone();
+    let mut b = net.clone();
+    calibrate_random_batchnorm(&mut a, 5).unwrap();
+    calibrate_random_batchnorm(&mut b, 5).unwrap();
+    assert_eq!(a, b);
+}

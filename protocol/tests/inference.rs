@@ -167,7 +167,31 @@ fn check_trace(
             Op::Input => ev.input(x, net.input).unwrap(),
             Op::Conv2d(c) => ev.conv(&ctx, c, &arg(0)).unwrap(),
             Op::Linear(l) => ev.linear(&ctx, l, &arg(0)).unwrap(),
-            Op::BatchNorm(b) => ev.batchnorm(&ctx, b, &arg(0)).unwrap(),
+            Op::BatchNorm(b) => match enc.ops.get(i) {
+                Some(Some(EncodedOp::BatchNorm {
+                    scale,
+                    shift,
+                    trunc,
+                    ..
+                })) if *trunc > 0 => {
+                    // The input's truncation (±e), then the exact scale and shift.
+                    let x = &values[node.inputs[0]];
+                    let plane = node.shape.plane();
+                    for (k, &xk) in x.iter().enumerate() {
+                        let t = fixed::to_i64(fixed::truncate_round(xk, *trunc));
+                        let ok = range(exact).any(|e| {
+                            let v = fixed::add(
+                                fixed::mul(fixed::from_i64(t + e), scale[k / plane]),
+                                shift[k / plane],
+                            );
+                            v == got[k]
+                        });
+                        assert!(ok, "{} element {k}: batch norm of {t} (±e)", node.name);
+                    }
+                    continue;
+                }
+                _ => ev.batchnorm(&ctx, b, &arg(0)).unwrap(),
+            },
             Op::Add => ev.add(&ctx, &arg(0), &arg(1)).unwrap(),
             Op::Flatten => arg(0),
             Op::AvgPool { kernel, stride } => ev.avgpool(&ctx, *kernel, *stride, &arg(0)).unwrap(),
@@ -306,6 +330,37 @@ async fn bottleneck_network_matches_the_reference() {
     };
     end_to_end_of(spec(6), TruncMode::Local, false).await;
     end_to_end_of(spec(7), TruncMode::Exact, false).await;
+}
+
+/// Pre-activation WRN blocks: standalone batch norms that truncate their
+/// input (locally, or in a garbled circuit before their HE layer), mixed
+/// sites, both truncation modes: every node equals the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preactivation_network_matches_the_reference() {
+    let spec = |seed| {
+        mixed(
+            ArchSpec::Wrn {
+                name: "mixed-wrn".into(),
+                depth: 10,
+                stem: 4,
+                widths: vec![4, 4, 8],
+            },
+            seed,
+        )
+    };
+    let net = spec(8);
+    let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
+    let truncating = enc
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Some(EncodedOp::BatchNorm { trunc, .. }) if *trunc > 0))
+        .count();
+    assert!(
+        truncating > 0,
+        "the test net must have truncating batch norms"
+    );
+    end_to_end_of(net, TruncMode::Local, false).await;
+    end_to_end_of(spec(9), TruncMode::Exact, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

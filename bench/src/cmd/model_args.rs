@@ -219,6 +219,10 @@ impl ModelArgs {
                 relu_count(&net, Convention::default())
             ));
         }
+        if !from_file {
+            let how = pibench_models::reference::calibrate_random_batchnorm(&mut net, self.seed)?;
+            source.push_str(&format!("; {how}"));
+        }
         // Calibrated bounds hold for the network and scale plan they were measured on.
         let (bounds, bounds_note) = match file_bounds {
             None => (None, None),

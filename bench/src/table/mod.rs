@@ -380,6 +380,13 @@ impl Row {
         } else {
             how.push_str("; replaced elements are the identity");
         }
+        if let Init::Seeded(seed) = init {
+            how.push_str(&format!(
+                "; {}",
+                pibench_models::reference::calibrate_random_batchnorm(&mut net, seed)
+                    .map_err(|e| self.model_err(e))?
+            ));
+        }
         Ok((net, how))
     }
 

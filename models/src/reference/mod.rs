@@ -23,9 +23,15 @@
 //!   `s + m` (no rounding at all). Other windows multiply by
 //!   `round(2^16 / window)` and truncate by 16 (a truncation point).
 //! * Standalone batch norm (pre-activation nets): per-channel scale at
-//!   `fw_bn` bits, shift at `s_in + fw_bn`; if that leaves the value above
-//!   `fa + 16` bits before a site, it truncates by the excess (a truncation
-//!   point).
+//!   `fw_bn` bits; if `s_in + fw_bn` would leave the value above `fa + 16`
+//!   fractional bits before a site, the *input* is first truncated by the
+//!   excess `t` (a truncation point), then multiplied; shift at `s_in − t +
+//!   fw_bn`. Truncating the input (at most `s_in ≤ fa + 16` fractional bits,
+//!   like a site's input) rather than the product (`s_in + fw_bn` ≈ 40
+//!   fractional bits) keeps the magnitude `ℓ` of the truncated value ~16 bits
+//!   smaller, and with it the failure probability `2^(ℓ+1)/P` of local
+//!   truncation (a WRN-22-8's batch norms: 2^−11 per element before, 2^−27
+//!   after).
 //! * Site (input at `s`): `t = round(y / 2^f)` with `f = s − fa ≤ 16`
 //!   ([`fixed::truncate_round`]; a site fed at scale `fa` is first lifted by
 //!   one bit so that `f ≥ 1`), then per element: ReLU `max(t, 0)`; identity
@@ -177,17 +183,7 @@ fn walk<E: Evaluator>(
                 .and_then(|v| v.as_ref())
                 .ok_or_else(|| missing(i, &node.name))
         };
-        let v = match &node.op {
-            Op::Input => eval.input(input, net.input)?,
-            Op::Conv2d(c) => eval.conv(&ctx, c, arg(0)?)?,
-            Op::BatchNorm(bn) => eval.batchnorm(&ctx, bn, arg(0)?)?,
-            Op::Linear(l) => eval.linear(&ctx, l, arg(0)?)?,
-            Op::AvgPool { kernel, stride } => eval.avgpool(&ctx, *kernel, *stride, arg(0)?)?,
-            Op::GlobalAvgPool => eval.global_avgpool(&ctx, arg(0)?)?,
-            Op::Add => eval.add(&ctx, arg(0)?, arg(1)?)?,
-            Op::Flatten => arg(0)?.clone(),
-            Op::Site(s) => eval.site(&ctx, s, arg(0)?)?,
-        };
+        let v = apply(eval, &ctx, &node.op, input, net.input, arg)?;
         values[i] = Some(v);
         if !keep_all {
             for &j in &node.inputs {
@@ -198,6 +194,188 @@ fn walk<E: Evaluator>(
         }
     }
     Ok(values)
+}
+
+/// One node of the op list: the single place that maps an [`Op`] to its
+/// [`Evaluator`] call (`arg(k)` is the node's `k`-th input value).
+fn apply<'v, E: Evaluator + ?Sized>(
+    eval: &mut E,
+    ctx: &NodeCtx<'_>,
+    op: &Op,
+    input: &[f32],
+    input_shape: FeatureShape,
+    arg: impl Fn(usize) -> Result<&'v E::Value>,
+) -> Result<E::Value>
+where
+    E::Value: 'v,
+{
+    Ok(match op {
+        Op::Input => eval.input(input, input_shape)?,
+        Op::Conv2d(c) => eval.conv(ctx, c, arg(0)?)?,
+        Op::BatchNorm(bn) => eval.batchnorm(ctx, bn, arg(0)?)?,
+        Op::Linear(l) => eval.linear(ctx, l, arg(0)?)?,
+        Op::AvgPool { kernel, stride } => eval.avgpool(ctx, *kernel, *stride, arg(0)?)?,
+        Op::GlobalAvgPool => eval.global_avgpool(ctx, arg(0)?)?,
+        Op::Add => eval.add(ctx, arg(0)?, arg(1)?)?,
+        Op::Flatten => arg(0)?.clone(),
+        Op::Site(s) => eval.site(ctx, s, arg(0)?)?,
+    })
+}
+
+/// Data-free batch-norm statistics for a network with random weights: walks
+/// the op list over `inputs` (float) and sets every batch norm's
+/// `running_mean` / `running_var` to the per-channel mean and (biased)
+/// variance of its input over all images and positions, in topological
+/// order, so that each layer sees the already normalised output of the
+/// layers before it. `gamma` and `beta` are kept.
+///
+/// Why: a seeded random network (He-uniform weights) with its ReLUs masked
+/// to the identity doubles the variance at every identity layer and adds
+/// it up along residual paths; without this, the activations of a
+/// random-weight WRN-22-8 reach 2^26 and no fixed-point encoding holds them,
+/// while a trained network's batch norms keep them O(1). This is what
+/// training's batch statistics would be on these inputs; it makes
+/// random-weight rows (latency tables) behave like trained networks in
+/// magnitude, not in accuracy. Returns the number of batch norms set.
+pub fn set_batchnorm_statistics(
+    net: &mut Network,
+    inputs: &[Vec<f32>],
+    threads: usize,
+) -> Result<usize> {
+    net.validate()?;
+    if inputs.is_empty() {
+        return Err(ModelError::Graph {
+            node: 0,
+            name: "input".into(),
+            reason: "batch-norm statistics need at least one input".into(),
+        });
+    }
+    for x in inputs {
+        if x.len() != net.input.len() {
+            return Err(ModelError::InputSize {
+                found: x.len(),
+                expected: net.input.len(),
+                shape: net.input.to_string(),
+            });
+        }
+    }
+    let mut eval = FloatEvaluator { threads };
+    let mut last_use = vec![0usize; net.nodes.len()];
+    for (i, n) in net.nodes.iter().enumerate() {
+        for &j in &n.inputs {
+            last_use[j] = i;
+        }
+    }
+    // values[node][image]
+    let mut values: Vec<Option<Vec<Vec<f64>>>> = vec![None; net.nodes.len()];
+    let mut set = 0;
+    for i in 0..net.nodes.len() {
+        let node = &net.nodes[i];
+        let in_shape = node
+            .inputs
+            .first()
+            .map_or(net.input, |&j| net.nodes[j].shape);
+        let name = node.name.clone();
+        let ctx = NodeCtx {
+            index: i,
+            name: &name,
+            in_shape,
+            out_shape: node.shape,
+        };
+        let missing = || ModelError::Graph {
+            node: i,
+            name: name.clone(),
+            reason: "input value not available (graph not in topological order)".into(),
+        };
+        let mut outs = Vec::with_capacity(inputs.len());
+        // The op without its batch norm, and the batch norm's input shape.
+        let (op, bn_shape) = match &node.op {
+            Op::Conv2d(c) if c.bn.is_some() => {
+                let mut raw = c.clone();
+                raw.bn = None;
+                (Op::Conv2d(raw), Some(node.shape))
+            }
+            Op::BatchNorm(_) => (Op::Flatten, Some(in_shape)),
+            other => (other.clone(), None),
+        };
+        for (k, x) in inputs.iter().enumerate() {
+            let arg = |a: usize| -> Result<&Vec<f64>> {
+                node.inputs
+                    .get(a)
+                    .and_then(|&j| values[j].as_ref())
+                    .and_then(|v| v.get(k))
+                    .ok_or_else(missing)
+            };
+            outs.push(apply(&mut eval, &ctx, &op, x, net.input, arg)?);
+        }
+        if let Some(shape) = bn_shape {
+            let plane = shape.plane().max(1);
+            let n = (plane * outs.len()) as f64;
+            let mut mean = vec![0f64; shape.c];
+            let mut sq = vec![0f64; shape.c];
+            for o in &outs {
+                for (j, &v) in o.iter().enumerate() {
+                    mean[j / plane] += v;
+                    sq[j / plane] += v * v;
+                }
+            }
+            let bn = match &mut net.nodes[i].op {
+                Op::Conv2d(c) => c.bn.as_mut(),
+                Op::BatchNorm(bn) => Some(bn),
+                _ => None,
+            };
+            if let Some(bn) = bn {
+                for c in 0..shape.c {
+                    let m = mean[c] / n;
+                    bn.running_mean[c] = m as f32;
+                    bn.running_var[c] = (sq[c] / n - m * m).max(0.0) as f32;
+                }
+                let (scale, shift) = bn.affine();
+                for o in &mut outs {
+                    for (j, v) in o.iter_mut().enumerate() {
+                        *v = *v * scale[j / plane] + shift[j / plane];
+                    }
+                }
+                set += 1;
+            }
+        }
+        values[i] = Some(outs);
+        for &j in &net.nodes[i].inputs {
+            if last_use[j] == i {
+                values[j] = None;
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// A seeded random input of `len` values, uniform in `[−2, 2)` (ChaCha12):
+/// `pibench run`'s default input and the images of
+/// [`calibrate_random_batchnorm`].
+pub fn random_input(len: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
+}
+
+/// Images used by [`calibrate_random_batchnorm`].
+pub const BN_CALIBRATION_IMAGES: usize = 4;
+
+/// Sets the batch-norm statistics of a seeded random network
+/// ([`set_batchnorm_statistics`]) from [`BN_CALIBRATION_IMAGES`] inputs of
+/// [`random_input`] drawn from seeds derived from `seed` (not the inference
+/// inputs' seeds). Returns the sentence a report prints.
+pub fn calibrate_random_batchnorm(net: &mut Network, seed: u64) -> Result<String> {
+    let base = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xB7E1_5162_8AED_2A6B;
+    let inputs: Vec<Vec<f32>> = (0..BN_CALIBRATION_IMAGES as u64)
+        .map(|k| random_input(net.input.len(), base.wrapping_add(k)))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = set_batchnorm_statistics(net, &inputs, threads)?;
+    Ok(format!(
+        "{n} batch norms' running statistics set from {BN_CALIBRATION_IMAGES} seeded random \
+         inputs (data-free calibration of the random weights)"
+    ))
 }
 
 fn geometry(c: &Conv2d, input: FeatureShape) -> ConvGeometry {
@@ -448,11 +626,11 @@ pub enum EncodedOp {
         /// `max |b|`.
         bias_max: u64,
     },
-    /// Standalone batch norm: `round((scale·x + shift) / 2^trunc)`.
+    /// Standalone batch norm: `scale·round(x / 2^trunc) + shift`.
     BatchNorm {
         /// Per-channel scale at `frac_bits`.
         scale: Vec<u64>,
-        /// Per-channel shift at `s_in + frac_bits`.
+        /// Per-channel shift at `s_in − trunc + frac_bits`.
         shift: Vec<u64>,
         /// Fractional bits of the scale.
         frac_bits: u32,
@@ -633,14 +811,15 @@ impl EncodedNetwork {
                     let (sc, sh) = bn.affine();
                     let f = frac_bits_for(max_real(&sc), fp.max_weight_frac_bits);
                     let scale = encode_all(&sc, f, "scale")?;
-                    let shift = encode_all(&sh, s_in + f, "shift")?;
-                    check_weight_magnitude(i, &node.name, &scale)?;
-                    let mid = s_in + f;
+                    // Truncate the input (not the product): see the module doc.
                     let trunc = if needs_cap[i] {
-                        mid.saturating_sub(top)
+                        (s_in + f).saturating_sub(top).min(s_in)
                     } else {
                         0
                     };
+                    let mid = s_in - trunc + f;
+                    let shift = encode_all(&sh, mid, "shift")?;
+                    check_weight_magnitude(i, &node.name, &scale)?;
                     if trunc > fixed::MAX_TRUNC_BITS {
                         return Err(plan_err(format!(
                             "would truncate by {trunc} bits (at most {})",
@@ -655,7 +834,7 @@ impl EncodedNetwork {
                             frac_bits: f,
                             trunc,
                         }),
-                        mid - trunc,
+                        mid,
                     )
                 }
                 Op::AvgPool { kernel, .. } => {
@@ -933,36 +1112,36 @@ impl Evaluator for FixedEvaluator<'_> {
             scale,
             shift,
             scale_max,
-            frac_bits,
             trunc,
+            ..
         } = self.op(ctx)?
         else {
             return Err(wrong_op(ctx));
         };
         let plane = ctx.in_shape.plane();
+        let xt: Vec<u64> = if *trunc == 0 {
+            x.data.clone()
+        } else {
+            self.record(
+                ctx,
+                TruncKind::BatchNorm,
+                max_abs(&x.data),
+                x.frac_bits,
+                *trunc,
+            );
+            x.data
+                .iter()
+                .map(|&v| fixed::truncate_round(v, *trunc))
+                .collect()
+        };
         Self::check(
             ctx,
-            max_abs(&x.data) as u128 * *scale_max as u128 + max_abs(shift) as u128,
+            max_abs(&xt) as u128 * *scale_max as u128 + max_abs(shift) as u128,
         )?;
-        let pre: Vec<u64> = x
-            .data
+        let data: Vec<u64> = xt
             .iter()
             .enumerate()
             .map(|(i, &v)| fixed::add(fixed::mul(v, scale[i / plane]), shift[i / plane]))
-            .collect();
-        if *trunc == 0 {
-            return Ok(self.out(ctx, pre));
-        }
-        self.record(
-            ctx,
-            TruncKind::BatchNorm,
-            max_abs(&pre),
-            x.frac_bits + frac_bits,
-            *trunc,
-        );
-        let data = pre
-            .into_iter()
-            .map(|v| fixed::truncate_round(v, *trunc))
             .collect();
         Ok(self.out(ctx, data))
     }

@@ -405,6 +405,14 @@ impl GarblerSite {
         self.pieces.iter().map(|(_, k)| k.output_masks.len()).sum()
     }
 
+    /// Hands the site's buffers to `pool`.
+    pub fn recycle(self, pool: &StorePool) {
+        for (_, k) in self.pieces {
+            pool.give_blocks(k.input_zero_labels);
+            pool.give_words(k.output_masks);
+        }
+    }
+
     /// `ρ` per circuit: the client learns `v + ρ`.
     pub fn output_masks(&self) -> Vec<u64> {
         self.pieces
@@ -646,6 +654,18 @@ impl EvaluatorSite {
     pub fn count(&self) -> usize {
         let n = self.shape.input_bits();
         self.pieces.iter().map(|p| p.labels.len() / n).sum()
+    }
+
+    /// Hands the site's buffers to `pool` (pieces still shared elsewhere are dropped).
+    pub fn recycle(self, pool: &StorePool) {
+        for p in self.pieces {
+            if let Ok(p) = Arc::try_unwrap(p) {
+                pool.give_words(p.garbling.tables.words);
+                pool.give_bytes(p.garbling.tables.control);
+                pool.give_words(p.garbling.decoding);
+                pool.give_blocks(p.labels);
+            }
+        }
     }
 }
 
@@ -965,6 +985,65 @@ impl<R: std::io::Read> StoreReader<R> {
         Ok(out)
     }
 
+    /// `n` `u64`s read straight into `buf` (a buffer from a [`StorePool`]):
+    /// the file's little-endian bytes land in the words' memory with one
+    /// copy from the page cache and no conversion pass on little-endian
+    /// machines; `buf` is resized to `n` (its old contents are overwritten).
+    pub fn u64s_into(
+        &mut self,
+        mut buf: Vec<u64>,
+        n: usize,
+        what: &str,
+    ) -> Result<Vec<u64>, GcError> {
+        fit(&mut buf, n);
+        self.bytes(bytemuck::cast_slice_mut(&mut buf[..]), what)?;
+        if cfg!(target_endian = "big") {
+            buf.iter_mut().for_each(|w| *w = u64::from_le(*w));
+        }
+        Ok(buf)
+    }
+
+    /// `n` field elements read into `buf` (each checked `< P`).
+    pub fn field_into(&mut self, buf: Vec<u64>, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
+        let at = self.offset;
+        let v = self.u64s_into(buf, n, what)?;
+        if let Some(i) = v.iter().position(|&x| x >= pibench_models::fixed::P) {
+            return Err(GcError::Store {
+                file: self.what.clone(),
+                offset: at + 8 * i as u64,
+                reason: format!("{what}: element {i} is not a field element"),
+            });
+        }
+        Ok(v)
+    }
+
+    /// `n` labels read straight into `buf` (see [`StoreReader::u64s_into`]).
+    pub fn blocks_into(
+        &mut self,
+        mut buf: Vec<Block>,
+        n: usize,
+        what: &str,
+    ) -> Result<Vec<Block>, GcError> {
+        fit(&mut buf, n);
+        self.bytes(bytemuck::cast_slice_mut(&mut buf[..]), what)?;
+        if cfg!(target_endian = "big") {
+            buf.iter_mut().for_each(|w| *w = u128::from_le(*w));
+        }
+        Ok(buf)
+    }
+
+    /// `n` bytes read into `buf`.
+    pub fn bytes_into(
+        &mut self,
+        mut buf: Vec<u8>,
+        n: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, GcError> {
+        fit(&mut buf, n);
+        self.bytes(&mut buf, what)?;
+        Ok(buf)
+    }
+
     /// `n` `u64`s (the caller bounds `n`).
     pub fn u64s(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
         self.chunked(n, 8, what, |c| {
@@ -991,6 +1070,136 @@ impl<R: std::io::Read> StoreReader<R> {
         self.chunked(n, 16, what, |c| {
             u128::from_le_bytes(c.try_into().unwrap_or([0; 16]))
         })
+    }
+}
+
+/// Sets `buf`'s length to `n`, writing zeros only past its current length
+/// (a recycled buffer of the right size is not touched: the read that
+/// follows overwrites it).
+fn fit<T: Copy + Default>(buf: &mut Vec<T>, n: usize) {
+    if buf.len() >= n {
+        buf.truncate(n);
+    } else {
+        buf.resize(n, T::default());
+    }
+}
+
+/// Buffers of sites already used online, handed to the next reads from the
+/// store. The store's online phase reads gigabytes of garbled tables node
+/// by node; allocating them afresh for every node costs a page fault and a
+/// kernel page clear per 4 KiB (a quarter of the client's online time in a
+/// profile of a 557K-ReLU `--store` run). The pool keeps at most `limit`
+/// bytes; what does not fit is freed.
+#[derive(Debug)]
+pub struct StorePool {
+    inner: Mutex<PoolInner>,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct PoolInner {
+    words: Vec<Vec<u64>>,
+    blocks: Vec<Vec<Block>>,
+    bytes: Vec<Vec<u8>>,
+    held: usize,
+}
+
+impl Default for StorePool {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+fn take_fit<T>(list: &mut Vec<Vec<T>>, held: &mut usize, n: usize) -> Vec<T> {
+    // Smallest buffer that holds `n` (the pieces of a site are equal-sized).
+    let best = list
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.capacity() >= n)
+        .min_by_key(|(_, b)| b.capacity())
+        .map(|(i, _)| i);
+    match best {
+        Some(i) => {
+            let b = list.swap_remove(i);
+            *held -= b.capacity() * std::mem::size_of::<T>();
+            b
+        }
+        None => Vec::with_capacity(n),
+    }
+}
+
+impl StorePool {
+    /// A pool that keeps at most `limit` bytes of buffers.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: Mutex::new(PoolInner::default()),
+            limit,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.inner.lock().map(|p| p.held).unwrap_or(0)
+    }
+
+    fn words(&self, n: usize) -> Vec<u64> {
+        match self.inner.lock() {
+            Ok(mut p) => {
+                let p = &mut *p;
+                take_fit(&mut p.words, &mut p.held, n)
+            }
+            Err(_) => Vec::with_capacity(n),
+        }
+    }
+
+    fn blocks(&self, n: usize) -> Vec<Block> {
+        match self.inner.lock() {
+            Ok(mut p) => {
+                let p = &mut *p;
+                take_fit(&mut p.blocks, &mut p.held, n)
+            }
+            Err(_) => Vec::with_capacity(n),
+        }
+    }
+
+    fn bytes(&self, n: usize) -> Vec<u8> {
+        match self.inner.lock() {
+            Ok(mut p) => {
+                let p = &mut *p;
+                take_fit(&mut p.bytes, &mut p.held, n)
+            }
+            Err(_) => Vec::with_capacity(n),
+        }
+    }
+
+    fn give_words(&self, v: Vec<u64>) {
+        if let Ok(mut p) = self.inner.lock() {
+            let size = v.capacity() * 8;
+            if size > 0 && p.held + size <= self.limit {
+                p.held += size;
+                p.words.push(v);
+            }
+        }
+    }
+
+    fn give_blocks(&self, v: Vec<Block>) {
+        if let Ok(mut p) = self.inner.lock() {
+            let size = v.capacity() * 16;
+            if size > 0 && p.held + size <= self.limit {
+                p.held += size;
+                p.blocks.push(v);
+            }
+        }
+    }
+
+    fn give_bytes(&self, v: Vec<u8>) {
+        if let Ok(mut p) = self.inner.lock() {
+            let size = v.capacity();
+            if size > 0 && p.held + size <= self.limit {
+                p.held += size;
+                p.bytes.push(v);
+            }
+        }
     }
 }
 
@@ -1041,13 +1250,24 @@ impl GarblerSite {
         shape: &CircuitShape,
         count: usize,
     ) -> Result<Self, GcError> {
+        Self::read_pooled(r, shape, count, &StorePool::default())
+    }
+
+    /// [`GarblerSite::read_from`] into buffers taken from `pool`.
+    pub fn read_pooled<R: std::io::Read>(
+        r: &mut StoreReader<R>,
+        shape: &CircuitShape,
+        count: usize,
+        pool: &StorePool,
+    ) -> Result<Self, GcError> {
         let n = shape.input_bits();
         let mut pieces = Vec::new();
         for m in piece_sizes(count) {
             let batch = r.u64("batch")?;
             let delta = r.blocks(1, "delta")?[0];
-            let input_zero_labels = r.blocks(m * n, "garbler input labels")?;
-            let output_masks = r.field(m, "output masks")?;
+            let input_zero_labels =
+                r.blocks_into(pool.blocks(m * n), m * n, "garbler input labels")?;
+            let output_masks = r.field_into(pool.words(m), m, "output masks")?;
             pieces.push((
                 batch,
                 GarblerKeys {
@@ -1083,18 +1303,30 @@ impl EvaluatorSite {
         shape: &CircuitShape,
         count: usize,
     ) -> Result<Self, GcError> {
+        Self::read_pooled(r, shape, count, &StorePool::default())
+    }
+
+    /// [`EvaluatorSite::read_from`] into buffers taken from `pool`.
+    pub fn read_pooled<R: std::io::Read>(
+        r: &mut StoreReader<R>,
+        shape: &CircuitShape,
+        count: usize,
+        pool: &StorePool,
+    ) -> Result<Self, GcError> {
         let n = shape.input_bits();
         let mut pieces = Vec::new();
         for m in piece_sizes(count) {
             let batch = r.u64("batch")?;
-            let words = r.u64s(shape.table_words(m), "garbled tables")?;
-            let mut control = vec![0u8; shape.control_len(m)];
-            r.bytes(&mut control, "control bits")?;
+            let tw = shape.table_words(m);
+            let words = r.u64s_into(pool.words(tw), tw, "garbled tables")?;
+            let cl = shape.control_len(m);
+            let control = r.bytes_into(pool.bytes(cl), cl, "control bits")?;
             if let Some(i) = control.iter().position(|&c| c >= 32) {
                 return Err(r.error(format!("control byte {i} has more than 5 bits")));
             }
-            let decoding = r.field(shape.decoding_len(m), "output decoding")?;
-            let labels = r.blocks(m * n, "evaluator input labels")?;
+            let dl = shape.decoding_len(m);
+            let decoding = r.field_into(pool.words(dl), dl, "output decoding")?;
+            let labels = r.blocks_into(pool.blocks(m * n), m * n, "evaluator input labels")?;
             pieces.push(Arc::new(EvalPiece {
                 batch,
                 garbling: Garbling {

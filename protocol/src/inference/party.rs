@@ -14,7 +14,7 @@ use super::messages::{OnlineMessage, SessionMessage};
 use super::plan::{split_trunc, GcGroup, InferencePlan, SitePlan, Step};
 use super::public::{hex, PublicModel};
 use super::report::{peak_rss_bytes, Clock, NodeReport, PartyReport, Role};
-use super::store::{ClientNode, ServerNode, Store};
+use super::store::{ClientNode, NodeLayout, ReadAhead, ServerNode, Store};
 use super::{InferenceError, Settings, TruncMode, PROTOCOL_VERSION};
 use crate::gc::protocol::{EvaluatorSession, EvaluatorSite, GarblerSession, GarblerSite};
 use crate::gc::GcError;
@@ -77,12 +77,7 @@ impl InputSource {
         match self {
             InputSource::Values(v) => v.clone(),
             InputSource::Random { count, seed } => (0..*count)
-                .map(|k| {
-                    let mut rng = <rand_chacha::ChaCha12Rng as rand::SeedableRng>::seed_from_u64(
-                        seed + k as u64,
-                    );
-                    (0..len).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
-                })
+                .map(|k| pibench_models::reference::random_input(len, seed + k as u64))
                 .collect(),
         }
     }
@@ -641,7 +636,11 @@ async fn server_session<R: RngCore + CryptoRng>(
     let mut gc = GarblerSession::setup(ch, rng).await?;
     gc.set_threads(settings.threads);
     let store = match &settings.store {
-        Some(dir) => Some(Store::open(dir, &model.public, Role::Server)?),
+        Some(dir) => Some(std::sync::Arc::new(Store::open(
+            dir,
+            &model.public,
+            Role::Server,
+        )?)),
         None => None,
     };
     let setup_s = setup.elapsed().0;
@@ -710,7 +709,7 @@ async fn server_offline<R: RngCore + CryptoRng>(
     keys: &ServerKeysAll,
     gc: &mut GarblerSession,
     settings: &Settings,
-    store: Option<&Store>,
+    store: Option<&std::sync::Arc<Store>>,
     rng: &mut R,
     report: &mut PartyReport,
 ) -> Result<ServerOffline, InferenceError> {
@@ -728,6 +727,17 @@ async fn server_offline<R: RngCore + CryptoRng>(
             kind: plan.net.nodes[i].op.kind(),
         });
         let clock = Clock::start();
+        let groups = plan.gc_groups(i)?;
+        // A batch norm truncates its input before the scale: its garbled
+        // truncation (exact mode) comes before its HE layer, as on the client.
+        let gc_first = matches!(step, Step::BatchNorm { .. });
+        if gc_first && !groups.is_empty() {
+            let mut sites = Vec::with_capacity(groups.len());
+            for (g, _) in &groups {
+                sites.push(gc.offline(ch, &g.shape, g.count, &g.label).await?);
+            }
+            off.gc.insert(i, sites);
+        }
         match step {
             Step::Conv { he: l, .. } | Step::Fc { he: l, .. } | Step::BatchNorm { he: l, .. } => {
                 ch.set_phase("offline/he");
@@ -747,8 +757,7 @@ async fn server_offline<R: RngCore + CryptoRng>(
             }
             _ => {}
         }
-        let groups = plan.gc_groups(i)?;
-        if !groups.is_empty() {
+        if !gc_first && !groups.is_empty() {
             let mut sites = Vec::with_capacity(groups.len());
             for (g, _) in &groups {
                 sites.push(gc.offline(ch, &g.shape, g.count, &g.label).await?);
@@ -859,21 +868,54 @@ async fn server_gc_round(
     Ok(sent.iter().map(|&k| gc_sites[k].output_masks()).collect())
 }
 
+/// Runs the online steps; whatever ends them, a read-ahead still under way
+/// is waited for, so the session's store folder is gone when the session
+/// returns.
 #[allow(clippy::too_many_arguments)]
 async fn server_online(
     ch: &mut Channel,
     gc: &GarblerSession,
     model: &ServerModel,
     plan: &InferencePlan,
+    off: ServerOffline,
+    settings: &Settings,
+    store: Option<&std::sync::Arc<Store>>,
+    report: &mut PartyReport,
+) -> Result<Vec<Vec<u64>>, InferenceError> {
+    let mut ahead = None;
+    let r = server_online_steps(
+        ch, gc, model, plan, off, settings, store, report, &mut ahead,
+    )
+    .await;
+    if let Some(a) = ahead.take() {
+        let _ = a.wait().await;
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn server_online_steps(
+    ch: &mut Channel,
+    gc: &GarblerSession,
+    model: &ServerModel,
+    plan: &InferencePlan,
     mut off: ServerOffline,
     settings: &Settings,
-    store: Option<&Store>,
+    store: Option<&std::sync::Arc<Store>>,
     report: &mut PartyReport,
+    ahead: &mut Option<ReadAhead<ServerNode>>,
 ) -> Result<Vec<Vec<u64>>, InferenceError> {
     let n = plan.steps.len();
     let mut vals: Vec<Option<Vec<u64>>> = vec![None; n];
     let mut trace = Vec::new();
     let exact = settings.trunc == TruncMode::Exact;
+    // The next node's stored material is read on a blocking thread while
+    // this one runs.
+    if let Some(st) = store {
+        if let Some(j) = next_material(plan, 0, server_has_material)? {
+            *ahead = Some(st.read_server_ahead(NodeLayout::new(plan, j)?, report.inference));
+        }
+    }
     for (i, step) in plan.steps.iter().enumerate() {
         let node = &plan.net.nodes[i];
         let name = node.name.clone();
@@ -890,8 +932,19 @@ async fn server_online(
         let clock = Clock::start();
         if let Some(st) = store {
             if server_has_material(plan, i)? {
-                let m = st.read_server(plan, report.inference, i)?;
-                st.remove(report.inference, i);
+                let m = match ahead.take() {
+                    Some(a) if a.node() == i => a.wait().await?,
+                    other => {
+                        *ahead = other;
+                        let m = st.read_server(plan, report.inference, i)?;
+                        st.remove(report.inference, i);
+                        m
+                    }
+                };
+                if let Some(j) = next_material(plan, i + 1, server_has_material)? {
+                    *ahead =
+                        Some(st.read_server_ahead(NodeLayout::new(plan, j)?, report.inference));
+                }
                 if let Some(h) = m.he {
                     off.he.insert(i, h);
                 }
@@ -972,9 +1025,13 @@ async fn server_online(
                     return Err(proto(&name, "no encoded batch norm"));
                 };
                 let plane = node.shape.plane().max(1);
+                // The input is truncated first (models::reference: a batch
+                // norm truncates its input, not the product).
+                let x = arg(0)?.clone();
+                let xt =
+                    server_truncate_all(ch, gc, &mut off, plan, i, x, *trunc, exact, &name).await?;
                 let s = off.he.get(&i).ok_or_else(|| proto(&name, "no HE share"))?;
-                let mid: Vec<u64> = arg(0)?
-                    .iter()
+                xt.iter()
                     .enumerate()
                     .map(|(k, &x)| {
                         fixed::add(
@@ -982,8 +1039,7 @@ async fn server_online(
                             s[k],
                         )
                     })
-                    .collect();
-                server_truncate_all(ch, gc, &mut off, plan, i, mid, *trunc, exact, &name).await?
+                    .collect()
             }
             Step::Add { lift: l } => add_shares(arg(0)?, arg(1)?, *l),
             Step::AvgPool { .. } | Step::GlobalPool { .. } => {
@@ -997,10 +1053,12 @@ async fn server_online(
                     Some(Some(EncodedOp::Site { poly, .. })) => poly.clone(),
                     _ => None,
                 };
-                server_site(
+                let sites = off.gc.remove(&i).unwrap_or_default();
+                let out = server_site(
                     ch,
                     gc,
                     &mut off,
+                    &sites,
                     plan,
                     i,
                     sp,
@@ -1009,7 +1067,11 @@ async fn server_online(
                     exact,
                     &name,
                 )
-                .await?
+                .await?;
+                if let Some(st) = store {
+                    sites.into_iter().for_each(|s| s.recycle(st.pool()));
+                }
+                out
             }
         };
         if settings.trace {
@@ -1074,6 +1136,7 @@ async fn server_site(
     ch: &mut Channel,
     gc: &GarblerSession,
     off: &mut ServerOffline,
+    sites: &[GarblerSite],
     plan: &InferencePlan,
     i: usize,
     sp: &SitePlan,
@@ -1089,7 +1152,6 @@ async fn server_site(
     let off_f = fixed::round_offset(f);
     let gc_off = fixed::gc_round_offset(f);
     let groups = plan.gc_groups(i)?;
-    let sites = off.gc.remove(&i).unwrap_or_default();
     if sites.len() != groups.len() {
         return Err(proto(name, "garbled material does not match the plan"));
     }
@@ -1113,7 +1175,7 @@ async fn server_site(
     let polys = off.poly.remove(&i);
     // Round 0: labels of the round-0 groups, and (local mode) the polynomial openings.
     ch.set_phase("online/gc");
-    let rho = server_gc_round(ch, gc, &sites, &groups, &inputs, 0, i, name).await?;
+    let rho = server_gc_round(ch, gc, sites, &groups, &inputs, 0, i, name).await?;
     let mut local_poly: Option<(Vec<u64>, Vec<u64>)> = None; // (t_s, d)
     if !sp.poly.is_empty() && !exact {
         let m = polys
@@ -1214,7 +1276,7 @@ async fn server_site(
     // is x/2^g unbiased (see fixed::gc_round_offset).
     inputs2[k2] = offset_all(&reshared, fixed::gc_round_offset(a_bits));
     ch.set_phase("online/gc");
-    let rho2 = server_gc_round(ch, gc, &sites, &groups, &inputs2, 2, i, name).await?;
+    let rho2 = server_gc_round(ch, gc, sites, &groups, &inputs2, 2, i, name).await?;
     let mut s1 = sub_all(&recv_reply(ch, i, 2, sp.poly.len(), name).await?, &rho2[0]);
     if b_bits > 0 {
         let k3 = groups
@@ -1224,7 +1286,7 @@ async fn server_site(
         let mut inputs3 = vec![Vec::new(); groups.len()];
         inputs3[k3] = offset_all(&s1, fixed::gc_round_offset(b_bits));
         ch.set_phase("online/gc");
-        let rho3 = server_gc_round(ch, gc, &sites, &groups, &inputs3, 3, i, name).await?;
+        let rho3 = server_gc_round(ch, gc, sites, &groups, &inputs3, 3, i, name).await?;
         s1 = sub_all(&recv_reply(ch, i, 3, sp.poly.len(), name).await?, &rho3[0]);
     }
     scatter(&mut out, &sp.poly, &s1);
@@ -1237,6 +1299,20 @@ fn server_has_material(plan: &InferencePlan, i: usize) -> Result<bool, Inference
         Step::Conv { .. } | Step::Fc { .. } | Step::BatchNorm { .. }
     ) || !plan.gc_groups(i)?.is_empty()
         || matches!(&plan.steps[i], Step::Site(sp) if !sp.poly.is_empty()))
+}
+
+/// The first node at or after `from` that has stored material.
+fn next_material(
+    plan: &InferencePlan,
+    from: usize,
+    has: fn(&InferencePlan, usize) -> Result<bool, InferenceError>,
+) -> Result<Option<usize>, InferenceError> {
+    for j in from..plan.steps.len() {
+        if has(plan, j)? {
+            return Ok(Some(j));
+        }
+    }
+    Ok(None)
 }
 
 fn client_has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError> {
@@ -1321,7 +1397,11 @@ async fn client_session<R: RngCore + CryptoRng>(
     let mut gc = EvaluatorSession::setup(ch, rng).await?;
     gc.set_threads(settings.threads);
     let store = match &settings.store {
-        Some(dir) => Some(Store::open(dir, &public, Role::Client)?),
+        Some(dir) => Some(std::sync::Arc::new(Store::open(
+            dir,
+            &public,
+            Role::Client,
+        )?)),
         None => None,
     };
     let setup_s = setup.elapsed().0;
@@ -1395,7 +1475,7 @@ async fn client_offline<R: RngCore + CryptoRng>(
     keys: &ClientKeysAll,
     gc: &mut EvaluatorSession,
     settings: &Settings,
-    store: Option<&Store>,
+    store: Option<&std::sync::Arc<Store>>,
     rng: &mut R,
     report: &mut PartyReport,
 ) -> Result<ClientOffline, InferenceError> {
@@ -1430,7 +1510,7 @@ async fn client_offline<R: RngCore + CryptoRng>(
                 off.r0.clone()
             }
             Step::Flatten => arg(0)?.clone(),
-            Step::Conv { he: l, .. } | Step::Fc { he: l, .. } | Step::BatchNorm { he: l, .. } => {
+            Step::Conv { he: l, .. } | Step::Fc { he: l, .. } => {
                 ch.set_phase("offline/he");
                 let (c, _) = he_proto::client_layer(
                     ch,
@@ -1441,8 +1521,24 @@ async fn client_offline<R: RngCore + CryptoRng>(
                     arg(0)?,
                 )
                 .await?;
-                let t = pool_trunc(step);
-                client_truncate_all(ch, gc, &mut off, &groups, i, c, t, exact, rng).await?
+                c
+            }
+            Step::BatchNorm { he: l, trunc } => {
+                // Truncate the input share first, then the HE layer on it.
+                let x = arg(0)?.clone();
+                let xt = client_truncate_all(ch, gc, &mut off, &groups, i, x, *trunc, exact, rng)
+                    .await?;
+                ch.set_phase("offline/he");
+                let (c, _) = he_proto::client_layer(
+                    ch,
+                    &he.linear,
+                    &keys.linear,
+                    l.id,
+                    he.plan(i, &name)?,
+                    &xt,
+                )
+                .await?;
+                c
             }
             Step::Add { lift: l } => add_shares(arg(0)?, arg(1)?, *l),
             Step::AvgPool { .. } | Step::GlobalPool { .. } => {
@@ -1643,17 +1739,50 @@ async fn recv_open(
     }
 }
 
+/// Runs the online steps; whatever ends them, a read-ahead still under way
+/// is waited for, so the session's store folder is gone when the session
+/// returns.
 #[allow(clippy::too_many_arguments)]
 async fn client_online(
+    ch: &mut Channel,
+    plan: &InferencePlan,
+    off: ClientOffline,
+    gc: &EvaluatorSession,
+    input: &[u64],
+    settings: &Settings,
+    store: Option<&std::sync::Arc<Store>>,
+    report: &mut PartyReport,
+) -> Result<(Vec<u64>, Vec<Vec<u64>>), InferenceError> {
+    let mut ahead = None;
+    let r = client_online_steps(
+        ch, plan, off, gc, input, settings, store, report, &mut ahead,
+    )
+    .await;
+    if let Some(a) = ahead.take() {
+        let _ = a.wait().await;
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_online_steps(
     ch: &mut Channel,
     plan: &InferencePlan,
     mut off: ClientOffline,
     gc: &EvaluatorSession,
     input: &[u64],
     settings: &Settings,
-    store: Option<&Store>,
+    store: Option<&std::sync::Arc<Store>>,
     report: &mut PartyReport,
+    ahead: &mut Option<ReadAhead<ClientNode>>,
 ) -> Result<(Vec<u64>, Vec<Vec<u64>>), InferenceError> {
+    // The next node's stored material is read on a blocking thread while
+    // this one runs.
+    if let Some(st) = store {
+        if let Some(j) = next_material(plan, 0, client_has_material)? {
+            *ahead = Some(st.read_client_ahead(NodeLayout::new(plan, j)?, report.inference));
+        }
+    }
     for (i, step) in plan.steps.iter().enumerate() {
         let name = plan.net.nodes[i].name.clone();
         ch.set_layer(Some(name.clone()));
@@ -1669,8 +1798,19 @@ async fn client_online(
         let clock = Clock::start();
         if let Some(st) = store {
             if client_has_material(plan, i)? {
-                let m = st.read_client(plan, report.inference, i)?;
-                st.remove(report.inference, i);
+                let m = match ahead.take() {
+                    Some(a) if a.node() == i => a.wait().await?,
+                    other => {
+                        *ahead = other;
+                        let m = st.read_client(plan, report.inference, i)?;
+                        st.remove(report.inference, i);
+                        m
+                    }
+                };
+                if let Some(j) = next_material(plan, i + 1, client_has_material)? {
+                    *ahead =
+                        Some(st.read_client_ahead(NodeLayout::new(plan, j)?, report.inference));
+                }
                 if !m.gc.is_empty() {
                     off.gc.insert(i, m.gc);
                     off.masks.insert(i, m.masks);
@@ -1703,6 +1843,9 @@ async fn client_online(
                 let r_v = off.poly_rv.remove(&i);
                 client_node_online(ch, gc, &groups, &sites, &masks, poly, r_v, step, i, &name)
                     .await?;
+                if let Some(st) = store {
+                    sites.into_iter().for_each(|s| s.recycle(st.pool()));
+                }
             }
         }
         let (w, c) = clock.elapsed();

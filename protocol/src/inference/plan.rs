@@ -72,7 +72,8 @@ pub enum Step {
         /// Output features.
         out_features: usize,
     },
-    /// Standalone batch norm: per-channel scale (HE, depthwise) and shift, then `trunc` (0: none).
+    /// Standalone batch norm: the input truncated by `trunc` (0: none), then
+    /// the per-channel scale (HE, depthwise) and shift.
     BatchNorm {
         /// HE layer (a depthwise 1×1 convolution).
         he: HeLayer,

@@ -20,7 +20,8 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::gc::protocol::{EvaluatorSite, GarblerSite, StoreReader};
+use crate::gc::engine::CircuitShape;
+use crate::gc::protocol::{EvaluatorSite, GarblerSite, StorePool, StoreReader};
 use crate::he::poly::{ClientPolyShares, ServerPolyShares};
 
 use super::plan::{InferencePlan, Step};
@@ -66,6 +67,60 @@ pub struct Store {
     dir: PathBuf,
     hash: [u8; 32],
     role: Role,
+    pool: StorePool,
+}
+
+/// Bytes of used buffers a store keeps for its next reads (about one
+/// ResNet-18 Tiny-ImageNet layer-1 site of garbled tables on the client).
+const POOL_LIMIT: usize = 2 << 30;
+
+/// What one node's file holds, derived from the protocol plan; owned, so
+/// that a read can run on a blocking thread ahead of the node.
+#[derive(Debug, Clone)]
+pub struct NodeLayout {
+    node: usize,
+    he_len: usize,
+    groups: Vec<(CircuitShape, usize)>,
+    n_poly: usize,
+}
+
+impl NodeLayout {
+    /// The layout of `node` in `plan`.
+    pub fn new(plan: &InferencePlan, node: usize) -> Result<Self, InferenceError> {
+        Ok(Self {
+            node,
+            he_len: plan.net.nodes[node].shape.len(),
+            groups: plan
+                .gc_groups(node)?
+                .into_iter()
+                .map(|(g, _)| (g.shape, g.count))
+                .collect(),
+            n_poly: poly_len(plan, node),
+        })
+    }
+}
+
+/// A node read on a blocking thread while the party works on earlier nodes.
+#[derive(Debug)]
+pub struct ReadAhead<T> {
+    node: usize,
+    task: tokio::task::JoinHandle<Result<T, InferenceError>>,
+}
+
+impl<T> ReadAhead<T> {
+    /// The node being read.
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    /// Waits for the read.
+    pub async fn wait(self) -> Result<T, InferenceError> {
+        let node = self.node;
+        self.task.await.map_err(|e| InferenceError::Store {
+            path: format!("node {node}"),
+            reason: format!("the read-ahead thread failed: {e}"),
+        })?
+    }
 }
 
 fn store_err(path: &Path, reason: impl Into<String>) -> InferenceError {
@@ -129,12 +184,61 @@ impl Store {
                 .map_err(|e| store_err(&dir, format!("cannot clear: {e}")))?;
         }
         std::fs::create_dir(&dir).map_err(|e| store_err(&dir, format!("cannot create: {e}")))?;
-        Ok(Self { dir, hash, role })
+        Ok(Self {
+            dir,
+            hash,
+            role,
+            pool: StorePool::new(POOL_LIMIT),
+        })
     }
 
     /// The session's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Buffers of nodes already used, for the next reads: give a node's
+    /// sites back with `recycle` once its online step is done.
+    pub fn pool(&self) -> &StorePool {
+        &self.pool
+    }
+
+    /// Starts reading the client's node `layout` on a blocking thread (the
+    /// file is removed once read).
+    pub fn read_client_ahead(
+        self: &std::sync::Arc<Self>,
+        layout: NodeLayout,
+        inference: usize,
+    ) -> ReadAhead<ClientNode> {
+        let st = self.clone();
+        let node = layout.node;
+        ReadAhead {
+            node,
+            task: tokio::task::spawn_blocking(move || {
+                let m = st.read_client_layout(&layout, inference)?;
+                st.remove(inference, node);
+                Ok(m)
+            }),
+        }
+    }
+
+    /// Starts reading the server's node `layout` on a blocking thread (the
+    /// file is removed once read).
+    pub fn read_server_ahead(
+        self: &std::sync::Arc<Self>,
+        layout: NodeLayout,
+        inference: usize,
+    ) -> ReadAhead<ServerNode> {
+        let st = self.clone();
+        let node = layout.node;
+        ReadAhead {
+            node,
+            task: tokio::task::spawn_blocking(move || {
+                let m = st.read_server_layout(&layout, inference)?;
+                st.remove(inference, node);
+                Ok(m)
+            }),
+        }
     }
 
     fn path(&self, inference: usize, node: usize) -> PathBuf {
@@ -254,14 +358,22 @@ impl Store {
         inference: usize,
         node: usize,
     ) -> Result<ServerNode, InferenceError> {
-        let (mut r, path) = self.open_node(inference, node)?;
-        let len = plan.net.nodes[node].shape.len();
-        let he = read_flag_field(&mut r, len, "HE share")?;
+        self.read_server_layout(&NodeLayout::new(plan, node)?, inference)
+    }
+
+    /// Reads the server's material of the node `layout` describes.
+    pub fn read_server_layout(
+        &self,
+        layout: &NodeLayout,
+        inference: usize,
+    ) -> Result<ServerNode, InferenceError> {
+        let (mut r, path) = self.open_node(inference, layout.node)?;
+        let he = read_flag_field(&mut r, layout.he_len, "HE share")?;
         let mut gc = Vec::new();
-        for (g, _) in plan.gc_groups(node)? {
-            gc.push(GarblerSite::read_from(&mut r, &g.shape, g.count)?);
+        for (shape, count) in &layout.groups {
+            gc.push(GarblerSite::read_pooled(&mut r, shape, *count, &self.pool)?);
         }
-        let n_poly = poly_len(plan, node);
+        let n_poly = layout.n_poly;
         let poly = match read_flag(&mut r)? {
             false => None,
             true => Some(ServerPolyShares {
@@ -307,17 +419,27 @@ impl Store {
         inference: usize,
         node: usize,
     ) -> Result<ClientNode, InferenceError> {
-        let (mut r, path) = self.open_node(inference, node)?;
-        let groups = plan.gc_groups(node)?;
+        self.read_client_layout(&NodeLayout::new(plan, node)?, inference)
+    }
+
+    /// Reads the client's material of the node `layout` describes.
+    pub fn read_client_layout(
+        &self,
+        layout: &NodeLayout,
+        inference: usize,
+    ) -> Result<ClientNode, InferenceError> {
+        let (mut r, path) = self.open_node(inference, layout.node)?;
         let mut gc = Vec::new();
-        for (g, _) in &groups {
-            gc.push(EvaluatorSite::read_from(&mut r, &g.shape, g.count)?);
+        for (shape, count) in &layout.groups {
+            gc.push(EvaluatorSite::read_pooled(
+                &mut r, shape, *count, &self.pool,
+            )?);
         }
         let mut masks = Vec::new();
-        for (g, _) in &groups {
-            masks.push(r.field(g.count, "mask")?);
+        for (_, count) in &layout.groups {
+            masks.push(r.field(*count, "mask")?);
         }
-        let n_poly = poly_len(plan, node);
+        let n_poly = layout.n_poly;
         let poly = match read_flag(&mut r)? {
             false => None,
             true => Some(ClientPolyShares {
