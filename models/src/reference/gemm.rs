@@ -195,41 +195,108 @@ fn recombine(y: [i64; LIMBS], bias: u64) -> u64 {
     fixed::add(fixed::from_i128(v), bias)
 }
 
-/// `C = W · X` exactly for integer-valued `W` (`m × k`, `|w| < 2^15`) and
-/// limb rows `X` (`k × n`, entries `< 2^28`): one GEMM per [`K_CHUNK`] rows,
-/// the chunk results summed in `i64` into `acc` (`m × n`, overwritten).
-#[allow(clippy::too_many_arguments)]
+/// Encoded weights of one layer prepared for the exact limb GEMM: converted
+/// to `f64` once and cut, per group, into [`K_CHUNK`]-column blocks stored
+/// contiguously (`rows × kc` each). A party that runs a layer many times
+/// (the server, online) prepares it once; converting and re-laying out the
+/// weights on every call cost more than the GEMM itself in ResNet-18's
+/// 512-channel layers.
+#[derive(Debug, Clone)]
+pub struct PreparedWeights {
+    /// Whether the limb method applies (else the generic kernel runs).
+    exact: bool,
+    rows: usize,
+    k: usize,
+    /// `[group][chunk]`.
+    chunks: Vec<Vec<Vec<f64>>>,
+}
+
+impl PreparedWeights {
+    /// Prepares `weight` (`groups · rows × k`, row-major per group).
+    pub fn new(weight: &[u64], groups: usize, rows: usize, k: usize) -> Self {
+        let exact = weight.len() == groups * rows * k && exact_applies(weight, k);
+        let mut chunks = Vec::new();
+        if exact {
+            for g in 0..groups {
+                let w = &weight[g * rows * k..(g + 1) * rows * k];
+                let mut per = Vec::new();
+                let mut k0 = 0;
+                while k0 < k {
+                    let kc = (k - k0).min(K_CHUNK);
+                    let mut c = Vec::with_capacity(rows * kc);
+                    for r in 0..rows {
+                        c.extend(
+                            w[r * k + k0..r * k + k0 + kc]
+                                .iter()
+                                .map(|&v| fixed::to_i64(v) as f64),
+                        );
+                    }
+                    per.push(c);
+                    k0 += kc;
+                }
+                chunks.push(per);
+            }
+        }
+        Self {
+            exact,
+            rows,
+            k,
+            chunks,
+        }
+    }
+
+    /// Prepares a convolution's weights.
+    pub fn conv(weight: &[u64], g: &ConvGeometry) -> Self {
+        let groups = g.groups.max(1);
+        Self::new(
+            weight,
+            groups,
+            g.cout / groups,
+            g.input.c / groups * g.kernel * g.kernel,
+        )
+    }
+
+    /// Prepares a fully connected layer's weights.
+    pub fn linear(weight: &[u64], out_features: usize, in_features: usize) -> Self {
+        Self::new(weight, 1, out_features, in_features)
+    }
+
+    /// Whether the exact limb method applies.
+    pub fn exact(&self) -> bool {
+        self.exact
+    }
+}
+
+/// `C = W · X` exactly for the prepared weights of one group (`rows × k`)
+/// and limb rows `X` (`k × n`, entries `< 2^28`): one GEMM per chunk, the
+/// chunk results summed in `i64` into `acc` (`rows × n`, overwritten).
 fn exact_gemm(
-    w: &[f64],
+    w: &[Vec<f64>],
     x: &[f64],
     acc: &mut [i64],
     prod: &mut [f64],
-    wchunk: &mut Vec<f64>,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     threads: usize,
 ) {
+    if w.len() == 1 {
+        // One chunk: convert straight from the product.
+        dgemm_rows(&w[0], x, prod, m, k, n, threads);
+        for (s, &p) in acc[..m * n].iter_mut().zip(prod.iter()) {
+            *s = p as i64;
+        }
+        return;
+    }
     acc[..m * n].iter_mut().for_each(|v| *v = 0);
     let mut k0 = 0;
-    while k0 < k {
-        let kc = (k - k0).min(K_CHUNK);
-        // W[:, k0..k0+kc] as a contiguous m × kc matrix.
-        let a: &[f64] = if kc == k {
-            w
-        } else {
-            wchunk.clear();
-            for r in 0..m {
-                wchunk.extend_from_slice(&w[r * k + k0..r * k + k0 + kc]);
-            }
-            wchunk
-        };
+    for a in w {
+        let kc = a.len() / m.max(1);
         dgemm_rows(a, &x[k0 * n..(k0 + kc) * n], prod, m, kc, n, threads);
         for (s, &p) in acc[..m * n].iter_mut().zip(prod.iter()) {
             *s += p as i64;
         }
         k0 += kc;
     }
+    debug_assert_eq!(k0, k);
 }
 
 /// Whether the exact limb method applies: every weight (centred) below
@@ -251,34 +318,48 @@ pub fn conv2d_field(
     g: &ConvGeometry,
     threads: usize,
 ) -> Vec<u64> {
+    conv2d_field_prepared(
+        input,
+        weight,
+        &PreparedWeights::conv(weight, g),
+        bias,
+        g,
+        threads,
+    )
+}
+
+/// [`conv2d_field`] with the weights prepared once ([`PreparedWeights::conv`]
+/// of the same `weight` and geometry).
+pub fn conv2d_field_prepared(
+    input: &[u64],
+    weight: &[u64],
+    prepared: &PreparedWeights,
+    bias: Option<&[u64]>,
+    g: &ConvGeometry,
+    threads: usize,
+) -> Vec<u64> {
     let cin_g = g.input.c / g.groups;
     let kk = cin_g * g.kernel * g.kernel;
-    if !exact_applies(weight, kk) {
+    let cout_g = g.cout / g.groups;
+    if !prepared.exact || prepared.rows != cout_g || prepared.k != kk {
         return super::kernels::conv2d_field(input, weight, bias, g);
     }
     let o = g.output();
     let plane = o.h * o.w;
-    let cout_g = g.cout / g.groups;
-    let wf: Vec<f64> = weight.iter().map(|&w| fixed::to_i64(w) as f64).collect();
     let mut cols = vec![0.0; kk * LIMBS * plane];
     let mut prod = vec![0.0; cout_g * LIMBS * plane];
     let mut acc = vec![0i64; cout_g * LIMBS * plane];
-    let mut wchunk = Vec::new();
     let mut out = Vec::with_capacity(g.cout * plane);
     let planes = limb_planes(input);
     let planes = [&planes[0][..], &planes[1][..]];
     for group in 0..g.groups {
         im2col(&planes, g, group, &mut cols);
-        let w = &wf[group * cout_g * kk..(group + 1) * cout_g * kk];
         exact_gemm(
-            w,
+            &prepared.chunks[group],
             &cols,
             &mut acc,
             &mut prod,
-            &mut wchunk,
-            cout_g,
-            kk,
-            LIMBS * plane,
+            (cout_g, kk, LIMBS * plane),
             threads,
         );
         for oc in 0..cout_g {
@@ -300,11 +381,22 @@ pub fn linear_field(
     bias: Option<&[u64]>,
     out_features: usize,
 ) -> Vec<u64> {
+    let prepared = PreparedWeights::linear(weight, out_features, input.len());
+    linear_field_prepared(input, weight, &prepared, bias, out_features)
+}
+
+/// [`linear_field`] with the weights prepared once ([`PreparedWeights::linear`]).
+pub fn linear_field_prepared(
+    input: &[u64],
+    weight: &[u64],
+    prepared: &PreparedWeights,
+    bias: Option<&[u64]>,
+    out_features: usize,
+) -> Vec<u64> {
     let n = input.len();
-    if !exact_applies(weight, n) {
+    if !prepared.exact || prepared.rows != out_features || prepared.k != n {
         return super::kernels::linear_field(input, weight, bias, out_features);
     }
-    let wf: Vec<f64> = weight.iter().map(|&w| fixed::to_i64(w) as f64).collect();
     // X is n × 2 (one column per limb).
     let mut x = vec![0.0; n * LIMBS];
     for (i, &v) in input.iter().enumerate() {
@@ -313,14 +405,11 @@ pub fn linear_field(
     let mut prod = vec![0.0; out_features * LIMBS];
     let mut acc = vec![0i64; out_features * LIMBS];
     exact_gemm(
-        &wf,
+        &prepared.chunks[0],
         &x,
         &mut acc,
         &mut prod,
-        &mut Vec::new(),
-        out_features,
-        n,
-        LIMBS,
+        (out_features, n, LIMBS),
         1,
     );
     (0..out_features)

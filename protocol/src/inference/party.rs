@@ -36,6 +36,8 @@ pub struct ServerModel {
     pub enc: EncodedNetwork,
     /// What the client may know.
     pub public: PublicModel,
+    /// Conv / FC weights prepared once for the online exact GEMM (per node).
+    pub prepared: Vec<Option<gemm::PreparedWeights>>,
 }
 
 impl ServerModel {
@@ -45,7 +47,42 @@ impl ServerModel {
             reason: e.to_string(),
         })?;
         let public = PublicModel::new(&net, &enc)?;
-        Ok(Self { net, enc, public })
+        let prepared = enc
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| match op {
+                Some(EncodedOp::Conv {
+                    weight, geometry, ..
+                }) => Some(gemm::PreparedWeights::conv(weight, geometry)),
+                Some(EncodedOp::Linear {
+                    weight,
+                    out_features,
+                    ..
+                }) => Some(gemm::PreparedWeights::linear(
+                    weight,
+                    *out_features,
+                    net.nodes[i]
+                        .inputs
+                        .first()
+                        .map_or(0, |&j| net.nodes[j].shape.len()),
+                )),
+                _ => None,
+            })
+            .collect();
+        Ok(Self {
+            net,
+            enc,
+            public,
+            prepared,
+        })
+    }
+
+    fn prepared(&self, i: usize) -> Result<&gemm::PreparedWeights, InferenceError> {
+        self.prepared
+            .get(i)
+            .and_then(|p| p.as_ref())
+            .ok_or_else(|| proto(&self.net.nodes[i].name, "no prepared weights"))
     }
 }
 
@@ -997,8 +1034,16 @@ async fn server_online_steps(
                     return Err(proto(&name, "no encoded convolution"));
                 };
                 let x = arg(0)?;
+                let pw = model.prepared(i)?;
                 let y = crate::compute::heavy(|| {
-                    gemm::conv2d_field(x, weight, Some(bias), geometry, settings.threads)
+                    gemm::conv2d_field_prepared(
+                        x,
+                        weight,
+                        pw,
+                        Some(bias),
+                        geometry,
+                        settings.threads,
+                    )
                 });
                 add_all(
                     &y,
@@ -1011,8 +1056,9 @@ async fn server_online_steps(
                     return Err(proto(&name, "no encoded linear layer"));
                 };
                 let x = arg(0)?;
+                let pw = model.prepared(i)?;
                 let y = crate::compute::heavy(|| {
-                    gemm::linear_field(x, weight, Some(bias), *out_features)
+                    gemm::linear_field_prepared(x, weight, pw, Some(bias), *out_features)
                 });
                 add_all(
                     &y,
