@@ -415,6 +415,14 @@ async fn offline_store_streams_per_node_and_leaves_no_files() {
         .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
         .collect();
     check_trace(&net, &enc, &x, &values, TruncMode::Exact);
+    // Every node with stored material was read back (timed), the others not.
+    for r in [&client.reports[0], &server.reports[0]] {
+        let read = r.nodes.iter().filter(|n| n.store_read_s > 0.0).count();
+        assert!(read > 0, "no store reads timed");
+        assert!(r.nodes.iter().all(|n| n.store_wait_s >= 0.0));
+        let sites = r.nodes.iter().filter(|n| n.kind == "site").count();
+        assert!(read >= sites, "{read} nodes read back, {sites} sites");
+    }
     // Only the manifest is left.
     let left: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -618,6 +618,20 @@ pub struct LayerRow {
     pub online_s: f64,
     /// Server online wall seconds.
     pub server_online_s: f64,
+    /// With `--store`: seconds the client's read-ahead thread spent reading
+    /// this node's material back, and seconds the node waited for it
+    /// (server: the same two for its own store).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub store_read_s: f64,
+    /// See `store_read_s`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub store_wait_s: f64,
+    /// See `store_read_s`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub server_store_read_s: f64,
+    /// See `store_read_s`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub server_store_wait_s: f64,
     /// Offline bytes (both directions) per phase.
     pub offline_bytes: std::collections::BTreeMap<String, u64>,
     /// Online bytes (both directions) per phase.
@@ -644,6 +658,10 @@ fn rows(client: &PartyReport, server: Option<&PartyReport>) -> Vec<LayerRow> {
                 online_s: n.online_s,
                 server_offline_s: s.map_or(0.0, |s| s.offline_s),
                 server_online_s: s.map_or(0.0, |s| s.online_s),
+                store_read_s: n.store_read_s,
+                store_wait_s: n.store_wait_s,
+                server_store_read_s: s.map_or(0.0, |s| s.store_read_s),
+                server_store_wait_s: s.map_or(0.0, |s| s.store_wait_s),
                 ..Default::default()
             };
             for (phase, t) in &n.traffic {
@@ -1145,4 +1163,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("the private inference's argmax differs from the fixed-point reference");
     }
     Ok(())
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }

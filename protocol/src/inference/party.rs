@@ -969,15 +969,18 @@ async fn server_online_steps(
         let clock = Clock::start();
         if let Some(st) = store {
             if server_has_material(plan, i)? {
-                let m = match ahead.take() {
+                let waited = std::time::Instant::now();
+                let (m, read_s) = match ahead.take() {
                     Some(a) if a.node() == i => a.wait().await?,
                     other => {
                         *ahead = other;
                         let m = st.read_server(plan, report.inference, i)?;
                         st.remove(report.inference, i);
-                        m
+                        (m, waited.elapsed().as_secs_f64())
                     }
                 };
+                report.nodes[i].store_read_s = read_s;
+                report.nodes[i].store_wait_s = waited.elapsed().as_secs_f64();
                 if let Some(j) = next_material(plan, i + 1, server_has_material)? {
                     *ahead =
                         Some(st.read_server_ahead(NodeLayout::new(plan, j)?, report.inference));
@@ -1844,15 +1847,18 @@ async fn client_online_steps(
         let clock = Clock::start();
         if let Some(st) = store {
             if client_has_material(plan, i)? {
-                let m = match ahead.take() {
+                let waited = std::time::Instant::now();
+                let (m, read_s) = match ahead.take() {
                     Some(a) if a.node() == i => a.wait().await?,
                     other => {
                         *ahead = other;
                         let m = st.read_client(plan, report.inference, i)?;
                         st.remove(report.inference, i);
-                        m
+                        (m, waited.elapsed().as_secs_f64())
                     }
                 };
+                report.nodes[i].store_read_s = read_s;
+                report.nodes[i].store_wait_s = waited.elapsed().as_secs_f64();
                 if let Some(j) = next_material(plan, i + 1, client_has_material)? {
                     *ahead =
                         Some(st.read_client_ahead(NodeLayout::new(plan, j)?, report.inference));

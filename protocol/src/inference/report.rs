@@ -90,6 +90,13 @@ pub struct NodeReport {
     pub offline_cpu_s: f64,
     /// Online CPU seconds (process).
     pub online_cpu_s: f64,
+    /// With `--store`: seconds spent reading this node's offline material
+    /// back (on the read-ahead thread, overlapping earlier nodes).
+    #[serde(default)]
+    pub store_read_s: f64,
+    /// With `--store`: seconds this node's online step waited for that read.
+    #[serde(default)]
+    pub store_wait_s: f64,
     /// Traffic per phase (`offline/he`, `offline/ot`, `offline/gc`, `offline/poly`,
     /// `online/input`, `online/gc`, `online/reply`, `online/poly`, `online/reveal`).
     pub traffic: BTreeMap<String, Traffic>,

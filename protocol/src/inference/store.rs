@@ -104,7 +104,7 @@ impl NodeLayout {
 #[derive(Debug)]
 pub struct ReadAhead<T> {
     node: usize,
-    task: tokio::task::JoinHandle<Result<T, InferenceError>>,
+    task: tokio::task::JoinHandle<Result<(T, f64), InferenceError>>,
 }
 
 impl<T> ReadAhead<T> {
@@ -113,8 +113,8 @@ impl<T> ReadAhead<T> {
         self.node
     }
 
-    /// Waits for the read.
-    pub async fn wait(self) -> Result<T, InferenceError> {
+    /// Waits for the read; returns the node and the seconds the read took.
+    pub async fn wait(self) -> Result<(T, f64), InferenceError> {
         let node = self.node;
         self.task.await.map_err(|e| InferenceError::Store {
             path: format!("node {node}"),
@@ -215,9 +215,10 @@ impl Store {
         ReadAhead {
             node,
             task: tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
                 let m = st.read_client_layout(&layout, inference)?;
                 st.remove(inference, node);
-                Ok(m)
+                Ok((m, t.elapsed().as_secs_f64()))
             }),
         }
     }
@@ -234,9 +235,10 @@ impl Store {
         ReadAhead {
             node,
             task: tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
                 let m = st.read_server_layout(&layout, inference)?;
                 st.remove(inference, node);
-                Ok(m)
+                Ok((m, t.elapsed().as_secs_f64()))
             }),
         }
     }
