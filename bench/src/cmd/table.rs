@@ -260,11 +260,16 @@ fn elements(net: &Network) -> (u64, u64, u64) {
 fn short(m: &Measured) -> String {
     let d = m.median();
     format!(
-        "online {:.3} s, offline {:.2} s, {:.2} MB online, {:.1} MB offline",
+        "online {:.3} s, offline {:.2} s, {:.2} MB online, {:.1} MB offline{}",
         m.online_s.median,
         m.offline_s.median,
         d.online_total_bytes() as f64 / 1e6,
-        d.offline_total_bytes() as f64 / 1e6
+        d.offline_total_bytes() as f64 / 1e6,
+        if d.stored {
+            " (through --store: the client's material exceeds 30 % of the memory available)"
+        } else {
+            ""
+        }
     )
 }
 

@@ -321,6 +321,10 @@ pub struct RunSummary {
     pub identity: u64,
     /// Polynomial elements.
     pub poly: u64,
+    /// The offline material went through `--store` (it would not fit in
+    /// memory: see [`STORE_FRACTION`]); online then includes reading it back.
+    #[serde(default)]
+    pub stored: bool,
     /// Server peak RSS, bytes.
     pub server_peak_rss: u64,
     /// Client peak RSS, bytes.
@@ -366,6 +370,7 @@ impl RunSummary {
         }
         Self {
             process_wall_s,
+            stored: false,
             setup_s: t.setup_s,
             offline_s: t.offline_s,
             online_s: t.online_s,
@@ -615,6 +620,32 @@ fn read_doc(path: &Path) -> Result<RunDoc, MeasureError> {
     })
 }
 
+/// Bytes of garbled material the client of `model` keeps between the
+/// phases in truncation mode `trunc` (`None` if the file cannot be planned
+/// here; the run itself then reports the problem).
+pub fn client_material_bytes(model: &Path, trunc: &str) -> Option<u64> {
+    use pibench_protocol::inference::plan::InferencePlan;
+    use pibench_protocol::inference::public::PublicModel;
+    use pibench_protocol::inference::TruncMode;
+    let loaded = pibench_models::file::load(model).ok()?;
+    let fixed = pibench_models::fixed::FixedPoint::default();
+    let enc = pibench_models::reference::EncodedNetwork::new(&loaded.network, fixed).ok()?;
+    let public = PublicModel::new(&loaded.network, &enc).ok()?;
+    let mode = if trunc == "exact" {
+        TruncMode::Exact
+    } else {
+        TruncMode::Local
+    };
+    let plan = InferencePlan::new(&public, mode, Default::default()).ok()?;
+    plan.client_gc_bytes().ok()
+}
+
+/// A run whose client material exceeds this fraction of the memory
+/// available streams it through `--store` instead of holding it (the
+/// exact-truncation column of a WRN-22-8 with polynomial sites needs tens
+/// of GB; in memory the client is killed).
+pub const STORE_FRACTION: f64 = 0.3;
+
 /// Runs `pibench run` on a model file once.
 fn run_once(
     opts: &RunOptions,
@@ -648,6 +679,13 @@ fn run_once(
     }
     if opts.insecure_test_params {
         cmd.arg("--insecure-test-params");
+    }
+    let material = client_material_bytes(model, trunc);
+    let limit = pibench_protocol::inference::store::mem_available()
+        .map(|m| (m as f64 * STORE_FRACTION) as u64);
+    let stored = matches!((material, limit), (Some(b), Some(l)) if b > l);
+    if stored {
+        cmd.arg("--store").arg(dir.join("store"));
     }
     let start = Instant::now();
     let mut child = cmd
@@ -687,7 +725,10 @@ fn run_once(
         });
     }
     let layers = doc.layers.clone();
-    Ok((RunSummary::from_doc(doc, wall), layers))
+    let mut summary = RunSummary::from_doc(doc, wall);
+    summary.stored = stored;
+    let _ = std::fs::remove_dir_all(dir.join("store"));
+    Ok((summary, layers))
 }
 
 /// Runs a model file `opts.repeat` times in one truncation mode.

@@ -814,11 +814,15 @@ impl TableResult {
             }
             if exact {
                 match &r.exact {
-                    Some(e) => f.extend([
-                        fmt_num(e.online_s.median),
-                        fmt_num(e.total_s.median),
-                        fmt_num(e.median().online_total_bytes() as f64 / 1e6),
-                    ]),
+                    Some(e) => {
+                        // † : the material went through --store.
+                        let mark = if e.median().stored { " †" } else { "" };
+                        f.extend([
+                            format!("{}{mark}", fmt_num(e.online_s.median)),
+                            fmt_num(e.total_s.median),
+                            fmt_num(e.median().online_total_bytes() as f64 / 1e6),
+                        ])
+                    }
                     None => f.extend(std::iter::repeat_n(
                         if r.exact_error.is_some() {
                             "*failed*".to_string()
@@ -858,7 +862,9 @@ impl TableResult {
                  identity or polynomial element (and of linear layers) in a garbled circuit, \
                  failure probability 0. The default `local` truncation (Delphi's) is free but \
                  fails with a small probability per element; the difference is what local \
-                 truncation hides."
+                 truncation hides. † marks runs whose client material exceeded 30 % of the \
+                 memory available and went through `--store` (online then includes reading it \
+                 back from disk)."
             );
         }
         let id = &t.id;

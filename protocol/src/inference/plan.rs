@@ -265,6 +265,24 @@ impl InferencePlan {
             .map_or(self.net.input, |&j| self.net.nodes[j].shape)
     }
 
+    /// Bytes of garbled material the client keeps from the offline to the
+    /// online phase (tables, control bits, output decoding, its input
+    /// labels) over all nodes: what it holds in memory without `--store`.
+    pub fn client_gc_bytes(&self) -> Result<u64, InferenceError> {
+        let mut total = 0u64;
+        for i in 0..self.steps.len() {
+            for (g, _) in self.gc_groups(i)? {
+                let s = &g.shape;
+                let c = g.count;
+                total += (s.table_words(c) * 8
+                    + s.control_len(c)
+                    + s.decoding_len(c) * 8
+                    + c * s.input_bits() * 16) as u64;
+            }
+        }
+        Ok(total)
+    }
+
     /// Garbled-circuit groups of node `i`, in protocol order; the second
     /// field says which online round (0, 1, …) each group's labels go in.
     pub fn gc_groups(&self, i: usize) -> Result<Vec<(GcGroup, usize)>, InferenceError> {
@@ -375,5 +393,54 @@ pub fn split_trunc(g: u32) -> (u32, u32) {
         (16, g - 16)
     } else {
         (g, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pibench_models::arch::{ArchSpec, Dataset};
+    use pibench_models::fixed::FixedPoint;
+    use pibench_models::graph::Init;
+    use pibench_models::reference::EncodedNetwork;
+
+    /// The client's material: per ReLU the tables of its circuit plus its
+    /// input labels; exact mode adds the identity elements' circuits.
+    #[test]
+    fn client_material_counts_every_circuit() {
+        let d = Dataset::Cifar10;
+        let mut net = ArchSpec::Resnet {
+            name: "r".into(),
+            stem: 4,
+            blocks: vec![1, 1],
+            widths: vec![4, 8],
+        }
+        .build(d.input(), 10, Init::Seeded(1))
+        .unwrap();
+        let relus = pibench_models::mask::random_relu_mask(
+            &mut net,
+            500,
+            pibench_models::count::Convention::default(),
+            1,
+        )
+        .unwrap() as usize;
+        let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
+        let public = PublicModel::new(&net, &enc).unwrap();
+        let local = InferencePlan::new(&public, TruncMode::Local, Scheme::HalfGates).unwrap();
+        let exact = InferencePlan::new(&public, TruncMode::Exact, Scheme::HalfGates).unwrap();
+        let (bl, be) = (
+            local.client_gc_bytes().unwrap(),
+            exact.client_gc_bytes().unwrap(),
+        );
+        // Half-gates ReLU: 199 ANDs × 32 B of tables alone per circuit.
+        assert!(
+            bl >= (relus * 199 * 32) as u64,
+            "{bl} bytes for {relus} ReLUs"
+        );
+        assert!(
+            bl <= (relus * 10_000) as u64,
+            "{bl} bytes for {relus} ReLUs"
+        );
+        assert!(be > bl);
     }
 }

@@ -79,7 +79,7 @@ pub struct Store {
 const CACHE_FRACTION: f64 = 0.6;
 
 /// `MemAvailable` of `/proc/meminfo` in bytes (`None` where unknown).
-fn mem_available() -> Option<u64> {
+pub fn mem_available() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
