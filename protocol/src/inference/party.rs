@@ -984,9 +984,6 @@ async fn server_online_steps(
                 if let Some(j) = next_material(plan, i + 1, server_has_material)? {
                     *ahead =
                         Some(st.read_server_ahead(NodeLayout::new(plan, j)?, report.inference));
-                    if let Some(k) = next_material(plan, j + 1, server_has_material)? {
-                        st.prefetch(report.inference, k);
-                    }
                 }
                 if let Some(h) = m.he {
                     off.he.insert(i, h);
@@ -1865,9 +1862,6 @@ async fn client_online_steps(
                 if let Some(j) = next_material(plan, i + 1, client_has_material)? {
                     *ahead =
                         Some(st.read_client_ahead(NodeLayout::new(plan, j)?, report.inference));
-                    if let Some(k) = next_material(plan, j + 1, client_has_material)? {
-                        st.prefetch(report.inference, k);
-                    }
                 }
                 if !m.gc.is_empty() {
                     off.gc.insert(i, m.gc);

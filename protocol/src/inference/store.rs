@@ -68,15 +68,7 @@ pub struct Store {
     hash: [u8; 32],
     role: Role,
     pool: StorePool,
-    /// Bytes of node files this session may leave in the page cache.
-    cache_budget: u64,
-    /// Bytes written so far.
-    written: AtomicU64,
 }
-
-/// Fraction of the memory available when a store opens that its files may
-/// keep in the page cache (see [`Store::open`]).
-const CACHE_FRACTION: f64 = 0.6;
 
 /// `MemAvailable` of `/proc/meminfo` in bytes (`None` where unknown).
 pub fn mem_available() -> Option<u64> {
@@ -85,22 +77,6 @@ pub fn mem_available() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
-
-/// Asks the kernel to drop `f`'s pages from the page cache (after they are
-/// on disk) or to read them in ahead; advice only, errors ignored.
-#[cfg(target_os = "linux")]
-fn advise(f: &File, will_need: bool) {
-    use rustix::fs::{fadvise, Advice};
-    let advice = if will_need {
-        Advice::WillNeed
-    } else {
-        Advice::DontNeed
-    };
-    let _ = fadvise(f, 0, None, advice);
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise(_f: &File, _will_need: bool) {}
 
 /// Bytes of used buffers a store keeps for its next reads (about one
 /// ResNet-18 Tiny-ImageNet layer-1 site of garbled tables on the client).
@@ -216,21 +192,11 @@ impl Store {
                 .map_err(|e| store_err(&dir, format!("cannot clear: {e}")))?;
         }
         std::fs::create_dir(&dir).map_err(|e| store_err(&dir, format!("cannot create: {e}")))?;
-        // Page-cache policy. Node files are read back online in the order
-        // they were written; when they do not all fit in the page cache,
-        // the kernel's LRU evicts the oldest — exactly the ones read first —
-        // and every read goes to disk. Files written after this session's
-        // budget are synced and dropped from the cache instead, so that the
-        // first nodes stay cached, and online reads ask the kernel to read
-        // the node after the next one in ahead (`advise`).
-        let cache_budget = mem_available().map_or(u64::MAX, |m| (m as f64 * CACHE_FRACTION) as u64);
         Ok(Self {
             dir,
             hash,
             role,
             pool: StorePool::new(POOL_LIMIT),
-            cache_budget,
-            written: AtomicU64::new(0),
         })
     }
 
@@ -314,15 +280,7 @@ impl Store {
         body(&mut w).map_err(io)?;
         w.write_all(TRAILER).map_err(io)?;
         w.flush().map_err(io)?;
-        let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-        let size = f.metadata().map_or(0, |m| m.len());
-        let total = self.written.fetch_add(size, Ordering::Relaxed) + size;
-        if total > self.cache_budget {
-            // Beyond the budget: on disk now, out of the page cache.
-            f.sync_data().map_err(io)?;
-            advise(&f, false);
-        }
-        drop(f);
+        drop(w);
         std::fs::rename(&tmp, &path).map_err(|e| store_err(&path, format!("cannot rename: {e}")))
     }
 
@@ -509,20 +467,6 @@ impl Store {
         })
     }
 
-    /// Sets how many bytes of node files may stay in the page cache (files
-    /// written beyond it are synced and dropped from the cache).
-    pub fn set_cache_budget(&mut self, bytes: u64) {
-        self.cache_budget = bytes;
-    }
-
-    /// Asks the kernel to read node `node`'s file into the page cache in the
-    /// background (a no-op where it is cached already).
-    pub fn prefetch(&self, inference: usize, node: usize) {
-        if let Ok(f) = File::open(self.path(inference, node)) {
-            advise(&f, true);
-        }
-    }
-
     /// Removes a node's file once read.
     pub fn remove(&self, inference: usize, node: usize) {
         let _ = std::fs::remove_file(self.path(inference, node));
@@ -612,54 +556,5 @@ fn remove_stale(base: &Path) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pibench_models::arch::{ArchSpec, Dataset};
-    use pibench_models::fixed::FixedPoint;
-    use pibench_models::graph::Init;
-    use pibench_models::reference::EncodedNetwork;
-
-    /// Files written beyond the page-cache budget (synced, dropped from the
-    /// cache) and prefetched ones read back exactly.
-    #[test]
-    fn files_beyond_the_cache_budget_read_back() {
-        let d = Dataset::Cifar10;
-        let net = ArchSpec::Resnet {
-            name: "r".into(),
-            stem: 4,
-            blocks: vec![1, 1],
-            widths: vec![4, 8],
-        }
-        .build(d.input(), 10, Init::Seeded(1))
-        .unwrap();
-        let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
-        let public = PublicModel::new(&net, &enc).unwrap();
-        let plan = InferencePlan::new(
-            &public,
-            super::super::TruncMode::Local,
-            crate::gc::Scheme::HalfGates,
-        )
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut st = Store::open(dir.path(), &public, Role::Server).unwrap();
-        st.set_cache_budget(0);
-        let conv = (0..plan.steps.len())
-            .find(|&i| matches!(plan.steps[i], Step::Conv { .. }))
-            .unwrap();
-        let len = plan.net.nodes[conv].shape.len();
-        let he: Vec<u64> = (0..len as u64).map(|v| v * 7919 % 1000).collect();
-        let m = ServerNode {
-            he: Some(he.clone()),
-            gc: Vec::new(),
-            poly: None,
-        };
-        st.write_server(0, conv, &m).unwrap();
-        st.prefetch(0, conv);
-        let back = st.read_server(&plan, 0, conv).unwrap();
-        assert_eq!(back.he, Some(he));
     }
 }
