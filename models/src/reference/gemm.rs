@@ -267,6 +267,25 @@ impl PreparedWeights {
     }
 }
 
+/// [`PreparedWeights`] computed on first use and kept beside the encoded
+/// weights they derive from (so not part of an op's identity: two caches
+/// always compare equal).
+#[derive(Debug, Clone, Default)]
+pub struct PreparedCache(std::sync::OnceLock<PreparedWeights>);
+
+impl PartialEq for PreparedCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl PreparedCache {
+    /// The prepared weights, computed by `prepare` on the first call.
+    pub fn get_or_prepare(&self, prepare: impl FnOnce() -> PreparedWeights) -> &PreparedWeights {
+        self.0.get_or_init(prepare)
+    }
+}
+
 /// `C = W · X` exactly for the prepared weights of one group (`rows × k`)
 /// and limb rows `X` (`k × n`, entries `< 2^28`): one GEMM per chunk, the
 /// chunk results summed in `i64` into `acc` (`rows × n`, overwritten).

@@ -153,12 +153,7 @@ fn walk<E: Evaluator>(
         });
     }
     // Free each value after its last use.
-    let mut last_use = vec![0usize; net.nodes.len()];
-    for (i, n) in net.nodes.iter().enumerate() {
-        for &j in &n.inputs {
-            last_use[j] = i;
-        }
-    }
+    let last_use = last_uses(net);
     let mut values: Vec<Option<E::Value>> = vec![None; net.nodes.len()];
     let missing = |i: usize, name: &str| ModelError::Graph {
         node: i,
@@ -194,6 +189,18 @@ fn walk<E: Evaluator>(
         }
     }
     Ok(values)
+}
+
+/// For each node, the index of the last node that reads it (values can be
+/// freed after it).
+fn last_uses(net: &Network) -> Vec<usize> {
+    let mut last_use = vec![0usize; net.nodes.len()];
+    for (i, n) in net.nodes.iter().enumerate() {
+        for &j in &n.inputs {
+            last_use[j] = i;
+        }
+    }
+    last_use
 }
 
 /// One node of the op list: the single place that maps an [`Op`] to its
@@ -260,12 +267,7 @@ pub fn set_batchnorm_statistics(
         }
     }
     let mut eval = FloatEvaluator { threads };
-    let mut last_use = vec![0usize; net.nodes.len()];
-    for (i, n) in net.nodes.iter().enumerate() {
-        for &j in &n.inputs {
-            last_use[j] = i;
-        }
-    }
+    let last_use = last_uses(net);
     // values[node][image]
     let mut values: Vec<Option<Vec<Vec<f64>>>> = vec![None; net.nodes.len()];
     let mut set = 0;
@@ -610,6 +612,8 @@ pub enum EncodedOp {
         l1_max: u128,
         /// `max |b|`.
         bias_max: u64,
+        /// The weights prepared for [`gemm`] (on first use).
+        prepared: gemm::PreparedCache,
     },
     /// Fully connected layer.
     Linear {
@@ -625,6 +629,8 @@ pub enum EncodedOp {
         l1_max: u128,
         /// `max |b|`.
         bias_max: u64,
+        /// The weights prepared for [`gemm`] (on first use).
+        prepared: gemm::PreparedCache,
     },
     /// Standalone batch norm: `scale·round(x / 2^trunc) + shift`.
     BatchNorm {
@@ -655,6 +661,53 @@ pub enum EncodedOp {
         /// Polynomial replacing the masked-out elements (`None`: identity).
         poly: Option<PolyPlan>,
     },
+}
+
+impl EncodedOp {
+    /// A convolution or fully connected layer applied to field values
+    /// (weights, bias; exact, [`gemm`], weights prepared once per op): the
+    /// fixed-point reference on values and the server on its shares call
+    /// this same function. `None` for other ops.
+    pub fn linear_field(&self, x: &[u64], threads: usize) -> Option<Vec<u64>> {
+        match self {
+            EncodedOp::Conv {
+                geometry,
+                weight,
+                bias,
+                prepared,
+                ..
+            } => {
+                let pw = prepared.get_or_prepare(|| gemm::PreparedWeights::conv(weight, geometry));
+                Some(gemm::conv2d_field_prepared(
+                    x,
+                    weight,
+                    pw,
+                    Some(bias),
+                    geometry,
+                    threads,
+                ))
+            }
+            EncodedOp::Linear {
+                weight,
+                bias,
+                out_features,
+                prepared,
+                ..
+            } => {
+                let pw = prepared.get_or_prepare(|| {
+                    gemm::PreparedWeights::linear(weight, *out_features, x.len())
+                });
+                Some(gemm::linear_field_prepared(
+                    x,
+                    weight,
+                    pw,
+                    Some(bias),
+                    *out_features,
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 fn l1_rows(w: &[u64], rows: usize) -> u128 {
@@ -784,6 +837,7 @@ impl EncodedNetwork {
                             weight,
                             bias,
                             frac_bits: f,
+                            prepared: Default::default(),
                         }),
                         s_in + f,
                     )
@@ -803,6 +857,7 @@ impl EncodedNetwork {
                             bias,
                             out_features: l.out_features,
                             frac_bits: f,
+                            prepared: Default::default(),
                         }),
                         s_in + f,
                     )
@@ -1084,22 +1139,18 @@ impl Evaluator for FixedEvaluator<'_> {
     }
 
     fn conv(&mut self, ctx: &NodeCtx<'_>, _conv: &Conv2d, x: &FixedValue) -> Result<FixedValue> {
+        let op = self.op(ctx)?;
         let EncodedOp::Conv {
-            geometry,
-            weight,
-            bias,
-            l1_max,
-            bias_max,
-            ..
-        } = self.op(ctx)?
+            l1_max, bias_max, ..
+        } = op
         else {
             return Err(wrong_op(ctx));
         };
         Self::check(ctx, max_abs(&x.data) as u128 * l1_max + *bias_max as u128)?;
-        Ok(self.out(
-            ctx,
-            gemm::conv2d_field(&x.data, weight, Some(bias), geometry, self.threads),
-        ))
+        let y = op
+            .linear_field(&x.data, self.threads)
+            .ok_or_else(|| wrong_op(ctx))?;
+        Ok(self.out(ctx, y))
     }
 
     fn batchnorm(
@@ -1147,22 +1198,16 @@ impl Evaluator for FixedEvaluator<'_> {
     }
 
     fn linear(&mut self, ctx: &NodeCtx<'_>, _l: &Linear, x: &FixedValue) -> Result<FixedValue> {
+        let op = self.op(ctx)?;
         let EncodedOp::Linear {
-            weight,
-            bias,
-            out_features,
-            l1_max,
-            bias_max,
-            ..
-        } = self.op(ctx)?
+            l1_max, bias_max, ..
+        } = op
         else {
             return Err(wrong_op(ctx));
         };
         Self::check(ctx, max_abs(&x.data) as u128 * l1_max + *bias_max as u128)?;
-        Ok(self.out(
-            ctx,
-            gemm::linear_field(&x.data, weight, Some(bias), *out_features),
-        ))
+        let y = op.linear_field(&x.data, 1).ok_or_else(|| wrong_op(ctx))?;
+        Ok(self.out(ctx, y))
     }
 
     fn avgpool(

@@ -408,8 +408,8 @@ impl GarblerSite {
     /// Hands the site's buffers to `pool`.
     pub fn recycle(self, pool: &StorePool) {
         for (_, k) in self.pieces {
-            pool.give_blocks(k.input_zero_labels);
-            pool.give_words(k.output_masks);
+            pool.give(k.input_zero_labels);
+            pool.give(k.output_masks);
         }
     }
 
@@ -660,10 +660,10 @@ impl EvaluatorSite {
     pub fn recycle(self, pool: &StorePool) {
         for p in self.pieces {
             if let Ok(p) = Arc::try_unwrap(p) {
-                pool.give_words(p.garbling.tables.words);
-                pool.give_bytes(p.garbling.tables.control);
-                pool.give_words(p.garbling.decoding);
-                pool.give_blocks(p.labels);
+                pool.give(p.garbling.tables.words);
+                pool.give(p.garbling.tables.control);
+                pool.give(p.garbling.decoding);
+                pool.give(p.labels);
             }
         }
     }
@@ -961,52 +961,40 @@ impl<R: std::io::Read> StoreReader<R> {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// `n` items of `width` bytes each, converted by `conv`, read in chunks
-    /// of [`STORE_CHUNK`] bytes straight into the result: one allocation of
-    /// the result's size, no second full-size buffer (the tables of a site
-    /// run to gigabytes).
-    fn chunked<T>(
+    /// `n` values read straight into a buffer from `pool`: the file's
+    /// little-endian bytes land in the values' memory with one copy from the
+    /// page cache (no conversion pass on little-endian machines). The caller
+    /// bounds `n` (from the protocol plan).
+    pub fn read_into<T: Word>(
         &mut self,
+        pool: &StorePool,
         n: usize,
-        width: usize,
         what: &str,
-        conv: impl Fn(&[u8]) -> T,
     ) -> Result<Vec<T>, GcError> {
-        let mut out = Vec::with_capacity(n);
-        let mut buf = vec![0u8; STORE_CHUNK.min(width * n)];
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(STORE_CHUNK / width);
-            let b = &mut buf[..width * k];
-            self.bytes(b, what)?;
-            out.extend(b.chunks_exact(width).map(&conv));
-            left -= k;
+        let mut buf = pool.take::<T>(n);
+        // A recycled buffer of the right size is not touched: the read
+        // overwrites it; only a shorter one is extended.
+        if buf.len() >= n {
+            buf.truncate(n);
+        } else {
+            buf.resize(n, T::default());
         }
-        Ok(out)
-    }
-
-    /// `n` `u64`s read straight into `buf` (a buffer from a [`StorePool`]):
-    /// the file's little-endian bytes land in the words' memory with one
-    /// copy from the page cache and no conversion pass on little-endian
-    /// machines; `buf` is resized to `n` (its old contents are overwritten).
-    pub fn u64s_into(
-        &mut self,
-        mut buf: Vec<u64>,
-        n: usize,
-        what: &str,
-    ) -> Result<Vec<u64>, GcError> {
-        fit(&mut buf, n);
         self.bytes(bytemuck::cast_slice_mut(&mut buf[..]), what)?;
         if cfg!(target_endian = "big") {
-            buf.iter_mut().for_each(|w| *w = u64::from_le(*w));
+            buf.iter_mut().for_each(|w| *w = w.le_to_native());
         }
         Ok(buf)
     }
 
-    /// `n` field elements read into `buf` (each checked `< P`).
-    pub fn field_into(&mut self, buf: Vec<u64>, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
+    /// `n` field elements into a buffer from `pool` (each checked `< P`).
+    pub fn field_into(
+        &mut self,
+        pool: &StorePool,
+        n: usize,
+        what: &str,
+    ) -> Result<Vec<u64>, GcError> {
         let at = self.offset;
-        let v = self.u64s_into(buf, n, what)?;
+        let v = self.read_into::<u64>(pool, n, what)?;
         if let Some(i) = v.iter().position(|&x| x >= pibench_models::fixed::P) {
             return Err(GcError::Store {
                 file: self.what.clone(),
@@ -1015,72 +1003,58 @@ impl<R: std::io::Read> StoreReader<R> {
             });
         }
         Ok(v)
-    }
-
-    /// `n` labels read straight into `buf` (see [`StoreReader::u64s_into`]).
-    pub fn blocks_into(
-        &mut self,
-        mut buf: Vec<Block>,
-        n: usize,
-        what: &str,
-    ) -> Result<Vec<Block>, GcError> {
-        fit(&mut buf, n);
-        self.bytes(bytemuck::cast_slice_mut(&mut buf[..]), what)?;
-        if cfg!(target_endian = "big") {
-            buf.iter_mut().for_each(|w| *w = u128::from_le(*w));
-        }
-        Ok(buf)
-    }
-
-    /// `n` bytes read into `buf`.
-    pub fn bytes_into(
-        &mut self,
-        mut buf: Vec<u8>,
-        n: usize,
-        what: &str,
-    ) -> Result<Vec<u8>, GcError> {
-        fit(&mut buf, n);
-        self.bytes(&mut buf, what)?;
-        Ok(buf)
     }
 
     /// `n` `u64`s (the caller bounds `n`).
     pub fn u64s(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
-        self.chunked(n, 8, what, |c| {
-            u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))
-        })
+        self.read_into(&StorePool::default(), n, what)
     }
 
     /// `n` field elements (each checked `< P`).
     pub fn field(&mut self, n: usize, what: &str) -> Result<Vec<u64>, GcError> {
-        let at = self.offset;
-        let v = self.u64s(n, what)?;
-        if let Some(i) = v.iter().position(|&x| x >= pibench_models::fixed::P) {
-            return Err(GcError::Store {
-                file: self.what.clone(),
-                offset: at + 8 * i as u64,
-                reason: format!("{what}: element {i} is not a field element"),
-            });
-        }
-        Ok(v)
+        self.field_into(&StorePool::default(), n, what)
     }
 
     /// `n` labels.
     pub fn blocks(&mut self, n: usize, what: &str) -> Result<Vec<Block>, GcError> {
-        self.chunked(n, 16, what, |c| {
-            u128::from_le_bytes(c.try_into().unwrap_or([0; 16]))
-        })
+        self.read_into(&StorePool::default(), n, what)
     }
 }
 
-/// Sets `buf`'s length to `n`, writing zeros only past its current length
-/// (a recycled buffer of the right size is not touched: the read that
-/// follows overwrites it).
-fn fit<T: Copy + Default>(buf: &mut Vec<T>, n: usize) {
-    if buf.len() >= n {
-        buf.truncate(n);
-    } else {
-        buf.resize(n, T::default());
+/// A value type the store reads in bulk and the [`StorePool`] keeps
+/// buffers of: plain old data, stored little-endian.
+pub trait Word: bytemuck::Pod + Default {
+    /// Converts a value read as little-endian bytes to native order.
+    fn le_to_native(self) -> Self;
+    /// The pool's list of buffers of this type.
+    #[doc(hidden)]
+    fn list(p: &mut PoolLists) -> &mut Vec<Vec<Self>>;
+}
+
+impl Word for u8 {
+    fn le_to_native(self) -> Self {
+        self
+    }
+    fn list(p: &mut PoolLists) -> &mut Vec<Vec<Self>> {
+        &mut p.bytes
+    }
+}
+
+impl Word for u64 {
+    fn le_to_native(self) -> Self {
+        u64::from_le(self)
+    }
+    fn list(p: &mut PoolLists) -> &mut Vec<Vec<Self>> {
+        &mut p.words
+    }
+}
+
+impl Word for u128 {
+    fn le_to_native(self) -> Self {
+        u128::from_le(self)
+    }
+    fn list(p: &mut PoolLists) -> &mut Vec<Vec<Self>> {
+        &mut p.blocks
     }
 }
 
@@ -1089,116 +1063,65 @@ fn fit<T: Copy + Default>(buf: &mut Vec<T>, n: usize) {
 /// by node; allocating them afresh for every node costs a page fault and a
 /// kernel page clear per 4 KiB (a quarter of the client's online time in a
 /// profile of a 557K-ReLU `--store` run). The pool keeps at most `limit`
-/// bytes; what does not fit is freed.
-#[derive(Debug)]
+/// bytes; what does not fit is freed. The default pool keeps nothing.
+#[derive(Debug, Default)]
 pub struct StorePool {
-    inner: Mutex<PoolInner>,
+    inner: Mutex<PoolLists>,
     limit: usize,
 }
 
+/// The buffers a [`StorePool`] holds, per value type.
+#[doc(hidden)]
 #[derive(Debug, Default)]
-struct PoolInner {
+pub struct PoolLists {
     words: Vec<Vec<u64>>,
     blocks: Vec<Vec<Block>>,
     bytes: Vec<Vec<u8>>,
     held: usize,
 }
 
-impl Default for StorePool {
-    fn default() -> Self {
-        Self::new(0)
-    }
-}
-
-fn take_fit<T>(list: &mut Vec<Vec<T>>, held: &mut usize, n: usize) -> Vec<T> {
-    // Smallest buffer that holds `n` (the pieces of a site are equal-sized).
-    let best = list
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.capacity() >= n)
-        .min_by_key(|(_, b)| b.capacity())
-        .map(|(i, _)| i);
-    match best {
-        Some(i) => {
-            let b = list.swap_remove(i);
-            *held -= b.capacity() * std::mem::size_of::<T>();
-            b
-        }
-        None => Vec::with_capacity(n),
-    }
-}
-
 impl StorePool {
     /// A pool that keeps at most `limit` bytes of buffers.
     pub fn new(limit: usize) -> Self {
         Self {
-            inner: Mutex::new(PoolInner::default()),
+            inner: Mutex::new(PoolLists::default()),
             limit,
         }
     }
 
-    /// Bytes held now.
-    pub fn held(&self) -> usize {
-        self.inner.lock().map(|p| p.held).unwrap_or(0)
-    }
-
-    fn words(&self, n: usize) -> Vec<u64> {
-        match self.inner.lock() {
-            Ok(mut p) => {
-                let p = &mut *p;
-                take_fit(&mut p.words, &mut p.held, n)
+    /// A buffer for `n` values: the smallest pooled one that holds them
+    /// (the pieces of a site are equal-sized), else a new one.
+    fn take<T: Word>(&self, n: usize) -> Vec<T> {
+        let Ok(mut p) = self.inner.lock() else {
+            return Vec::with_capacity(n);
+        };
+        let p = &mut *p;
+        let list = T::list(p);
+        let best = list
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= n)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let b = list.swap_remove(i);
+                p.held -= b.capacity() * std::mem::size_of::<T>();
+                b
             }
-            Err(_) => Vec::with_capacity(n),
+            None => Vec::with_capacity(n),
         }
     }
 
-    fn blocks(&self, n: usize) -> Vec<Block> {
-        match self.inner.lock() {
-            Ok(mut p) => {
-                let p = &mut *p;
-                take_fit(&mut p.blocks, &mut p.held, n)
-            }
-            Err(_) => Vec::with_capacity(n),
-        }
-    }
-
-    fn bytes(&self, n: usize) -> Vec<u8> {
-        match self.inner.lock() {
-            Ok(mut p) => {
-                let p = &mut *p;
-                take_fit(&mut p.bytes, &mut p.held, n)
-            }
-            Err(_) => Vec::with_capacity(n),
-        }
-    }
-
-    fn give_words(&self, v: Vec<u64>) {
-        if let Ok(mut p) = self.inner.lock() {
-            let size = v.capacity() * 8;
-            if size > 0 && p.held + size <= self.limit {
-                p.held += size;
-                p.words.push(v);
-            }
-        }
-    }
-
-    fn give_blocks(&self, v: Vec<Block>) {
-        if let Ok(mut p) = self.inner.lock() {
-            let size = v.capacity() * 16;
-            if size > 0 && p.held + size <= self.limit {
-                p.held += size;
-                p.blocks.push(v);
-            }
-        }
-    }
-
-    fn give_bytes(&self, v: Vec<u8>) {
-        if let Ok(mut p) = self.inner.lock() {
-            let size = v.capacity();
-            if size > 0 && p.held + size <= self.limit {
-                p.held += size;
-                p.bytes.push(v);
-            }
+    /// Keeps `v` for a later [`StorePool::take`] if it fits the limit.
+    fn give<T: Word>(&self, v: Vec<T>) {
+        let Ok(mut p) = self.inner.lock() else {
+            return;
+        };
+        let size = v.capacity() * std::mem::size_of::<T>();
+        if size > 0 && p.held + size <= self.limit {
+            p.held += size;
+            T::list(&mut p).push(v);
         }
     }
 }
@@ -1265,9 +1188,8 @@ impl GarblerSite {
         for m in piece_sizes(count) {
             let batch = r.u64("batch")?;
             let delta = r.blocks(1, "delta")?[0];
-            let input_zero_labels =
-                r.blocks_into(pool.blocks(m * n), m * n, "garbler input labels")?;
-            let output_masks = r.field_into(pool.words(m), m, "output masks")?;
+            let input_zero_labels = r.read_into(pool, m * n, "garbler input labels")?;
+            let output_masks = r.field_into(pool, m, "output masks")?;
             pieces.push((
                 batch,
                 GarblerKeys {
@@ -1318,15 +1240,15 @@ impl EvaluatorSite {
         for m in piece_sizes(count) {
             let batch = r.u64("batch")?;
             let tw = shape.table_words(m);
-            let words = r.u64s_into(pool.words(tw), tw, "garbled tables")?;
+            let words = r.read_into(pool, tw, "garbled tables")?;
             let cl = shape.control_len(m);
-            let control = r.bytes_into(pool.bytes(cl), cl, "control bits")?;
+            let control: Vec<u8> = r.read_into(pool, cl, "control bits")?;
             if let Some(i) = control.iter().position(|&c| c >= 32) {
                 return Err(r.error(format!("control byte {i} has more than 5 bits")));
             }
             let dl = shape.decoding_len(m);
-            let decoding = r.field_into(pool.words(dl), dl, "output decoding")?;
-            let labels = r.blocks_into(pool.blocks(m * n), m * n, "evaluator input labels")?;
+            let decoding = r.field_into(pool, dl, "output decoding")?;
+            let labels = r.read_into(pool, m * n, "evaluator input labels")?;
             pieces.push(Arc::new(EvalPiece {
                 batch,
                 garbling: Garbling {

@@ -8,13 +8,13 @@ use rand::{CryptoRng, Rng, RngCore};
 use pibench_models::fixed::{self, FixedPoint, P};
 use pibench_models::graph::Network;
 use pibench_models::reference::kernels;
-use pibench_models::reference::{gemm, lift, EncodedNetwork, EncodedOp, PoolPlan};
+use pibench_models::reference::{lift, EncodedNetwork, EncodedOp, PoolPlan};
 
 use super::messages::{OnlineMessage, SessionMessage};
 use super::plan::{split_trunc, GcGroup, InferencePlan, SitePlan, Step};
 use super::public::{hex, PublicModel};
 use super::report::{peak_rss_bytes, Clock, NodeReport, PartyReport, Role};
-use super::store::{ClientNode, NodeLayout, ReadAhead, ServerNode, Store};
+use super::store::{ClientNode, ReadAhead, ServerNode, Store, StoredNode};
 use super::{InferenceError, Settings, TruncMode, PROTOCOL_VERSION};
 use crate::gc::protocol::{EvaluatorSession, EvaluatorSite, GarblerSession, GarblerSite};
 use crate::gc::GcError;
@@ -36,8 +36,6 @@ pub struct ServerModel {
     pub enc: EncodedNetwork,
     /// What the client may know.
     pub public: PublicModel,
-    /// Conv / FC weights prepared once for the online exact GEMM (per node).
-    pub prepared: Vec<Option<gemm::PreparedWeights>>,
 }
 
 impl ServerModel {
@@ -47,42 +45,7 @@ impl ServerModel {
             reason: e.to_string(),
         })?;
         let public = PublicModel::new(&net, &enc)?;
-        let prepared = enc
-            .ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| match op {
-                Some(EncodedOp::Conv {
-                    weight, geometry, ..
-                }) => Some(gemm::PreparedWeights::conv(weight, geometry)),
-                Some(EncodedOp::Linear {
-                    weight,
-                    out_features,
-                    ..
-                }) => Some(gemm::PreparedWeights::linear(
-                    weight,
-                    *out_features,
-                    net.nodes[i]
-                        .inputs
-                        .first()
-                        .map_or(0, |&j| net.nodes[j].shape.len()),
-                )),
-                _ => None,
-            })
-            .collect();
-        Ok(Self {
-            net,
-            enc,
-            public,
-            prepared,
-        })
-    }
-
-    fn prepared(&self, i: usize) -> Result<&gemm::PreparedWeights, InferenceError> {
-        self.prepared
-            .get(i)
-            .and_then(|p| p.as_ref())
-            .ok_or_else(|| proto(&self.net.nodes[i].name, "no prepared weights"))
+        Ok(Self { net, enc, public })
     }
 }
 
@@ -819,7 +782,7 @@ async fn server_offline<R: RngCore + CryptoRng>(
             }
         }
         if let Some(st) = store {
-            if server_has_material(plan, i)? {
+            if ServerNode::has_material(plan, i)? {
                 let m = ServerNode {
                     he: off.he.remove(&i),
                     gc: off.gc.remove(&i).unwrap_or_default(),
@@ -949,9 +912,7 @@ async fn server_online_steps(
     // The next node's stored material is read on a blocking thread while
     // this one runs.
     if let Some(st) = store {
-        if let Some(j) = next_material(plan, 0, server_has_material)? {
-            *ahead = Some(st.read_server_ahead(NodeLayout::new(plan, j)?, report.inference));
-        }
+        st.start_ahead(ahead, plan, report.inference, 0)?;
     }
     for (i, step) in plan.steps.iter().enumerate() {
         let node = &plan.net.nodes[i];
@@ -968,23 +929,12 @@ async fn server_online_steps(
         });
         let clock = Clock::start();
         if let Some(st) = store {
-            if server_has_material(plan, i)? {
-                let waited = std::time::Instant::now();
-                let (m, read_s) = match ahead.take() {
-                    Some(a) if a.node() == i => a.wait().await?,
-                    other => {
-                        *ahead = other;
-                        let m = st.read_server(plan, report.inference, i)?;
-                        st.remove(report.inference, i);
-                        (m, waited.elapsed().as_secs_f64())
-                    }
-                };
+            if ServerNode::has_material(plan, i)? {
+                let (m, read_s, wait_s) = st
+                    .take::<ServerNode>(ahead, plan, report.inference, i)
+                    .await?;
                 report.nodes[i].store_read_s = read_s;
-                report.nodes[i].store_wait_s = waited.elapsed().as_secs_f64();
-                if let Some(j) = next_material(plan, i + 1, server_has_material)? {
-                    *ahead =
-                        Some(st.read_server_ahead(NodeLayout::new(plan, j)?, report.inference));
-                }
+                report.nodes[i].store_wait_s = wait_s;
                 if let Some(h) = m.he {
                     off.he.insert(i, h);
                 }
@@ -1032,37 +982,16 @@ async fn server_online_steps(
                 }
             }
             Step::Flatten => arg(0)?.clone(),
-            Step::Conv { geometry, .. } => {
-                let Some(Some(EncodedOp::Conv { weight, bias, .. })) = model.enc.ops.get(i) else {
-                    return Err(proto(&name, "no encoded convolution"));
-                };
+            Step::Conv { .. } | Step::Fc { .. } => {
+                let op = model
+                    .enc
+                    .ops
+                    .get(i)
+                    .and_then(|o| o.as_ref())
+                    .ok_or_else(|| proto(&name, "no encoded linear layer"))?;
                 let x = arg(0)?;
-                let pw = model.prepared(i)?;
-                let y = crate::compute::heavy(|| {
-                    gemm::conv2d_field_prepared(
-                        x,
-                        weight,
-                        pw,
-                        Some(bias),
-                        geometry,
-                        settings.threads,
-                    )
-                });
-                add_all(
-                    &y,
-                    off.he.get(&i).ok_or_else(|| proto(&name, "no HE share"))?,
-                )
-            }
-            Step::Fc { out_features, .. } => {
-                let Some(Some(EncodedOp::Linear { weight, bias, .. })) = model.enc.ops.get(i)
-                else {
-                    return Err(proto(&name, "no encoded linear layer"));
-                };
-                let x = arg(0)?;
-                let pw = model.prepared(i)?;
-                let y = crate::compute::heavy(|| {
-                    gemm::linear_field_prepared(x, weight, pw, Some(bias), *out_features)
-                });
+                let y = crate::compute::heavy(|| op.linear_field(x, settings.threads))
+                    .ok_or_else(|| proto(&name, "not a convolution or linear layer"))?;
                 add_all(
                     &y,
                     off.he.get(&i).ok_or_else(|| proto(&name, "no HE share"))?,
@@ -1342,33 +1271,6 @@ async fn server_site(
     Ok(out)
 }
 
-fn server_has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError> {
-    Ok(matches!(
-        plan.steps[i],
-        Step::Conv { .. } | Step::Fc { .. } | Step::BatchNorm { .. }
-    ) || !plan.gc_groups(i)?.is_empty()
-        || matches!(&plan.steps[i], Step::Site(sp) if !sp.poly.is_empty()))
-}
-
-/// The first node at or after `from` that has stored material.
-fn next_material(
-    plan: &InferencePlan,
-    from: usize,
-    has: fn(&InferencePlan, usize) -> Result<bool, InferenceError>,
-) -> Result<Option<usize>, InferenceError> {
-    for j in from..plan.steps.len() {
-        if has(plan, j)? {
-            return Ok(Some(j));
-        }
-    }
-    Ok(None)
-}
-
-fn client_has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError> {
-    Ok(!plan.gc_groups(i)?.is_empty()
-        || matches!(&plan.steps[i], Step::Site(sp) if !sp.poly.is_empty()))
-}
-
 /// Local truncation of server inputs that already carry the rounding offset.
 fn server_trunc_no_offset(a: &[u64], f: u32) -> Vec<u64> {
     a.iter()
@@ -1602,7 +1504,7 @@ async fn client_offline<R: RngCore + CryptoRng>(
             }
         };
         if let Some(st) = store {
-            if client_has_material(plan, i)? {
+            if ClientNode::has_material(plan, i)? {
                 let m = ClientNode {
                     gc: off.gc.remove(&i).unwrap_or_default(),
                     masks: off.masks.remove(&i).unwrap_or_default(),
@@ -1828,9 +1730,7 @@ async fn client_online_steps(
     // The next node's stored material is read on a blocking thread while
     // this one runs.
     if let Some(st) = store {
-        if let Some(j) = next_material(plan, 0, client_has_material)? {
-            *ahead = Some(st.read_client_ahead(NodeLayout::new(plan, j)?, report.inference));
-        }
+        st.start_ahead(ahead, plan, report.inference, 0)?;
     }
     for (i, step) in plan.steps.iter().enumerate() {
         let name = plan.net.nodes[i].name.clone();
@@ -1846,23 +1746,12 @@ async fn client_online_steps(
         });
         let clock = Clock::start();
         if let Some(st) = store {
-            if client_has_material(plan, i)? {
-                let waited = std::time::Instant::now();
-                let (m, read_s) = match ahead.take() {
-                    Some(a) if a.node() == i => a.wait().await?,
-                    other => {
-                        *ahead = other;
-                        let m = st.read_client(plan, report.inference, i)?;
-                        st.remove(report.inference, i);
-                        (m, waited.elapsed().as_secs_f64())
-                    }
-                };
+            if ClientNode::has_material(plan, i)? {
+                let (m, read_s, wait_s) = st
+                    .take::<ClientNode>(ahead, plan, report.inference, i)
+                    .await?;
                 report.nodes[i].store_read_s = read_s;
-                report.nodes[i].store_wait_s = waited.elapsed().as_secs_f64();
-                if let Some(j) = next_material(plan, i + 1, client_has_material)? {
-                    *ahead =
-                        Some(st.read_client_ahead(NodeLayout::new(plan, j)?, report.inference));
-                }
+                report.nodes[i].store_wait_s = wait_s;
                 if !m.gc.is_empty() {
                     off.gc.insert(i, m.gc);
                     off.masks.insert(i, m.masks);

@@ -399,31 +399,17 @@ pub fn split_trunc(g: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pibench_models::arch::{ArchSpec, Dataset};
     use pibench_models::fixed::FixedPoint;
-    use pibench_models::graph::Init;
     use pibench_models::reference::EncodedNetwork;
 
     /// The client's material: per ReLU the tables of its circuit plus its
     /// input labels; exact mode adds the identity elements' circuits.
     #[test]
     fn client_material_counts_every_circuit() {
-        let d = Dataset::Cifar10;
-        let mut net = ArchSpec::Resnet {
-            name: "r".into(),
-            stem: 4,
-            blocks: vec![1, 1],
-            widths: vec![4, 8],
-        }
-        .build(d.input(), 10, Init::Seeded(1))
-        .unwrap();
-        let relus = pibench_models::mask::random_relu_mask(
-            &mut net,
-            500,
-            pibench_models::count::Convention::default(),
-            1,
-        )
-        .unwrap() as usize;
+        let net = super::super::public::test_network(500);
+        let relus =
+            pibench_models::count::relu_count(&net, pibench_models::count::Convention::default())
+                as usize;
         let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
         let public = PublicModel::new(&net, &enc).unwrap();
         let local = InferencePlan::new(&public, TruncMode::Local, Scheme::HalfGates).unwrap();

@@ -296,29 +296,35 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A small CIFAR-10 ResNet with a random mask of `relus` ReLUs (unit tests).
+#[cfg(test)]
+pub(crate) fn test_network(relus: u64) -> Network {
+    let d = pibench_models::arch::Dataset::Cifar10;
+    let mut net = ArchSpec::Resnet {
+        name: "r".into(),
+        stem: 4,
+        blocks: vec![1, 1],
+        widths: vec![4, 8],
+    }
+    .build(d.input(), 10, Init::Seeded(1))
+    .expect("test network");
+    pibench_models::mask::random_relu_mask(
+        &mut net,
+        relus,
+        pibench_models::count::Convention::default(),
+        1,
+    )
+    .expect("test mask");
+    net
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pibench_models::arch::Dataset;
 
     #[test]
     fn round_trip_hash_and_masks() {
-        let d = Dataset::Cifar10;
-        let mut net = ArchSpec::Resnet {
-            name: "r".into(),
-            stem: 4,
-            blocks: vec![1, 1],
-            widths: vec![4, 8],
-        }
-        .build(d.input(), 10, Init::Seeded(1))
-        .unwrap();
-        pibench_models::mask::random_relu_mask(
-            &mut net,
-            100,
-            pibench_models::count::Convention::default(),
-            1,
-        )
-        .unwrap();
+        let net = test_network(100);
         let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
         let p = PublicModel::new(&net, &enc).unwrap();
         let q = PublicModel::from_bytes(&p.to_bytes()).unwrap();

@@ -108,6 +108,40 @@ impl NodeLayout {
     }
 }
 
+/// One party's stored material of a node.
+pub trait StoredNode: Sized + Send + 'static {
+    /// Whether node `i` has material of this party in the store.
+    fn has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError>;
+    /// Reads the node `layout` describes.
+    fn read(st: &Store, layout: &NodeLayout, inference: usize) -> Result<Self, InferenceError>;
+}
+
+impl StoredNode for ServerNode {
+    /// Linear layers (HE shares), garbled groups and polynomial elements.
+    fn has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError> {
+        Ok(matches!(
+            plan.steps[i],
+            Step::Conv { .. } | Step::Fc { .. } | Step::BatchNorm { .. }
+        ) || !plan.gc_groups(i)?.is_empty()
+            || poly_len(plan, i) > 0)
+    }
+
+    fn read(st: &Store, layout: &NodeLayout, inference: usize) -> Result<Self, InferenceError> {
+        st.read_server_layout(layout, inference)
+    }
+}
+
+impl StoredNode for ClientNode {
+    /// Garbled groups and polynomial elements.
+    fn has_material(plan: &InferencePlan, i: usize) -> Result<bool, InferenceError> {
+        Ok(!plan.gc_groups(i)?.is_empty() || poly_len(plan, i) > 0)
+    }
+
+    fn read(st: &Store, layout: &NodeLayout, inference: usize) -> Result<Self, InferenceError> {
+        st.read_client_layout(layout, inference)
+    }
+}
+
 /// A node read on a blocking thread while the party works on earlier nodes.
 #[derive(Debug)]
 pub struct ReadAhead<T> {
@@ -211,44 +245,69 @@ impl Store {
         &self.pool
     }
 
-    /// Starts reading the client's node `layout` on a blocking thread (the
-    /// file is removed once read).
-    pub fn read_client_ahead(
+    /// Starts reading node `node`'s material on a blocking thread (the file
+    /// is removed once read).
+    pub fn read_ahead<T: StoredNode>(
         self: &std::sync::Arc<Self>,
-        layout: NodeLayout,
+        plan: &InferencePlan,
         inference: usize,
-    ) -> ReadAhead<ClientNode> {
+        node: usize,
+    ) -> Result<ReadAhead<T>, InferenceError> {
+        let layout = NodeLayout::new(plan, node)?;
         let st = self.clone();
-        let node = layout.node;
-        ReadAhead {
+        Ok(ReadAhead {
             node,
             task: tokio::task::spawn_blocking(move || {
                 let t = std::time::Instant::now();
-                let m = st.read_client_layout(&layout, inference)?;
+                let m = T::read(&st, &layout, inference)?;
                 st.remove(inference, node);
                 Ok((m, t.elapsed().as_secs_f64()))
             }),
-        }
+        })
     }
 
-    /// Starts reading the server's node `layout` on a blocking thread (the
-    /// file is removed once read).
-    pub fn read_server_ahead(
+    /// Node `i`'s material in the online phase: from `ahead` when that read
+    /// is for node `i`, else read now; then starts reading the next node
+    /// that has material. Returns the material, the seconds its read took
+    /// and the seconds this call waited.
+    pub async fn take<T: StoredNode>(
         self: &std::sync::Arc<Self>,
-        layout: NodeLayout,
+        ahead: &mut Option<ReadAhead<T>>,
+        plan: &InferencePlan,
         inference: usize,
-    ) -> ReadAhead<ServerNode> {
-        let st = self.clone();
-        let node = layout.node;
-        ReadAhead {
-            node,
-            task: tokio::task::spawn_blocking(move || {
-                let t = std::time::Instant::now();
-                let m = st.read_server_layout(&layout, inference)?;
-                st.remove(inference, node);
-                Ok((m, t.elapsed().as_secs_f64()))
-            }),
+        i: usize,
+    ) -> Result<(T, f64, f64), InferenceError> {
+        let waited = std::time::Instant::now();
+        let (m, read_s) = match ahead.take() {
+            Some(a) if a.node() == i => a.wait().await?,
+            other => {
+                *ahead = other;
+                let m = T::read(self, &NodeLayout::new(plan, i)?, inference)?;
+                self.remove(inference, i);
+                (m, waited.elapsed().as_secs_f64())
+            }
+        };
+        let wait_s = waited.elapsed().as_secs_f64();
+        self.start_ahead(ahead, plan, inference, i + 1)?;
+        Ok((m, read_s, wait_s))
+    }
+
+    /// Starts reading the first node at or after `from` that has material
+    /// into `ahead` (nothing when there is none).
+    pub fn start_ahead<T: StoredNode>(
+        self: &std::sync::Arc<Self>,
+        ahead: &mut Option<ReadAhead<T>>,
+        plan: &InferencePlan,
+        inference: usize,
+        from: usize,
+    ) -> Result<(), InferenceError> {
+        for j in from..plan.steps.len() {
+            if T::has_material(plan, j)? {
+                *ahead = Some(self.read_ahead(plan, inference, j)?);
+                break;
+            }
         }
+        Ok(())
     }
 
     fn path(&self, inference: usize, node: usize) -> PathBuf {
