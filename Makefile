@@ -34,9 +34,16 @@ lint: setup
 check-build-env: setup
 	$(ENV) scripts/check-build-env.sh
 
-# Regenerates the PyTorch test vectors under models/tests/vectors (needs a working `import torch`).
+# Regenerates the PyTorch test vectors under models/tests/vectors: float
+# references and torch.save checkpoints of the SNL / AutoReP / ReLUPruner /
+# plain naming schemes. Needs a working `import torch` and safetensors, e.g.
+# `python3 -m venv /opt/torch && /opt/torch/bin/pip install torch==2.11.0
+# safetensors` (the full wheel with its CUDA libraries; it runs on the CPU)
+# and `make vectors PYTHON=/opt/torch/bin/python`.
+PYTHON ?= python3
 vectors:
-	python3 models/tests/vectors/generate.py
+	$(PYTHON) models/tests/vectors/generate.py
+	$(PYTHON) models/tests/vectors/generate_checkpoints.py
 
 # Long runs kept out of `make test`: ignored tests with real parameters and full-size models.
 bench-long: setup

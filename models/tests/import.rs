@@ -1,6 +1,7 @@
 //! PyTorch checkpoint import (feature `pth`): the zip+pickle reader and the
 //! SNL / AutoReP / ReLUPruner naming schemes, on checkpoints written by
-//! `pth::write_pth` in the exact `torch.save` layout (no Python needed).
+//! `pth::write_pth` in the exact `torch.save` layout, and on checkpoints written
+//! by PyTorch itself (`tests/vectors/generate_checkpoints.py`).
 
 use pibench_models::arch::{deepreduce::scale_channels, ArchSpec};
 use pibench_models::graph::{FeatureShape, Init, Network, Op, SiteRole};
@@ -563,4 +564,118 @@ fn hostile_pickles_fail_cleanly() {
     };
     let err = Checkpoint::from_bytes(&bytes, "short.pth").unwrap_err();
     assert!(err.to_string().contains("storage holds 4"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoints written by PyTorch itself (`torch.save`), with PyTorch's logits:
+// tests/vectors/generate_checkpoints.py (`make vectors`).
+
+fn vectors() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+/// `[n, k]` f32 tensor `name` of the checkpoints' io file.
+fn io_tensor(name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(vectors().join("checkpoints.io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor(name).unwrap();
+    assert_eq!(v.dtype(), safetensors::Dtype::F32);
+    let data = v
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (v.shape().to_vec(), data)
+}
+
+/// Imports `file` with `opts` and checks the float reference's logits against
+/// PyTorch's (`logits_<key>`) to 1e-4 of the largest |logit|.
+fn torch_written(file: &str, key: &str, opts: &ImportOptions) -> Network {
+    let shape = FeatureShape::new(3, 16, 16);
+    let ck = Checkpoint::read(&vectors().join(file)).unwrap();
+    let imp = import_checkpoint(&ck, &tiny(ArchSpec::resnet18()), shape, 10, opts)
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert!(imp.unknown.is_empty(), "{:?}", imp.unknown);
+    let (xs, x) = io_tensor("input");
+    let (ls, logits) = io_tensor(&format!("logits_{key}"));
+    assert_eq!(xs, vec![3, 3, 16, 16]);
+    assert_eq!(ls, vec![3, 10]);
+    for n in 0..3 {
+        let got = forward_float(&imp.network, &x[n * shape.len()..(n + 1) * shape.len()]).unwrap();
+        let want = &logits[n * 10..(n + 1) * 10];
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+        assert!(scale > 0.1, "{want:?}");
+        for (a, b) in want.iter().zip(&got) {
+            assert!(
+                (*a as f64 - b).abs() <= 1e-4 * scale,
+                "{file} image {n}: PyTorch {want:?}, imported {got:?}"
+            );
+        }
+    }
+    imp.network
+}
+
+/// Fraction of body-site elements that keep their ReLU.
+fn kept_fraction(net: &Network) -> f64 {
+    let (mut kept, mut all) = (0usize, 0usize);
+    for s in net.sites().filter(|s| s.role == SiteRole::Body) {
+        kept += s.mask.iter().filter(|&&m| m == 1).count();
+        all += s.mask.len();
+    }
+    kept as f64 / all as f64
+}
+
+#[test]
+fn torch_saved_snl_checkpoint_gives_pytorchs_logits() {
+    let net = torch_written(
+        "snl_resnet18.pth.tar",
+        "snl",
+        &ImportOptions::new(Scheme::Snl),
+    );
+    // Random 0/1 alphas with P(1) = 1/2 over 15,360 elements.
+    let f = kept_fraction(&net);
+    assert!((0.45..0.55).contains(&f), "{f}");
+}
+
+#[test]
+fn torch_saved_autorep_checkpoint_gives_pytorchs_logits() {
+    // One relay module registered under all 8 blocks' paths: torch.save stores
+    // each of its tensors once and the pickle refers to it 8 times.
+    let mut opts = ImportOptions::new(Scheme::Autorep);
+    opts.autorep_scale_x2 = 0.1;
+    let net = torch_written("autorep_resnet18.pth.tar", "autorep", &opts);
+    let f = kept_fraction(&net);
+    assert!((0.45..0.55).contains(&f), "{f}");
+}
+
+#[test]
+fn torch_saved_relupruner_checkpoint_gives_pytorchs_logits() {
+    let net = torch_written(
+        "relupruner_resnet18.pth",
+        "relupruner",
+        &ImportOptions::new(Scheme::Relupruner),
+    );
+    let f = kept_fraction(&net);
+    assert!((0.45..0.55).contains(&f), "{f}");
+}
+
+#[test]
+fn torch_saved_plain_checkpoint_gives_pytorchs_logits_and_a_stray_tensor_is_refused() {
+    let net = torch_written(
+        "plain_resnet18.pth",
+        "plain",
+        &ImportOptions::new(Scheme::Plain),
+    );
+    assert_eq!(kept_fraction(&net), 1.0);
+    let ck = Checkpoint::read(&vectors().join("stray_resnet18.pth")).unwrap();
+    let spec = tiny(ArchSpec::resnet18());
+    let shape = FeatureShape::new(3, 16, 16);
+    let err =
+        import_checkpoint(&ck, &spec, shape, 10, &ImportOptions::new(Scheme::Plain)).unwrap_err();
+    match &err {
+        ImportError::Unknown { tensors, .. } => {
+            assert_eq!(tensors, &vec!["layer2.0.extra_scale".to_string()])
+        }
+        other => panic!("{other}"),
+    }
 }

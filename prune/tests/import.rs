@@ -1,14 +1,15 @@
 //! Importing SNL, AutoReP and ReLUPruner checkpoints gives the logits their
 //! own PyTorch code computes.
 //!
-//! PyTorch is not importable here, so the checkpoints are written in the
-//! exact `torch.save` layout by `pibench_models::import::pth::write_pth`
+//! These checkpoints are written in the exact `torch.save` layout by `pibench_models::import::pth::write_pth`
 //! (zip archive, protocol-2 pickle with `_rebuild_tensor_v2` and persistent
 //! storage ids, one storage entry per tensor), and "PyTorch's" logits are
 //! computed by a libtorch transcription of each paper's forward pass
 //! (`ResNet_IN` with `LearnableAlpha`, AutoReP's `ReLU_masked_dapa_relay`
 //! with `x2act_auto`, ReLUPruner's `masked_relu`) that reads the state dict
 //! by its own names. The imported model file must match them to 1e-4.
+//! Checkpoints written by PyTorch itself, with PyTorch's logits, are tested
+//! in `models/tests/import.rs` (`torch_saved_*`).
 
 mod common;
 
