@@ -160,8 +160,8 @@ fn garbled_circuit_matches_reference_on_edges() {
                     continue;
                 }
                 let expect = match kind {
-                    ActivationKind::Relu => t.max(0),
-                    ActivationKind::Truncate => t,
+                    ActivationKind::Relu | ActivationKind::MaxRelu { .. } => t.max(0),
+                    ActivationKind::Truncate | ActivationKind::Max { .. } => t,
                 };
                 let err = fixed::to_i64(got[i]) - expect;
                 assert!(

@@ -388,6 +388,8 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
         kind: match kind {
             ActivationKind::Relu => "relu",
             ActivationKind::Truncate => "truncate",
+            ActivationKind::MaxRelu { .. } => "max-relu",
+            ActivationKind::Max { .. } => "max",
         },
         count,
         repeat: args.repeat.max(1),

@@ -15,6 +15,16 @@
 //! 5. ReLU: `v_i = x'_i ∧ ¬neg` for the `n − 1` low bits (`v < 2^(n−1)`);
 //!    identity: the bits of `x'` plus `neg` with weight `−P_f`.
 //!
+//! Max pooling (issue #15) takes a window of `k` elements per circuit:
+//! steps 1–4 for each, then `k − 1` signed comparisons with multiplexers,
+//! then ReLU (`MaxRelu`, the fused ReLU + max pool: ReLU is monotone, so
+//! `max(relu(y₁), …) = relu(max(y₁, …))`) or the signed output (`Max`).
+//! With `(x', neg)` the signed value is `x' − neg·P_f`, and `u > v` (signed)
+//! is `(u' > v') ⊕ neg_u ⊕ neg_v`: within one sign the order of `x'` is the
+//! order of the values, across signs it is reversed (`x' ≤ (P_f − 1)/2`
+//! exactly when `neg = 0`). The unsigned `u' > v'` is the borrow out of
+//! `v' − u'` (one AND per bit), the multiplexer one AND per bit.
+//!
 //! Outputs are bits with field weights; the engine turns them into an
 //! arithmetic share `Σ wᵢ·bitᵢ + ρ` without revealing them (see `engine`).
 
@@ -29,23 +39,72 @@ pub enum ActivationKind {
     Relu,
     /// `trunc(y)` only (identity elements routed through the GC in strict-privacy mode).
     Truncate,
+    /// `max(0, trunc(y₁), …, trunc(y_k))` over a pooling window of `window`
+    /// elements: ReLU fused with a max pool.
+    MaxRelu {
+        /// Elements per window (`2..=MAX_WINDOW`).
+        window: u8,
+    },
+    /// `max(trunc(y₁), …, trunc(y_k))` (a max pool whose inputs are not all ReLUs).
+    Max {
+        /// Elements per window (`2..=MAX_WINDOW`).
+        window: u8,
+    },
 }
 
+/// Largest pooling window a circuit takes (a 4×4 window).
+pub const MAX_WINDOW: u8 = 16;
+
 impl ActivationKind {
-    /// Stable one-byte code for messages.
+    /// Stable one-byte code for messages (windows must be valid: [`ActivationKind::validate`]).
     pub fn code(self) -> u8 {
         match self {
             ActivationKind::Relu => 0,
             ActivationKind::Truncate => 1,
+            ActivationKind::MaxRelu { window } => 0x20 | window,
+            ActivationKind::Max { window } => 0x40 | window,
         }
     }
 
     /// Inverse of [`ActivationKind::code`].
     pub fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(ActivationKind::Relu),
-            1 => Some(ActivationKind::Truncate),
+        let window = code & 0x1f;
+        let windowed = (2..=MAX_WINDOW).contains(&window);
+        match code & 0xe0 {
+            0 if code == 0 => Some(ActivationKind::Relu),
+            0 if code == 1 => Some(ActivationKind::Truncate),
+            0x20 if windowed => Some(ActivationKind::MaxRelu { window }),
+            0x40 if windowed => Some(ActivationKind::Max { window }),
             _ => None,
+        }
+    }
+
+    /// Elements (input values per party) per circuit: 1, or the pooling window.
+    pub fn window(self) -> usize {
+        match self {
+            ActivationKind::Relu | ActivationKind::Truncate => 1,
+            ActivationKind::MaxRelu { window } | ActivationKind::Max { window } => window as usize,
+        }
+    }
+
+    /// Whether the output is `max(0, ·)` (`n − 1` bits) rather than signed (`n + 1` bits).
+    fn rectified(self) -> bool {
+        matches!(self, ActivationKind::Relu | ActivationKind::MaxRelu { .. })
+    }
+
+    /// Checks a windowed kind's window (`2..=MAX_WINDOW`).
+    pub fn validate(self) -> Result<Self, super::GcError> {
+        match self {
+            ActivationKind::MaxRelu { window } | ActivationKind::Max { window }
+                if !(2..=MAX_WINDOW).contains(&window) =>
+            {
+                Err(super::GcError::Parameters {
+                    reason: format!(
+                        "max-pool window of {window} elements: must be in 2..={MAX_WINDOW}"
+                    ),
+                })
+            }
+            k => Ok(k),
         }
     }
 }
@@ -102,30 +161,43 @@ impl CircuitSpec {
 
     /// Number of output wires of `kind`.
     pub fn output_bits(&self, kind: ActivationKind) -> usize {
-        match kind {
-            ActivationKind::Relu => self.input_bits - 1,
-            ActivationKind::Truncate => self.input_bits + 1,
+        if kind.rectified() {
+            self.input_bits - 1
+        } else {
+            self.input_bits + 1
         }
     }
 
     /// The field weight of each output wire.
     pub fn output_weights(&self, kind: ActivationKind) -> Vec<u64> {
         let mut w: Vec<u64> = (0..self.input_bits).map(|i| 1u64 << i).collect();
-        match kind {
-            ActivationKind::Relu => w.truncate(self.input_bits - 1),
-            ActivationKind::Truncate => w.push(P - self.modulus),
+        if kind.rectified() {
+            w.truncate(self.input_bits - 1);
+        } else {
+            w.push(P - self.modulus);
         }
         w
     }
 
     /// The plaintext twin, in integers: the signed value the circuit's
-    /// outputs encode, as a field element. `a_h, b_h ≤ P_f`.
+    /// outputs encode, as a field element. `a_h, b_h ≤ P_f`; window-1 kinds.
     pub fn reference(&self, kind: ActivationKind, a_h: u64, b_h: u64) -> u64 {
-        let x = (a_h + b_h) % self.modulus;
-        let signed = fixed::centred_mod(x, self.modulus);
-        match kind {
-            ActivationKind::Relu => signed.max(0) as u64,
-            ActivationKind::Truncate => fixed::from_i64(signed),
+        self.reference_window(kind, &[a_h], &[b_h])
+    }
+
+    /// The plaintext twin of one circuit of any kind: `a` and `b` hold the
+    /// window's `kind.window()` values of each party (`≤ P_f`).
+    pub fn reference_window(&self, kind: ActivationKind, a: &[u64], b: &[u64]) -> u64 {
+        let signed = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| fixed::centred_mod((x + y) % self.modulus, self.modulus))
+            .max()
+            .unwrap_or(0);
+        if kind.rectified() {
+            signed.max(0) as u64
+        } else {
+            fixed::from_i64(signed)
         }
     }
 }
@@ -154,19 +226,15 @@ fn constant_carries<B: Backend>(
     carries
 }
 
-/// The activation circuit on the truncated shares' bits (little-endian,
-/// `spec.input_bits` each). Returns the output bits, matching
-/// [`CircuitSpec::output_weights`].
-pub fn activation_circuit<B: Backend>(
+/// Steps 1–4 for one element: `(x', neg)` with `x' = (a + y) mod P_f`
+/// (`n` bits) and `neg` its sign.
+fn reduce_element<B: Backend>(
     b: &mut B,
     spec: &CircuitSpec,
-    kind: ActivationKind,
     a: &[Bit<B::Wire>],
     y: &[Bit<B::Wire>],
-) -> Vec<Bit<B::Wire>> {
+) -> (Vec<Bit<B::Wire>>, Bit<B::Wire>) {
     let n = spec.input_bits;
-    debug_assert_eq!(a.len(), n);
-    debug_assert_eq!(y.len(), n);
     // 1. s = a + y, n + 1 bits.
     let mut s = Vec::with_capacity(n + 1);
     let mut c = Bit::Const(false);
@@ -194,28 +262,86 @@ pub fn activation_circuit<B: Backend>(
     let sign_carries = constant_carries(b, &x, spec.sign_offset, n - 1);
     let top = xor(b, x[n - 1], constant_bit(spec.sign_offset, n - 1));
     let neg = xor(b, top, sign_carries[n - 1]);
-    match kind {
-        ActivationKind::Relu => {
-            let pos = not(b, neg);
-            x[..n - 1].iter().map(|&xi| and(b, xi, pos)).collect()
-        }
-        ActivationKind::Truncate => {
-            x.push(neg);
-            x
-        }
+    (x, neg)
+}
+
+/// The larger (signed) of two reduced elements: `u > v` is the borrow out of
+/// `v' − u'` (`u' > v'` unsigned, one AND per bit) flipped by `neg_u ⊕ neg_v`;
+/// then a multiplexer on the `n` bits and the sign (one AND each).
+fn signed_max<B: Backend>(
+    b: &mut B,
+    u: (Vec<Bit<B::Wire>>, Bit<B::Wire>),
+    v: (Vec<Bit<B::Wire>>, Bit<B::Wire>),
+) -> (Vec<Bit<B::Wire>>, Bit<B::Wire>) {
+    let mut borrow = Bit::Const(false);
+    for (&ui, &vi) in u.0.iter().zip(&v.0) {
+        // Borrow of v − u: maj(¬v_i, u_i, borrow).
+        let nv = not(b, vi);
+        borrow = carry(b, nv, ui, borrow);
+    }
+    let signs = xor(b, u.1, v.1);
+    let gt = xor(b, borrow, signs);
+    let mut pick = |x: Bit<B::Wire>, y: Bit<B::Wire>| {
+        let d = xor(b, x, y);
+        let m = and(b, gt, d);
+        xor(b, y, m)
+    };
+    let bits = u.0.iter().zip(&v.0).map(|(&x, &y)| pick(x, y)).collect();
+    let neg = pick(u.1, v.1);
+    (bits, neg)
+}
+
+/// The activation circuit on the truncated shares' bits (little-endian,
+/// `spec.input_bits` per element, `kind.window()` elements per party, element
+/// after element). Returns the output bits, matching
+/// [`CircuitSpec::output_weights`].
+pub fn activation_circuit<B: Backend>(
+    b: &mut B,
+    spec: &CircuitSpec,
+    kind: ActivationKind,
+    a: &[Bit<B::Wire>],
+    y: &[Bit<B::Wire>],
+) -> Vec<Bit<B::Wire>> {
+    let n = spec.input_bits;
+    let k = kind.window();
+    debug_assert_eq!(a.len(), k * n);
+    debug_assert_eq!(y.len(), k * n);
+    let mut best = reduce_element(b, spec, &a[..n], &y[..n]);
+    for j in 1..k {
+        let next = reduce_element(b, spec, &a[j * n..(j + 1) * n], &y[j * n..(j + 1) * n]);
+        best = signed_max(b, next, best);
+    }
+    let (mut x, neg) = best;
+    if kind.rectified() {
+        // 5. ReLU on the n − 1 low bits.
+        let pos = not(b, neg);
+        x[..n - 1].iter().map(|&xi| and(b, xi, pos)).collect()
+    } else {
+        x.push(neg);
+        x
     }
 }
 
 /// Evaluates the circuit in plaintext (the [`super::backend::PlainBackend`]
 /// oracle) and recombines the outputs with their weights, mod `P`.
 pub fn evaluate_plain(spec: &CircuitSpec, kind: ActivationKind, a_h: u64, b_h: u64) -> u64 {
+    evaluate_plain_window(spec, kind, &[a_h], &[b_h])
+}
+
+/// [`evaluate_plain`] for one circuit of any kind (`kind.window()` values per party).
+pub fn evaluate_plain_window(
+    spec: &CircuitSpec,
+    kind: ActivationKind,
+    a: &[u64],
+    y: &[u64],
+) -> u64 {
     let mut be = super::backend::PlainBackend;
-    let bits = |v: u64| -> Vec<Bit<bool>> {
-        (0..spec.input_bits)
-            .map(|i| Bit::Wire((v >> i) & 1 == 1))
+    let bits = |vs: &[u64]| -> Vec<Bit<bool>> {
+        vs.iter()
+            .flat_map(|&v| (0..spec.input_bits).map(move |i| Bit::Wire((v >> i) & 1 == 1)))
             .collect()
     };
-    let out = activation_circuit(&mut be, spec, kind, &bits(a_h), &bits(b_h));
+    let out = activation_circuit(&mut be, spec, kind, &bits(a), &bits(y));
     let weights = spec.output_weights(kind);
     let mut acc = 0u64;
     for (bit, w) in out.iter().zip(weights) {
@@ -232,7 +358,7 @@ pub fn evaluate_plain(spec: &CircuitSpec, kind: ActivationKind, a_h: u64, b_h: u
 /// Gate counts of one activation circuit.
 pub fn count_gates(spec: &CircuitSpec, kind: ActivationKind) -> super::backend::CountingBackend {
     let mut be = super::backend::CountingBackend::default();
-    let inputs = vec![Bit::Wire(()); spec.input_bits];
+    let inputs = vec![Bit::Wire(()); spec.input_bits * kind.window()];
     let _ = activation_circuit(&mut be, spec, kind, &inputs, &inputs);
     be
 }

@@ -73,7 +73,7 @@ impl CircuitShape {
     /// Shape of the activation circuit (counted once with the counting backend).
     pub fn new(spec: CircuitSpec, kind: ActivationKind, scheme: Scheme) -> Self {
         let mut counter = CountingBackend::default();
-        let inputs = vec![Bit::Wire(()); spec.input_bits];
+        let inputs = vec![Bit::Wire(()); spec.input_bits * kind.window()];
         let out = activation_circuit(&mut counter, &spec, kind, &inputs, &inputs);
         let mut wire_weights = Vec::new();
         let mut constant_term = 0;
@@ -95,9 +95,19 @@ impl CircuitShape {
         }
     }
 
-    /// Input bits per party per circuit.
+    /// Input bits per party per circuit (`window()` values of `value_bits()`).
     pub fn input_bits(&self) -> usize {
+        self.spec.input_bits * self.kind.window()
+    }
+
+    /// Bits of one input value (`n`, the bit length of `P_f`).
+    pub fn value_bits(&self) -> usize {
         self.spec.input_bits
+    }
+
+    /// Input values per party per circuit: 1, or the max-pool window.
+    pub fn window(&self) -> usize {
+        self.kind.window()
     }
 
     /// Table words (`u64`) for `count` circuits.
@@ -406,14 +416,15 @@ fn output_wires(out: &[Bit<WireId>]) -> impl Iterator<Item = WireId> + '_ {
     })
 }
 
-/// The garbler's online message: the labels of its input bits `a_h ≤ P_f`.
+/// The garbler's online message: the labels of its input bits `a_h ≤ P_f`
+/// (`shape.window()` values per circuit, circuit after circuit).
 pub fn encode_garbler_inputs(
     shape: &CircuitShape,
     keys: &GarblerKeys,
     a_h: &[u64],
     site: &str,
 ) -> Result<Vec<Block>, GcError> {
-    let n = shape.input_bits();
+    let n = shape.value_bits();
     length_check(
         site,
         "garbler inputs",
@@ -573,9 +584,10 @@ pub fn evaluate_with(
 /// Plaintext evaluation of a whole batch through the [`super::PlainBackend`]
 /// oracle (for tests and benchmarks' self-checks).
 pub fn evaluate_plain_batch(shape: &CircuitShape, a_h: &[u64], b_h: &[u64]) -> Vec<u64> {
-    a_h.iter()
-        .zip(b_h)
-        .map(|(&a, &b)| super::circuit::evaluate_plain(&shape.spec, shape.kind, a, b))
+    let k = shape.window();
+    a_h.chunks(k)
+        .zip(b_h.chunks(k))
+        .map(|(a, b)| super::circuit::evaluate_plain_window(&shape.spec, shape.kind, a, b))
         .collect()
 }
 

@@ -495,6 +495,15 @@ impl GarblerSession {
         count: usize,
         site: &str,
     ) -> Result<GarblerSite, GcError> {
+        if shape.window() != 1 {
+            return Err(GcError::Parameters {
+                reason: format!(
+                    "{site}: the two-party GC session carries one value per circuit; \
+                     max-pool circuits ({} values) run through the engine only so far (issue #15)",
+                    shape.window()
+                ),
+            });
+        }
         let n = shape.input_bits();
         let sizes = piece_sizes(count);
         // Stage 1: the client's OT messages, one per piece, extended on the workers.
@@ -735,6 +744,15 @@ impl EvaluatorSession {
         b_h: &[u64],
         site: &str,
     ) -> Result<EvaluatorSite, GcError> {
+        if shape.window() != 1 {
+            return Err(GcError::Parameters {
+                reason: format!(
+                    "{site}: the two-party GC session carries one value per circuit; \
+                     max-pool circuits ({} values) run through the engine only so far (issue #15)",
+                    shape.window()
+                ),
+            });
+        }
         check_inputs(shape, b_h, "evaluator input b_h", site)?;
         let n = shape.input_bits();
         let sizes = piece_sizes(b_h.len());
