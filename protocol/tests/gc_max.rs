@@ -286,3 +286,117 @@ proptest! {
         }
     }
 }
+
+/// Garbler and evaluator as two tokio tasks over an in-memory duplex (OT
+/// included): `windows` max-pool circuits of `w` shared values each, through
+/// the offline material on disk and back; traffic counted per phase.
+async fn two_party_windows(kind: ActivationKind, scheme: Scheme, windows: usize) {
+    use pibench_protocol::gc::protocol::{
+        phase, EvaluatorSession, EvaluatorSite, GarblerSession, GarblerSite, StoreReader,
+    };
+    use pibench_protocol::net;
+    use rand_chacha::ChaCha12Rng;
+
+    let spec = CircuitSpec::new(13).unwrap();
+    let shape = CircuitShape::new(spec, kind, scheme);
+    let k = shape.window();
+    let mut rng = ChaCha12Rng::seed_from_u64(41);
+    let mut ys = Vec::new();
+    let (a_h, b_h): (Vec<u64>, Vec<u64>) = (0..windows * k)
+        .map(|_| {
+            let y = rng.gen_range(-(1i64 << 36)..(1i64 << 36));
+            ys.push(y);
+            let a = rng.gen_range(0..P);
+            fixed::truncate_shares(a, fixed::sub(fixed::from_i64(y), a), spec.trunc_bits)
+        })
+        .unzip();
+    let (mut cs, mut cc) = net::duplex_pair();
+    let (shape_s, a_s) = (shape.clone(), a_h.clone());
+    let server = tokio::spawn(async move {
+        let mut rng = ChaCha12Rng::seed_from_u64(1);
+        let mut session = GarblerSession::setup(&mut cs, &mut rng).await.unwrap();
+        let site = session
+            .offline(&mut cs, &shape_s, windows, "pool1")
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        site.write_to(&mut bytes).unwrap();
+        let back = GarblerSite::read_from(
+            &mut StoreReader::new(&bytes[..], "s.bin"),
+            &shape_s,
+            windows,
+        )
+        .unwrap();
+        // A window short of values is refused before anything is sent.
+        let err = session
+            .online(&mut cs, &back, &a_s[1..], "pool1")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("pool1"), "{err}");
+        session.online(&mut cs, &back, &a_s, "pool1").await.unwrap();
+        (back.output_masks(), cs.meter().clone())
+    });
+    let mut rng = ChaCha12Rng::seed_from_u64(2);
+    let mut session = EvaluatorSession::setup(&mut cc, &mut rng).await.unwrap();
+    let site = session
+        .offline(&mut cc, &shape, &b_h, "pool1")
+        .await
+        .unwrap();
+    assert_eq!(site.count(), windows);
+    let mut bytes = Vec::new();
+    site.write_to(&mut bytes).unwrap();
+    let back =
+        EvaluatorSite::read_from(&mut StoreReader::new(&bytes[..], "c.bin"), &shape, windows)
+            .unwrap();
+    let z = session.online(&mut cc, &back, "pool1").await.unwrap();
+    let (rho, sm) = server.await.unwrap();
+    assert_eq!(z.len(), windows);
+    for c in 0..windows {
+        let r = c * k..(c + 1) * k;
+        let got = fixed::sub(z[c], rho[c]);
+        assert_eq!(
+            got,
+            spec.reference_window(kind, &a_h[r.clone()], &b_h[r.clone()]),
+            "window {c}"
+        );
+        // Against the true values: max of ⌊y/2^f⌋ up to the truncation error −1..=2.
+        let t = ys[r].iter().map(|y| y >> spec.trunc_bits).max().unwrap();
+        let want = if matches!(kind, ActivationKind::MaxRelu { .. }) {
+            t.max(0)
+        } else {
+            t
+        };
+        let err = fixed::to_i64(got) - want;
+        assert!(
+            (-1..=2).contains(&err),
+            "window {c}: {} vs {want}",
+            fixed::to_i64(got)
+        );
+    }
+    // Online: the garbler's labels of k values × n bits per window, 16 B each.
+    let online = sm.get(phase::ONLINE_GC);
+    let pieces = pibench_protocol::gc::protocol::piece_sizes(windows).len() as u64;
+    assert_eq!(
+        online.bytes_sent,
+        (windows * k * spec.input_bits * 16) as u64 + pieces * (4 + 14)
+    );
+    assert_eq!(
+        session.timings().ots,
+        (windows * k * spec.input_bits) as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_party_max_relu_2x2_half_gates() {
+    two_party_windows(
+        ActivationKind::MaxRelu { window: 4 },
+        Scheme::HalfGates,
+        150,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_party_max_3x3_three_halves() {
+    two_party_windows(ActivationKind::Max { window: 9 }, Scheme::ThreeHalves, 37).await;
+}

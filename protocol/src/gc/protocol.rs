@@ -495,15 +495,7 @@ impl GarblerSession {
         count: usize,
         site: &str,
     ) -> Result<GarblerSite, GcError> {
-        if shape.window() != 1 {
-            return Err(GcError::Parameters {
-                reason: format!(
-                    "{site}: the two-party GC session carries one value per circuit; \
-                     max-pool circuits ({} values) run through the engine only so far (issue #15)",
-                    shape.window()
-                ),
-            });
-        }
+        shape.kind.validate()?;
         let n = shape.input_bits();
         let sizes = piece_sizes(count);
         // Stage 1: the client's OT messages, one per piece, extended on the workers.
@@ -594,7 +586,8 @@ impl GarblerSession {
         })
     }
 
-    /// Online phase: sends the labels of `a_h` (one value `≤ P_f` per circuit).
+    /// Online phase: sends the labels of `a_h` (`shape.window()` values
+    /// `≤ P_f` per circuit: one, or a max-pool window's).
     pub async fn online(
         &self,
         ch: &mut Channel,
@@ -602,11 +595,12 @@ impl GarblerSession {
         a_h: &[u64],
         site: &str,
     ) -> Result<(), GcError> {
-        if a_h.len() != state.count() {
+        let k = state.shape.window();
+        if a_h.len() != state.count() * k {
             return Err(GcError::Length {
                 site: site.to_string(),
                 what: "garbler inputs",
-                expected: state.count(),
+                expected: state.count() * k,
                 got: a_h.len(),
                 unit: "values",
             });
@@ -617,8 +611,12 @@ impl GarblerSession {
         let mut done = 0;
         for (batch, keys) in &state.pieces {
             let m = keys.output_masks.len();
-            let labels =
-                engine::encode_garbler_inputs(&state.shape, keys, &a_h[done..done + m], site)?;
+            let labels = engine::encode_garbler_inputs(
+                &state.shape,
+                keys,
+                &a_h[done * k..(done + m) * k],
+                site,
+            )?;
             ch.send(&GcMessage::GarblerLabels {
                 batch: *batch,
                 labels,
@@ -744,18 +742,22 @@ impl EvaluatorSession {
         b_h: &[u64],
         site: &str,
     ) -> Result<EvaluatorSite, GcError> {
-        if shape.window() != 1 {
-            return Err(GcError::Parameters {
-                reason: format!(
-                    "{site}: the two-party GC session carries one value per circuit; \
-                     max-pool circuits ({} values) run through the engine only so far (issue #15)",
-                    shape.window()
-                ),
+        shape.kind.validate()?;
+        check_inputs(shape, b_h, "evaluator input b_h", site)?;
+        // `k` values of `n0` bits per circuit (k > 1: a max-pool window).
+        let k = shape.window();
+        let n0 = shape.value_bits();
+        if b_h.len() % k != 0 {
+            return Err(GcError::Length {
+                site: site.to_string(),
+                what: "evaluator inputs (whole max-pool windows)",
+                expected: b_h.len().div_ceil(k) * k,
+                got: b_h.len(),
+                unit: "values",
             });
         }
-        check_inputs(shape, b_h, "evaluator input b_h", site)?;
         let n = shape.input_bits();
-        let sizes = piece_sizes(b_h.len());
+        let sizes = piece_sizes(b_h.len() / k);
         // Stage 1: one OT message per piece, computed on the workers, sent in order.
         ch.set_phase(phase::OFFLINE_OT);
         let start = Instant::now();
@@ -766,7 +768,7 @@ impl EvaluatorSession {
         while labels.len() < sizes.len() {
             while next < sizes.len() && pipe.has_room() {
                 let m = sizes[next];
-                let choices = pack_value_bits(&b_h[offset..offset + m], n);
+                let choices = pack_value_bits(&b_h[offset * k..(offset + m) * k], n0);
                 offset += m;
                 next += 1;
                 let job = self.cot.job(m * n, choices);
@@ -782,7 +784,7 @@ impl EvaluatorSession {
         ch.flush().await.map_err(net(site))?;
         self.add_timings(|t| {
             t.ot_s += since(start);
-            t.ots += (b_h.len() * n) as u64;
+            t.ots += (b_h.len() * n0) as u64;
         });
         // Stage 2: the garbled pieces.
         ch.set_phase(phase::OFFLINE_GC);
