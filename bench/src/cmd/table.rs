@@ -497,7 +497,14 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(500));
-    let commit = git_commit();
+    // The commit the binary was built from; the checkout's, if it differs.
+    let built = env!("PIBENCH_BUILD_COMMIT");
+    let head = git_commit();
+    let commit = if head == built || head == "unknown" {
+        built.to_string()
+    } else {
+        format!("{built} (built; checkout at {head})")
+    };
     let exe = std::env::current_exe().context("locating the pibench executable")?;
     let trunc = match args.trunc {
         TruncArg::Local => "local",

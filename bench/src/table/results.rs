@@ -136,7 +136,9 @@ pub struct RunMeta {
     pub exact_threshold: f64,
     /// Seed of weights and random masks.
     pub seed: u64,
-    /// pibench commit (`git rev-parse HEAD`), or `unknown`.
+    /// The commit the pibench binary was built from (`-dirty` when its
+    /// tracked files differed; the checkout's commit added when it differs),
+    /// or `unknown`.
     pub commit: String,
     /// pibench version.
     pub version: String,
