@@ -84,6 +84,8 @@ pub enum PlanOp {
     Input,
     /// Flatten (no arithmetic).
     Flatten,
+    /// Max pool (a selection: no arithmetic, same scale).
+    MaxPool,
     /// Convolution (batch norm folded): weights at `weight_frac_bits`.
     Conv {
         /// `fw_l`.
@@ -167,6 +169,7 @@ impl ScalePlan {
             let op = match (&node.op, &enc.ops[i]) {
                 (Op::Input, _) => PlanOp::Input,
                 (Op::Flatten, _) => PlanOp::Flatten,
+                (Op::MaxPool { .. }, None) => PlanOp::MaxPool,
                 (Op::Conv2d(_), Some(EncodedOp::Conv { frac_bits, .. })) => PlanOp::Conv {
                     weight_frac_bits: *frac_bits,
                 },
@@ -495,6 +498,17 @@ impl Evaluator for FloatTracer<'_> {
         let y = self.inner.global_avgpool(ctx, x)?;
         self.note(ctx.index, 0, max_abs_f64(&y));
         Ok(y)
+    }
+
+    fn maxpool(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        kernel: usize,
+        stride: usize,
+        x: &Vec<f64>,
+    ) -> crate::Result<Vec<f64>> {
+        // No truncation point: the values are its input's.
+        self.inner.maxpool(ctx, kernel, stride, x)
     }
 
     fn add(&mut self, ctx: &NodeCtx<'_>, a: &Vec<f64>, b: &Vec<f64>) -> crate::Result<Vec<f64>> {

@@ -94,6 +94,11 @@ pub struct Counts {
     pub flops: u64,
     /// Total parameters.
     pub params: u64,
+    /// Comparisons of the max pools (`kernel² − 1` per output element),
+    /// reported apart from ReLUs as the literature does. Absent (0) in
+    /// reports written before max pooling existed.
+    #[serde(default)]
+    pub max_pool_comparisons: u64,
 }
 
 /// Counts a network under a convention.
@@ -103,8 +108,12 @@ pub fn count(net: &Network, convention: Convention) -> Counts {
     let mut sites = Vec::new();
     let mut layers = Vec::new();
     let mut info_iter = infos.iter().peekable();
+    let mut max_pool_comparisons = 0u64;
     for (i, node) in net.nodes.iter().enumerate() {
         match &node.op {
+            Op::MaxPool { kernel, .. } => {
+                max_pool_comparisons += node.shape.len() as u64 * (kernel * kernel - 1) as u64;
+            }
             Op::Conv2d(c) => {
                 let info = info_iter.next().filter(|x| x.node == i);
                 let flops = info.map_or(0, |x| x.macs());
@@ -156,6 +165,7 @@ pub fn count(net: &Network, convention: Convention) -> Counts {
         relus,
         flops,
         params: net.params(),
+        max_pool_comparisons,
     }
 }
 

@@ -336,6 +336,13 @@ pub enum Op {
     },
     /// Average over the whole spatial plane, output `(C, 1, 1)`.
     GlobalAvgPool,
+    /// Max pooling with a square window (`kernel·kernel − 1` comparisons per output).
+    MaxPool {
+        /// Window size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
     /// Element-wise sum of two inputs (residual connection).
     Add,
     /// `(C, H, W)` to `(C·H·W, 1, 1)`.
@@ -354,6 +361,7 @@ impl Op {
             Op::Linear(_) => "linear",
             Op::AvgPool { .. } => "avgpool",
             Op::GlobalAvgPool => "global_avgpool",
+            Op::MaxPool { .. } => "maxpool",
             Op::Add => "add",
             Op::Flatten => "flatten",
             Op::Site(_) => "site",
@@ -684,7 +692,7 @@ impl Network {
                     }
                     FeatureShape::new(l.out_features, 1, 1)
                 }
-                Op::AvgPool { kernel, stride } => {
+                Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
                     if *kernel == 0 || *stride == 0 || src.h < *kernel || src.w < *kernel {
                         return Err(err(
                             i,
@@ -934,6 +942,22 @@ impl GraphBuilder {
         self.push(
             name.into(),
             Op::AvgPool { kernel, stride },
+            vec![input],
+            FeatureShape::new(s.c, h, w),
+        )
+    }
+
+    /// Adds a max pool.
+    pub fn maxpool(&mut self, name: &str, input: usize, kernel: usize, stride: usize) -> usize {
+        let s = self.shape(input);
+        let (h, w) = if s.h >= kernel && stride > 0 {
+            ((s.h - kernel) / stride + 1, (s.w - kernel) / stride + 1)
+        } else {
+            (0, 0)
+        };
+        self.push(
+            name.into(),
+            Op::MaxPool { kernel, stride },
             vec![input],
             FeatureShape::new(s.c, h, w),
         )

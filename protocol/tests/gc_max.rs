@@ -400,3 +400,27 @@ async fn two_party_max_relu_2x2_half_gates() {
 async fn two_party_max_3x3_three_halves() {
     two_party_windows(ActivationKind::Max { window: 9 }, Scheme::ThreeHalves, 37).await;
 }
+
+/// Until the inference plan uses the garbled max, a network with a max pool
+/// is refused with a message naming the node and the issue.
+#[test]
+fn networks_with_max_pools_are_refused_clearly() {
+    use pibench_models::arch::ArchSpec;
+    use pibench_models::fixed::FixedPoint;
+    use pibench_models::graph::{FeatureShape, GraphBuilder, Init, SiteRole};
+    use pibench_models::reference::EncodedNetwork;
+    use pibench_protocol::inference::PublicModel;
+    let mut g = GraphBuilder::new(FeatureShape::new(3, 8, 8), Init::Seeded(1));
+    let c = g.conv("conv1", 0, 4, 3, 1, 1, 1, Some("bn1"));
+    let r = g.site("relu1", c, Some(1), None, SiteRole::Body);
+    let p = g.maxpool("pool1", r, 2, 2);
+    let f = g.flatten("flatten", p);
+    g.linear("linear", f, 10);
+    let net = g.finish("t", ArchSpec::resnet18(), 10).unwrap();
+    let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
+    let err = PublicModel::new(&net, &enc).unwrap_err().to_string();
+    assert!(
+        err.contains("pool1") && err.contains("max pooling") && err.contains("#15"),
+        "{err}"
+    );
+}

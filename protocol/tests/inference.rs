@@ -167,6 +167,7 @@ fn check_trace(
             Op::Input => ev.input(x, net.input).unwrap(),
             Op::Conv2d(c) => ev.conv(&ctx, c, &arg(0)).unwrap(),
             Op::Linear(l) => ev.linear(&ctx, l, &arg(0)).unwrap(),
+            Op::MaxPool { kernel, stride } => ev.maxpool(&ctx, *kernel, *stride, &arg(0)).unwrap(),
             Op::BatchNorm(b) => match enc.ops.get(i) {
                 Some(Some(EncodedOp::BatchNorm {
                     scale,

@@ -104,6 +104,10 @@ enum Layer {
         k: i64,
         s: i64,
     },
+    MaxPool {
+        k: i64,
+        s: i64,
+    },
     Gap,
     Add,
     Flatten,
@@ -352,6 +356,10 @@ impl Net {
                     k: *kernel as i64,
                     s: *stride as i64,
                 },
+                Op::MaxPool { kernel, stride } => Layer::MaxPool {
+                    k: *kernel as i64,
+                    s: *stride as i64,
+                },
                 Op::GlobalAvgPool => Layer::Gap,
                 Op::Add => Layer::Add,
                 Op::Flatten => Layer::Flatten,
@@ -486,6 +494,9 @@ impl Net {
                 Layer::Linear { w, b } => arg(0).linear(&cast(w), Some(&cast(b))),
                 Layer::AvgPool { k, s } => {
                     arg(0).avg_pool2d([*k, *k], [*s, *s], [0, 0], false, true, None::<i64>)
+                }
+                Layer::MaxPool { k, s } => {
+                    arg(0).max_pool2d([*k, *k], [*s, *s], [0, 0], [1, 1], false)
                 }
                 Layer::Gap => arg(0).adaptive_avg_pool2d([1, 1]),
                 Layer::Add => arg(0) + arg(1),

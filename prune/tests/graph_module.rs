@@ -136,3 +136,26 @@ fn bf16_forward_follows_fp32_on_cpu() {
     let scale = full.abs().max().double_value(&[]).max(1.0);
     assert!(err <= 0.1 * scale, "bf16 differs by {err} (scale {scale})");
 }
+
+/// A graph with max pools (issue #15; no architecture uses them yet): the
+/// libtorch module built from it (`max_pool2d`) matches the float reference.
+#[test]
+fn module_with_max_pools_matches_the_float_reference() {
+    use pibench_models::graph::{GraphBuilder, SiteRole};
+    tch::set_num_threads(1);
+    let mut b = GraphBuilder::new(FeatureShape::new(3, 16, 16), Init::Seeded(5));
+    let c1 = b.conv("conv1", 0, 8, 3, 1, 1, 1, Some("bn1"));
+    let r1 = b.site("relu1", c1, Some(1), None, SiteRole::Body);
+    let p1 = b.maxpool("pool1", r1, 2, 2);
+    let c2 = b.conv("conv2", p1, 8, 3, 1, 1, 1, Some("bn2"));
+    let r2 = b.site("relu2", c2, Some(2), None, SiteRole::Body);
+    let p2 = b.maxpool("pool2", r2, 3, 1);
+    let f = b.flatten("flatten", p2);
+    b.linear("linear", f, 10);
+    let mut g = b.finish("maxpool", ArchSpec::vgg16(), 10).unwrap();
+    randomise(&mut g, 7);
+    let net = Net::new(&g, Device::Cpu, Convention::default(), Weights::FromGraph).unwrap();
+    assert_eq!(net.to_graph().unwrap(), g);
+    let x = Tensor::randn([3, 3, 16, 16], (Kind::Float, Device::Cpu));
+    compare(&net, &g, &x, "maxpool");
+}

@@ -185,6 +185,51 @@ pub fn add<S: Scalar>(a: &[S], b: &[S]) -> Vec<S> {
     a.iter().zip(b).map(|(&x, &y)| S::add(x, y)).collect()
 }
 
+/// The input indices of every pooling window, window after window (channel,
+/// row, column order of the outputs), `kernel·kernel` per window in row-major
+/// order: the one definition of a pool's windows (references and protocol).
+pub fn pool_windows(shape: FeatureShape, kernel: usize, stride: usize) -> Vec<u32> {
+    let oh = (shape.h - kernel) / stride + 1;
+    let ow = (shape.w - kernel) / stride + 1;
+    let mut out = Vec::with_capacity(shape.c * oh * ow * kernel * kernel);
+    for c in 0..shape.c {
+        let base = c * shape.plane();
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        out.push((base + (oy * stride + ky) * shape.w + ox * stride + kx) as u32);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Max pooling under the order `key` (e.g. the signed value of a field element).
+pub fn max_pool_by<T: Copy, K: PartialOrd>(
+    input: &[T],
+    shape: FeatureShape,
+    kernel: usize,
+    stride: usize,
+    key: impl Fn(T) -> K,
+) -> Vec<T> {
+    pool_windows(shape, kernel, stride)
+        .chunks(kernel * kernel)
+        .map(|w| {
+            let mut best = input[w[0] as usize];
+            for &i in &w[1..] {
+                let v = input[i as usize];
+                if key(v) > key(best) {
+                    best = v;
+                }
+            }
+            best
+        })
+        .collect()
+}
+
 /// Window sums of an average pool (the division is the caller's).
 pub fn sum_pool<S: Scalar>(
     input: &[S],

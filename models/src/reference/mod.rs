@@ -102,6 +102,14 @@ pub trait Evaluator {
     ) -> Result<Self::Value>;
     /// Global average pool.
     fn global_avgpool(&mut self, ctx: &NodeCtx<'_>, x: &Self::Value) -> Result<Self::Value>;
+    /// Max pool (exact in every number system: a selection, no arithmetic).
+    fn maxpool(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        kernel: usize,
+        stride: usize,
+        x: &Self::Value,
+    ) -> Result<Self::Value>;
     /// Residual add.
     fn add(&mut self, ctx: &NodeCtx<'_>, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
     /// Activation site.
@@ -223,6 +231,7 @@ where
         Op::Linear(l) => eval.linear(ctx, l, arg(0)?)?,
         Op::AvgPool { kernel, stride } => eval.avgpool(ctx, *kernel, *stride, arg(0)?)?,
         Op::GlobalAvgPool => eval.global_avgpool(ctx, arg(0)?)?,
+        Op::MaxPool { kernel, stride } => eval.maxpool(ctx, *kernel, *stride, arg(0)?)?,
         Op::Add => eval.add(ctx, arg(0)?, arg(1)?)?,
         Op::Flatten => arg(0)?.clone(),
         Op::Site(s) => eval.site(ctx, s, arg(0)?)?,
@@ -458,6 +467,16 @@ impl Evaluator for FloatEvaluator {
             .into_iter()
             .map(|s| s / k)
             .collect())
+    }
+
+    fn maxpool(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        kernel: usize,
+        stride: usize,
+        x: &Vec<f64>,
+    ) -> Result<Vec<f64>> {
+        Ok(kernels::max_pool_by(x, ctx.in_shape, kernel, stride, |v| v))
     }
 
     fn add(&mut self, _ctx: &NodeCtx<'_>, a: &Vec<f64>, b: &Vec<f64>) -> Result<Vec<f64>> {
@@ -770,7 +789,7 @@ impl EncodedNetwork {
         let mut needs_cap = vec![false; n];
         for i in (0..n).rev() {
             needs_cap[i] = net.consumers(i).into_iter().any(|j| match net.nodes[j].op {
-                Op::Add | Op::Flatten => needs_cap[j],
+                Op::Add | Op::Flatten | Op::MaxPool { .. } => needs_cap[j],
                 _ => true,
             });
         }
@@ -822,7 +841,8 @@ impl EncodedNetwork {
             let max_real = |v: &[f64]| v.iter().fold(0f64, |m, x| m.max(x.abs()));
             let (op, scale) = match &node.op {
                 Op::Input => (None, fa),
-                Op::Flatten => (None, s_in),
+                // A max pool selects values: same scale, nothing encoded.
+                Op::Flatten | Op::MaxPool { .. } => (None, s_in),
                 Op::Conv2d(c) => {
                     let (w, b) = c.folded();
                     let f = frac_bits_for(max_real(&w), weight_cap(s_in)?);
@@ -1224,6 +1244,17 @@ impl Evaluator for FixedEvaluator<'_> {
     fn global_avgpool(&mut self, ctx: &NodeCtx<'_>, x: &FixedValue) -> Result<FixedValue> {
         let sums = kernels::global_sum_pool(&x.data, ctx.in_shape);
         self.pool(ctx, TruncKind::GlobalAvgPool, ctx.in_shape.plane(), sums, x)
+    }
+
+    fn maxpool(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        kernel: usize,
+        stride: usize,
+        x: &FixedValue,
+    ) -> Result<FixedValue> {
+        let data = kernels::max_pool_by(&x.data, ctx.in_shape, kernel, stride, fixed::to_i64);
+        Ok(self.out(ctx, data))
     }
 
     fn add(&mut self, ctx: &NodeCtx<'_>, a: &FixedValue, b: &FixedValue) -> Result<FixedValue> {

@@ -220,6 +220,9 @@ impl InferencePlan {
                     }
                     Step::Site(sp)
                 }
+                (Op::MaxPool { .. }, _) => {
+                    return Err(super::public::max_pool_unsupported(i, &node.name))
+                }
                 (op, p) => {
                     return Err(InferenceError::Model {
                         reason: format!("node {i} ({}): {} with plan {p:?}", node.name, op.kind()),
