@@ -203,4 +203,10 @@ fn print_table(net: &Network, dataset: Option<&str>, c: &Counts) {
         "relus {}  flops {} (MACs)  params {}",
         c.relus, c.flops, c.params
     );
+    if c.max_pool_comparisons > 0 {
+        println!(
+            "max-pool comparisons {} (kernel² − 1 per pooled output; not ReLUs)",
+            c.max_pool_comparisons
+        );
+    }
 }
