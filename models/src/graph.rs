@@ -933,34 +933,30 @@ impl GraphBuilder {
 
     /// Adds an average pool.
     pub fn avgpool(&mut self, name: &str, input: usize, kernel: usize, stride: usize) -> usize {
-        let s = self.shape(input);
-        let (h, w) = if s.h >= kernel && stride > 0 {
-            ((s.h - kernel) / stride + 1, (s.w - kernel) / stride + 1)
-        } else {
-            (0, 0)
-        };
-        self.push(
-            name.into(),
-            Op::AvgPool { kernel, stride },
-            vec![input],
-            FeatureShape::new(s.c, h, w),
-        )
+        self.window_pool(name, input, Op::AvgPool { kernel, stride }, kernel, stride)
     }
 
     /// Adds a max pool.
     pub fn maxpool(&mut self, name: &str, input: usize, kernel: usize, stride: usize) -> usize {
+        self.window_pool(name, input, Op::MaxPool { kernel, stride }, kernel, stride)
+    }
+
+    /// A square-window pool `op` (output shape; a window that does not fit gives 0×0, refused by validation).
+    fn window_pool(
+        &mut self,
+        name: &str,
+        input: usize,
+        op: Op,
+        kernel: usize,
+        stride: usize,
+    ) -> usize {
         let s = self.shape(input);
         let (h, w) = if s.h >= kernel && stride > 0 {
             ((s.h - kernel) / stride + 1, (s.w - kernel) / stride + 1)
         } else {
             (0, 0)
         };
-        self.push(
-            name.into(),
-            Op::MaxPool { kernel, stride },
-            vec![input],
-            FeatureShape::new(s.c, h, w),
-        )
+        self.push(name.into(), op, vec![input], FeatureShape::new(s.c, h, w))
     }
 
     /// Adds a global average pool.
