@@ -74,6 +74,23 @@ fn counts_match_the_papers() {
     );
 }
 
+/// VGG-16 (SNL's `vgg16_bn` CIFAR layout): 276,480 ReLUs and, apart from
+/// them, 3 comparisons per 2×2 max-pool window: 64·16² + 128·8² + 256·4²
+/// + 512·2² + 512·1² = 31,232 windows → 93,696 comparisons.
+#[test]
+fn vgg16_prints_relus_and_max_pool_comparisons() {
+    let args = ["--model", "vgg16", "--dataset", "cifar10"];
+    let (ok, out, err) = pibench(&[&args[..], &["--format", "json"]].concat());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["relus"].as_u64(), Some(276_480));
+    assert_eq!(v["max_pool_comparisons"].as_u64(), Some(93_696));
+    let (ok, out, err) = pibench(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("relus 276480"), "{out}");
+    assert!(out.contains("93696"), "{out}");
+}
+
 #[test]
 fn table_lists_sites_and_totals() {
     let (ok, out, err) = pibench(&["--model", "resnet18", "--dataset", "cifar100"]);

@@ -64,7 +64,8 @@ pub enum ArchSpec {
         /// Inner channels ("planes") per stage; a block outputs 4× as many.
         widths: Vec<usize>,
     },
-    /// VGG with the given conv widths per stage (VGG-16: 2,2,3,3,3 convs).
+    /// VGG with batch norm and the given conv widths per stage (VGG-16:
+    /// 2,2,3,3,3 convs), each stage ending in a 2×2 pool (`pool`).
     Vgg {
         /// Display name, e.g. `vgg16`.
         name: String,
@@ -72,7 +73,25 @@ pub enum ArchSpec {
         convs: Vec<usize>,
         /// Channels per stage.
         widths: Vec<usize>,
+        /// Pooling between stages. Files written before the field existed
+        /// were average-pooled VGGs, hence the default.
+        #[serde(default)]
+        pool: VggPool,
     },
+}
+
+/// How a VGG pools between stages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VggPool {
+    /// `nn.MaxPool2d(2, 2)` after every stage, as in the CIFAR VGGs of SNL's
+    /// and PrivShap's code (`cfg` lists with `'M'`): 32×32 inputs reach 1×1,
+    /// then flatten and one linear classifier.
+    Max,
+    /// 2×2 average pools between stages and a global average pool at the end
+    /// (pibench's first VGG; kept so that older model files still load).
+    #[default]
+    Avg,
 }
 
 impl ArchSpec {
@@ -153,13 +172,33 @@ impl ArchSpec {
         })
     }
 
-    /// VGG-16 (13 conv ReLUs, one linear head).
+    /// VGG-16 with batch norm and max pooling (13 conv ReLUs, one linear head).
     pub fn vgg16() -> Self {
-        Self::Vgg {
-            name: "vgg16".into(),
-            convs: vec![2, 2, 3, 3, 3],
+        Self::vgg(16).expect("VGG-16 is a known depth")
+    }
+
+    /// The CIFAR VGG-11/13/16/19 with batch norm and max pooling (the `cfg`
+    /// lists `A`, `B`, `D`, `E` of Simonyan & Zisserman, as SNL's
+    /// `vgg*_bn` and PrivShap use them): 64, 128, 256, 512, 512 channels.
+    pub fn vgg(depth: usize) -> Result<Self> {
+        let convs = match depth {
+            11 => vec![1, 1, 2, 2, 2],
+            13 => vec![2, 2, 2, 2, 2],
+            16 => vec![2, 2, 3, 3, 3],
+            19 => vec![2, 2, 4, 4, 4],
+            _ => {
+                return Err(ModelError::UnknownArch {
+                    name: format!("vgg{depth}"),
+                    expected: "vgg11, vgg13, vgg16 or vgg19".into(),
+                })
+            }
+        };
+        Ok(Self::Vgg {
+            name: format!("vgg{depth}"),
+            convs,
             widths: vec![64, 128, 256, 512, 512],
-        }
+            pool: VggPool::Max,
+        })
     }
 
     /// Parses `resnet18`, `resnet34`, `vgg16`, `wrn22_8` / `wrnD_K` (also `wrn-22-8`),
@@ -169,7 +208,7 @@ impl ArchSpec {
         let unknown = || {
             ModelError::UnknownArch {
             name: name.to_string(),
-            expected: "resnet18, resnet34, resnet50, resnet101, vgg16, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (e.g. hrn-5x5x3x-m16)".into(),
+            expected: "resnet18, resnet34, resnet50, resnet101, vgg11, vgg13, vgg16, vgg19, vgg16-avg, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (e.g. hrn-5x5x3x-m16)".into(),
         }
         };
         match lower.as_str() {
@@ -177,7 +216,17 @@ impl ArchSpec {
             "resnet34" => return Ok(Self::resnet34()),
             "resnet50" => return Ok(Self::resnet50()),
             "resnet101" => return Ok(Self::resnet101()),
-            "vgg16" => return Ok(Self::vgg16()),
+            "vgg11" | "vgg13" | "vgg16" | "vgg19" => {
+                return Self::vgg(lower[3..].parse().map_err(|_| unknown())?)
+            }
+            "vgg16-avg" => {
+                return Ok(Self::Vgg {
+                    name: "vgg16-avg".into(),
+                    convs: vec![2, 2, 3, 3, 3],
+                    widths: vec![64, 128, 256, 512, 512],
+                    pool: VggPool::Avg,
+                })
+            }
             _ => {}
         }
         if let Some(rest) = lower.strip_prefix("wrn") {
@@ -247,9 +296,12 @@ impl ArchSpec {
                 widths,
                 ..
             } => build_wrn(self, *depth, *stem, widths, input, num_classes, init),
-            Self::Vgg { convs, widths, .. } => {
-                build_vgg(self, convs, widths, input, num_classes, init)
-            }
+            Self::Vgg {
+                convs,
+                widths,
+                pool,
+                ..
+            } => build_vgg(self, convs, widths, *pool, input, num_classes, init),
         }
     }
 }
@@ -567,6 +619,7 @@ fn build_vgg(
     spec: &ArchSpec,
     convs: &[usize],
     widths: &[usize],
+    pool: VggPool,
     input: FeatureShape,
     num_classes: usize,
     init: Init,
@@ -582,7 +635,11 @@ fn build_vgg(
         positive(&format!("convs of stage {}", s + 1), n)?;
         positive(&format!("channels of stage {}", s + 1), w)?;
     }
-    check_spatial(spec.name(), input, 1 << (convs.len() - 1))?;
+    let downsample = match pool {
+        VggPool::Max => 1 << convs.len(),
+        VggPool::Avg => 1 << (convs.len() - 1),
+    };
+    check_spatial(spec.name(), input, downsample)?;
     let mut g = GraphBuilder::new(input, init);
     let mut x = g.input();
     let mut idx = 0usize;
@@ -608,12 +665,20 @@ fn build_vgg(
             );
             idx += 3;
         }
-        x = if si + 1 == convs.len() {
-            g.global_avgpool(&format!("features.{idx}"), x)
-        } else {
-            g.avgpool(&format!("features.{idx}"), x, 2, 2)
+        x = match pool {
+            VggPool::Max => g.maxpool(&format!("features.{idx}"), x, 2, 2),
+            VggPool::Avg if si + 1 == convs.len() => {
+                g.global_avgpool(&format!("features.{idx}"), x)
+            }
+            VggPool::Avg => g.avgpool(&format!("features.{idx}"), x, 2, 2),
         };
         idx += 1;
+    }
+    // Inputs larger than 32×32 (Tiny-ImageNet) leave more than 1×1 after the
+    // five max pools; a global average pool (torchvision's adaptive pool)
+    // keeps the classifier at 512 inputs.
+    if pool == VggPool::Max && g.shape(x).plane() > 1 {
+        x = g.global_avgpool("avgpool", x);
     }
     let flat = g.flatten("flatten", x);
     g.linear("classifier", flat, num_classes);

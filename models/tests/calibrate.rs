@@ -41,6 +41,7 @@ fn nets(seed: u64) -> Vec<Network> {
             name: "vgg-tiny".into(),
             convs: vec![1, 2],
             widths: vec![8, 16],
+            pool: pibench_models::arch::VggPool::Max,
         }
         .build(FeatureShape::new(3, 12, 12), 10, Init::Seeded(seed))
         .unwrap(),

@@ -51,6 +51,7 @@ fn round_trip_is_exact() {
             name: "vgg-tiny".into(),
             convs: vec![1, 1],
             widths: vec![4, 8],
+            pool: pibench_models::arch::VggPool::Max,
         }
         .build(INPUT, 10, Init::Seeded(5))
         .unwrap(),

@@ -142,6 +142,7 @@ fn vgg_with_masks_matches_pytorch() {
         name: "vgg_tiny".into(),
         convs: vec![1, 2],
         widths: vec![8, 16],
+        pool: pibench_models::arch::VggPool::Avg,
     };
     check("vgg_tiny", spec, 8);
 }

@@ -30,6 +30,7 @@ fn small_nets(seed: u64) -> Vec<Network> {
             name: "vgg-tiny".into(),
             convs: vec![1, 2],
             widths: vec![8, 16],
+            pool: pibench_models::arch::VggPool::Max,
         },
     ];
     specs

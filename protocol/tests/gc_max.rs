@@ -401,26 +401,40 @@ async fn two_party_max_3x3_three_halves() {
     two_party_windows(ActivationKind::Max { window: 9 }, Scheme::ThreeHalves, 37).await;
 }
 
-/// Until the inference plan uses the garbled max, a network with a max pool
-/// is refused with a message naming the node and the issue.
+/// A max pool after a site with polynomial elements cannot use the garbled
+/// max: the plan refuses it and names the node.
 #[test]
-fn networks_with_max_pools_are_refused_clearly() {
-    use pibench_models::arch::ArchSpec;
+fn polynomial_sites_before_a_max_pool_are_refused_clearly() {
+    use pibench_models::arch::{ArchSpec, VggPool};
     use pibench_models::fixed::FixedPoint;
-    use pibench_models::graph::{FeatureShape, GraphBuilder, Init, SiteRole};
+    use pibench_models::graph::{FeatureShape, Init, PolyCoeffs};
     use pibench_models::reference::EncodedNetwork;
-    use pibench_protocol::inference::PublicModel;
-    let mut g = GraphBuilder::new(FeatureShape::new(3, 8, 8), Init::Seeded(1));
-    let c = g.conv("conv1", 0, 4, 3, 1, 1, 1, Some("bn1"));
-    let r = g.site("relu1", c, Some(1), None, SiteRole::Body);
-    let p = g.maxpool("pool1", r, 2, 2);
-    let f = g.flatten("flatten", p);
-    g.linear("linear", f, 10);
-    let net = g.finish("t", ArchSpec::resnet18(), 10).unwrap();
+    use pibench_protocol::inference::{InferencePlan, PublicModel, TruncMode};
+    let spec = ArchSpec::Vgg {
+        name: "vgg-tiny".into(),
+        convs: vec![1, 1],
+        widths: vec![4, 8],
+        pool: VggPool::Max,
+    };
+    let mut net = spec
+        .build(FeatureShape::new(3, 8, 8), 10, Init::Seeded(1))
+        .unwrap();
+    let site = net.sites_mut().next().unwrap();
+    site.mask[0] = 0;
+    let c = site.shape.c;
+    site.poly = Some(PolyCoeffs {
+        a2: vec![0.1; c],
+        a1: vec![0.5; c],
+        a0: vec![0.0; c],
+    });
+    let name = site.name.clone();
     let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
-    let err = PublicModel::new(&net, &enc).unwrap_err().to_string();
+    let public = PublicModel::new(&net, &enc).unwrap();
+    let err = InferencePlan::new(&public, TruncMode::Local, Scheme::HalfGates)
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("pool1") && err.contains("max pooling") && err.contains("#15"),
+        err.contains(&name) && err.contains("max pool") && err.contains("polynomial"),
         "{err}"
     );
 }

@@ -147,7 +147,19 @@ fn check_trace(
     // the rare wrap of the high parts' sum).
     let range = |exact: bool| if exact { -1..=3 } else { -1..=1 };
     let exact = trunc == TruncMode::Exact;
+    // A site whose only consumer is a max pool is computed inside the pool's
+    // garbled circuits; its trace value is its lifted input.
+    let fused = |i: usize| {
+        let users: Vec<usize> = (0..net.nodes.len())
+            .filter(|&j| net.nodes[j].inputs.contains(&i))
+            .collect();
+        matches!(net.nodes[i].op, Op::Site(_))
+            && matches!(users[..], [j] if matches!(net.nodes[j].op, Op::MaxPool { .. }))
+    };
     for (i, node) in net.nodes.iter().enumerate() {
+        if fused(i) {
+            continue;
+        }
         let in_shape = node
             .inputs
             .first()
@@ -167,6 +179,54 @@ fn check_trace(
             Op::Input => ev.input(x, net.input).unwrap(),
             Op::Conv2d(c) => ev.conv(&ctx, c, &arg(0)).unwrap(),
             Op::Linear(l) => ev.linear(&ctx, l, &arg(0)).unwrap(),
+            Op::MaxPool { kernel, stride } if fused(node.inputs[0]) => {
+                // max over the window of the site's elements, each truncated
+                // in the circuit (−1..=3 against round-to-nearest), ReLU'd
+                // when the window keeps a ReLU: max(relu(y₁), y₂) = max(0, y₁, y₂).
+                let s = node.inputs[0];
+                let Op::Site(site) = &net.nodes[s].op else {
+                    unreachable!()
+                };
+                let Some(Some(EncodedOp::Site {
+                    lift: up, trunc: f, ..
+                })) = enc.ops.get(s)
+                else {
+                    panic!("no site encoding")
+                };
+                let y = &values[net.nodes[s].inputs[0]];
+                let windows = reference::kernels::pool_windows(site.shape, *kernel, *stride);
+                let k2 = kernel * kernel;
+                let (mut n_relu, mut n_max) = (0, 0);
+                for (w, elems) in windows.chunks(k2).enumerate() {
+                    let best = elems
+                        .iter()
+                        .map(|&e| {
+                            fixed::to_i64(fixed::truncate_round(lift(y[e as usize], *up), *f))
+                        })
+                        .max()
+                        .unwrap();
+                    let relu = elems.iter().any(|&e| site.mask[e as usize] == 1);
+                    if relu {
+                        n_relu += 1;
+                    } else {
+                        n_max += 1;
+                    }
+                    let g = fixed::to_i64(got[w]);
+                    assert!(
+                        range(true).any(|e| {
+                            let m = best + e;
+                            (if relu { m.max(0) } else { m }) == g
+                        }),
+                        "{} window {w}: max of {best} (±e, relu {relu}) gave {g}",
+                        node.name
+                    );
+                }
+                eprintln!(
+                    "{}: {n_relu} MaxRelu windows, {n_max} Max windows",
+                    node.name
+                );
+                continue;
+            }
             Op::MaxPool { kernel, stride } => ev.maxpool(&ctx, *kernel, *stride, &arg(0)).unwrap(),
             Op::BatchNorm(b) => match enc.ops.get(i) {
                 Some(Some(EncodedOp::BatchNorm {
@@ -362,6 +422,38 @@ async fn preactivation_network_matches_the_reference() {
     );
     end_to_end_of(net, TruncMode::Local, false).await;
     end_to_end_of(spec(9), TruncMode::Exact, false).await;
+}
+
+/// A small VGG with batch norm and max pooling (issue #15): sites fused into
+/// their max pools as garbled `MaxRelu` / `Max` windows (all-ReLU,
+/// partially masked and all-identity sites before the pools, one site that
+/// feeds a convolution), both truncation modes, every node checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vgg_with_max_pools_matches_the_reference() {
+    let spec = |seed| {
+        let mut net = mixed(
+            ArchSpec::Vgg {
+                name: "mixed-vgg".into(),
+                convs: vec![2, 1, 1],
+                widths: vec![4, 8, 8],
+                pool: pibench_models::arch::VggPool::Max,
+            },
+            seed,
+        );
+        // The garbled max takes ReLU and identity elements: no polynomials.
+        net.sites_mut().for_each(|s| s.poly = None);
+        net
+    };
+    let net = spec(10);
+    assert_eq!(
+        net.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::MaxPool { .. }))
+            .count(),
+        3
+    );
+    end_to_end_of(net, TruncMode::Local, false).await;
+    end_to_end_of(spec(11), TruncMode::Exact, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

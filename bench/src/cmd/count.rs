@@ -136,6 +136,7 @@ pub fn run(args: CountArgs) -> anyhow::Result<()> {
                 "relus": counts.relus,
                 "flops": counts.flops,
                 "params": counts.params,
+                "max_pool_comparisons": counts.max_pool_comparisons,
                 "head_flops": counts.head_flops,
                 "sites": counts.sites,
                 "layers": counts.layers,

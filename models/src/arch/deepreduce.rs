@@ -105,10 +105,12 @@ pub fn scale_channels(spec: &ArchSpec, alpha: f64) -> Result<ArchSpec> {
             name,
             convs,
             widths,
+            pool,
         } => ArchSpec::Vgg {
             name: format!("{name}{tag}"),
             convs: convs.clone(),
             widths: widths.iter().map(|&w| scale(w, alpha)).collect(),
+            pool: *pool,
         },
     })
 }

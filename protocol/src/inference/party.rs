@@ -449,6 +449,9 @@ fn base_report(plan: &InferencePlan, settings: &Settings, role: Role) -> PartyRe
         .map(|(i, n)| {
             let (relus, identity, poly) = match &plan.steps[i] {
                 Step::Site(sp) => (sp.relu.len(), sp.ident.len(), sp.poly.len()),
+                Step::FusedSite {
+                    relus, identity, ..
+                } => (*relus, *identity, 0),
                 _ => (0, 0, 0),
             };
             let macs = match &plan.steps[i] {
@@ -1025,6 +1028,18 @@ async fn server_online_steps(
                 let t = pool_trunc(step);
                 server_truncate_all(ch, gc, &mut off, plan, i, pre, t, exact, &name).await?
             }
+            Step::FusedSite { lift: l, .. } => arg(0)?.iter().map(|&v| lift(v, *l)).collect(),
+            Step::MaxPool(mp) => {
+                let sites = off
+                    .gc
+                    .remove(&i)
+                    .ok_or_else(|| proto(&name, "no garbled material"))?;
+                let out = server_max_pool(ch, gc, &sites, plan, i, mp, arg(0)?, &name).await?;
+                if let Some(st) = store {
+                    sites.into_iter().for_each(|s| s.recycle(st.pool()));
+                }
+                out
+            }
             Step::Site(sp) => {
                 let x: Vec<u64> = arg(0)?.iter().map(|&v| lift(v, sp.lift)).collect();
                 let poly_plan = match model.enc.ops.get(i) {
@@ -1271,6 +1286,61 @@ async fn server_site(
     Ok(out)
 }
 
+/// Server: the garbled windows of a max pool fused with its site (see
+/// [`super::plan::MaxPoolPlan`]): per group the labels of the site's input
+/// shares (with the unbiased rounding offset of the site's truncation), then
+/// the client's reply `max + ρ` per window.
+#[allow(clippy::too_many_arguments)]
+async fn server_max_pool(
+    ch: &mut Channel,
+    gc: &GarblerSession,
+    sites: &[GarblerSite],
+    plan: &InferencePlan,
+    i: usize,
+    mp: &super::plan::MaxPoolPlan,
+    x: &[u64],
+    name: &str,
+) -> Result<Vec<u64>, InferenceError> {
+    let groups = plan.gc_groups(i)?;
+    if sites.len() != groups.len() {
+        return Err(proto(name, "garbled material does not match the plan"));
+    }
+    let off = fixed::gc_round_offset(mp.trunc);
+    let windows = max_pool_groups(mp, &groups, name)?;
+    let inputs: Vec<Vec<u64>> = windows
+        .iter()
+        .map(|w| offset_all(&gather(x, &mp.elements_of(w)), off))
+        .collect();
+    ch.set_phase("online/gc");
+    let rho = server_gc_round(ch, gc, sites, &groups, &inputs, 0, i, name).await?;
+    let total: usize = windows.iter().map(|w| w.len()).sum();
+    let reply = recv_reply(ch, i, 0, total, name).await?;
+    let mut out = vec![0u64; plan.net.nodes[i].shape.len()];
+    let mut at = 0;
+    for (w, r) in windows.iter().zip(&rho) {
+        let share = sub_all(&reply[at..at + w.len()], r);
+        scatter(&mut out, w, &share);
+        at += w.len();
+    }
+    Ok(out)
+}
+
+/// The output windows of each garbled group of a max pool, in group order.
+fn max_pool_groups<'a>(
+    mp: &'a super::plan::MaxPoolPlan,
+    groups: &[(GcGroup, usize)],
+    name: &str,
+) -> Result<Vec<&'a [u32]>, InferenceError> {
+    groups
+        .iter()
+        .map(|(g, _)| match g.label.rsplit('/').next().unwrap_or("") {
+            "maxrelu" => Ok(&mp.relu_windows[..]),
+            "max" => Ok(&mp.max_windows[..]),
+            other => Err(proto(name, format!("unknown max-pool group {other}"))),
+        })
+        .collect()
+}
+
 /// Local truncation of server inputs that already carry the rounding offset.
 fn server_trunc_no_offset(a: &[u64], f: u32) -> Vec<u64> {
     a.iter()
@@ -1501,6 +1571,27 @@ async fn client_offline<R: RngCore + CryptoRng>(
                 let x: Vec<u64> = arg(0)?.iter().map(|&v| lift(v, sp.lift)).collect();
                 client_site_offline(ch, he, keys, gc, &mut off, &groups, i, sp, &x, exact, rng)
                     .await?
+            }
+            Step::FusedSite { lift: l, .. } => arg(0)?.iter().map(|&v| lift(v, *l)).collect(),
+            Step::MaxPool(mp) => {
+                let windows = max_pool_groups(mp, &groups, &name)?;
+                let mut out = vec![0u64; node.shape.len()];
+                let mut sites = Vec::with_capacity(groups.len());
+                let mut masks = Vec::with_capacity(groups.len());
+                let x = arg(0)?;
+                for ((g, _), w) in groups.iter().zip(&windows) {
+                    let b = gather(x, &mp.elements_of(w));
+                    sites.push(
+                        gc.offline(ch, &g.shape, &high(&b, mp.trunc), &g.label)
+                            .await?,
+                    );
+                    let r = random_field(rng, w.len());
+                    scatter(&mut out, w, &r);
+                    masks.push(r);
+                }
+                off.gc.insert(i, sites);
+                off.masks.insert(i, masks);
+                out
             }
         };
         if let Some(st) = store {

@@ -42,6 +42,56 @@ pub struct SitePlan {
     pub poly_trunc: u32,
 }
 
+/// A max pool fused with the activation site that feeds it (issue #15).
+///
+/// `max(relu(y₁), y₂, …) = max(0, y₁, y₂, …)` (ReLU is `max(0, ·)` and max
+/// is associative), so a window of a partially masked site needs one of two
+/// circuits: [`ActivationKind::MaxRelu`] when at least one of its elements
+/// keeps its ReLU, [`ActivationKind::Max`] when none does. The circuits take
+/// the site's *input* shares (after the site's lift), truncate each element
+/// by the site's `trunc` inside the circuit (as the ReLU circuit does; the
+/// truncation is monotone, so the max of the truncated values is the
+/// truncation of the max) and output the pooled value at the site's output
+/// scale, re-masked like a ReLU output. The site itself exchanges nothing
+/// ([`Step::FusedSite`]); its identity elements cost no local truncation.
+#[derive(Debug, Clone)]
+pub struct MaxPoolPlan {
+    /// Window side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// The site node whose input the circuits take.
+    pub site: usize,
+    /// The site's truncation (the circuits' `trunc_bits`).
+    pub trunc: u32,
+    /// Output elements whose window keeps at least one ReLU (`MaxRelu`).
+    pub relu_windows: Vec<u32>,
+    /// Output elements whose window keeps none (`Max`).
+    pub max_windows: Vec<u32>,
+    /// Input element indices of every output element's window, `kernel²`
+    /// per output element, in output order.
+    pub window_elems: Vec<u32>,
+}
+
+impl MaxPoolPlan {
+    /// Elements of a window.
+    pub fn window(&self) -> usize {
+        self.kernel * self.kernel
+    }
+
+    /// The input elements of the listed windows, window after window.
+    pub fn elements_of(&self, windows: &[u32]) -> Vec<u32> {
+        let k = self.window();
+        windows
+            .iter()
+            .flat_map(|&w| {
+                let w = w as usize;
+                self.window_elems[w * k..(w + 1) * k].iter().copied()
+            })
+            .collect()
+    }
+}
+
 /// The linear part of a node evaluated with HE.
 #[derive(Debug, Clone)]
 pub struct HeLayer {
@@ -101,6 +151,20 @@ pub enum Step {
     },
     /// Activation site.
     Site(SitePlan),
+    /// An activation site computed inside the max pool that consumes it
+    /// (node `pool`, [`MaxPoolPlan`]): its value here is its lifted input.
+    FusedSite {
+        /// Exact lift of the input.
+        lift: u32,
+        /// The max-pool node.
+        pool: usize,
+        /// Elements that keep their ReLU (for reports).
+        relus: usize,
+        /// Elements replaced by the identity (for reports).
+        identity: usize,
+    },
+    /// Max pool fused with its site: garbled windows.
+    MaxPool(MaxPoolPlan),
 }
 
 /// The plan of a whole network.
@@ -135,12 +199,43 @@ impl InferencePlan {
             he_id += 1;
             he
         };
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); net.nodes.len()];
+        for (i, n) in net.nodes.iter().enumerate() {
+            for &j in &n.inputs {
+                consumers[j].push(i);
+            }
+        }
         for (i, node) in net.nodes.iter().enumerate() {
             let in_shape = node
                 .inputs
                 .first()
                 .map_or(net.input, |&j| net.nodes[j].shape);
             let op = &public.ops[i];
+            // A site whose only consumer is a max pool is computed by the pool.
+            if let (Op::Site(site), PublicOp::Site { lift, .. }) = (&node.op, op) {
+                if let [j] = consumers[i][..] {
+                    if matches!(net.nodes[j].op, Op::MaxPool { .. }) {
+                        if site.poly.is_some() && site.mask.contains(&0) {
+                            return Err(InferenceError::Model {
+                                reason: format!(
+                                    "node {i} ({}): a site with polynomial elements before a max \
+                                     pool is not supported by the protocol (the garbled max takes \
+                                     ReLU and identity elements only)",
+                                    node.name
+                                ),
+                            });
+                        }
+                        let relus = site.mask.iter().filter(|&&m| m == 1).count();
+                        steps.push(Step::FusedSite {
+                            lift: *lift,
+                            pool: j,
+                            relus,
+                            identity: site.mask.len() - relus,
+                        });
+                        continue;
+                    }
+                }
+            }
             let step = match (&node.op, op) {
                 (Op::Input, _) => Step::Input,
                 (Op::Flatten, _) => Step::Flatten,
@@ -220,8 +315,8 @@ impl InferencePlan {
                     }
                     Step::Site(sp)
                 }
-                (Op::MaxPool { .. }, _) => {
-                    return Err(super::public::max_pool_unsupported(i, &node.name))
+                (Op::MaxPool { kernel, stride }, _) => {
+                    Step::MaxPool(plan_max_pool(&net, &steps, public, i, *kernel, *stride)?)
                 }
                 (op, p) => {
                     return Err(InferenceError::Model {
@@ -334,6 +429,23 @@ impl InferencePlan {
             Step::BatchNorm { trunc, .. } if *trunc > 0 && exact => {
                 push("truncate", *trunc, ActivationKind::Truncate, all, 0)?;
             }
+            Step::MaxPool(mp) => {
+                let window = mp.window() as u8;
+                push(
+                    "maxrelu",
+                    mp.trunc,
+                    ActivationKind::MaxRelu { window },
+                    mp.relu_windows.len(),
+                    0,
+                )?;
+                push(
+                    "max",
+                    mp.trunc,
+                    ActivationKind::Max { window },
+                    mp.max_windows.len(),
+                    0,
+                )?;
+            }
             Step::AvgPool {
                 plan: PoolPlan::Rounded { trunc, .. },
                 ..
@@ -387,6 +499,69 @@ impl InferencePlan {
             _ => 0,
         }
     }
+}
+
+/// Plans max-pool node `i`: its input must be a site fused into it.
+fn plan_max_pool(
+    net: &Network,
+    steps: &[Step],
+    public: &PublicModel,
+    i: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<MaxPoolPlan, InferenceError> {
+    let node = &net.nodes[i];
+    let refuse = |why: String| InferenceError::Model {
+        reason: format!("node {i} ({}): max pool: {why}", node.name),
+    };
+    let window = kernel * kernel;
+    if window < 2 || window > crate::gc::circuit::MAX_WINDOW as usize {
+        return Err(refuse(format!(
+            "a {kernel}×{kernel} window; the garbled max takes 2 to {} elements",
+            crate::gc::circuit::MAX_WINDOW
+        )));
+    }
+    let &[s] = &node.inputs[..] else {
+        return Err(refuse("expected one input".into()));
+    };
+    let (Some(Step::FusedSite { pool, .. }), Op::Site(site), PublicOp::Site { trunc, .. }) =
+        (steps.get(s), &net.nodes[s].op, &public.ops[s])
+    else {
+        return Err(refuse(format!(
+            "its input {} is not an activation site used only by this pool (the protocol \
+             computes a max pool together with the site before it)",
+            net.nodes[s].name
+        )));
+    };
+    if *pool != i {
+        return Err(refuse("its site is fused into another node".into()));
+    }
+    let window_elems = pibench_models::reference::kernels::pool_windows(site.shape, kernel, stride);
+    let outputs = node.shape.len();
+    if window_elems.len() != outputs * window {
+        return Err(refuse(format!(
+            "{} window elements for {outputs} outputs",
+            window_elems.len()
+        )));
+    }
+    let mut relu_windows = Vec::new();
+    let mut max_windows = Vec::new();
+    for (w, elems) in window_elems.chunks(window).enumerate() {
+        if elems.iter().any(|&e| site.mask[e as usize] == 1) {
+            relu_windows.push(w as u32);
+        } else {
+            max_windows.push(w as u32);
+        }
+    }
+    Ok(MaxPoolPlan {
+        kernel,
+        stride,
+        site: s,
+        trunc: *trunc,
+        relu_windows,
+        max_windows,
+        window_elems,
+    })
 }
 
 /// A polynomial element's final truncation in exact mode: at most 16 bits per

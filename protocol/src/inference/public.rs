@@ -59,18 +59,6 @@ pub enum PublicOp {
     },
 }
 
-/// The refusal of a network with a max pool (issue #15): the garbled max
-/// exists (`gc::circuit::ActivationKind::{MaxRelu, Max}`, two-party tested),
-/// the inference plan does not use it yet.
-pub(crate) fn max_pool_unsupported(node: usize, name: &str) -> InferenceError {
-    InferenceError::Model {
-        reason: format!(
-            "node {node} ({name}): max pooling is not supported by the protocol yet (issue #15: \
-             the garbled max circuits exist, the inference plan does not use them yet)"
-        ),
-    }
-}
-
 /// A site's mask, bit-packed (LSB first) as lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackedMask {
@@ -151,14 +139,6 @@ pub struct PublicModel {
 impl PublicModel {
     /// The public part of a network and its encoding.
     pub fn new(net: &Network, enc: &EncodedNetwork) -> Result<Self, InferenceError> {
-        if let Some((i, node)) = net
-            .nodes
-            .iter()
-            .enumerate()
-            .find(|(_, n)| matches!(n.op, Op::MaxPool { .. }))
-        {
-            return Err(max_pool_unsupported(i, &node.name));
-        }
         if enc.ops.len() != net.nodes.len() || enc.scales.len() != net.nodes.len() {
             return Err(InferenceError::Model {
                 reason: "the encoding was made for another network".into(),
@@ -274,7 +254,7 @@ impl PublicModel {
         for (i, (node, op)) in net.nodes.iter().zip(&self.ops).enumerate() {
             let ok = matches!(
                 (&node.op, op),
-                (Op::Input | Op::Flatten, PublicOp::None)
+                (Op::Input | Op::Flatten | Op::MaxPool { .. }, PublicOp::None)
                     | (Op::Conv2d(_) | Op::Linear(_), PublicOp::Linear)
                     | (Op::BatchNorm(_), PublicOp::BatchNorm { .. })
                     | (
