@@ -30,7 +30,7 @@ pub enum Format {
 /// Arguments of `pibench count`.
 #[derive(Debug, Args)]
 pub struct CountArgs {
-    /// resnet18, resnet34, wrn22_8 (any wrnD_K), vgg16, hrn (with --hrn), hrn-5x5x3x-m16,
+    /// resnet18, resnet34, resnet50, resnet101, wrn22_8 (any wrnD_K), vgg11/13/16/19 (max pools; vgg16-avg), hrn (with --hrn), hrn-5x5x3x-m16,
     /// or the path of a model file (.safetensors).
     #[arg(long)]
     pub model: String,

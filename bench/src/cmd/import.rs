@@ -33,7 +33,7 @@ pub struct ImportArgs {
     pub from: Source,
     /// The checkpoint (`.pth`, `.pth.tar`: torch.save zip archive).
     pub checkpoint: PathBuf,
-    /// Architecture (resnet18, resnet34, wrn22_8, vgg16, hrn-AxBxCx-mM, …).
+    /// Architecture (resnet18, resnet34, resnet50, wrn22_8, vgg11/13/16/19, hrn-AxBxCx-mM, …).
     #[arg(long)]
     pub model: String,
     /// Dataset: cifar10, cifar100, tinyimagenet.

@@ -46,7 +46,7 @@ pub enum DatasetArg {
 /// Arguments of `pibench micro linear`.
 #[derive(Debug, Args)]
 pub struct LinearArgs {
-    /// Architecture (resnet18, resnet34, vgg16, wrn22_8, hrn-…).
+    /// Architecture (resnet18, resnet34, resnet50, vgg11/13/16/19, wrn22_8, hrn-…).
     #[arg(long, default_value = "resnet18")]
     model: String,
     /// Dataset.

@@ -19,7 +19,7 @@ use pibench_models::reference::{EncodedNetwork, SAFE_BITS};
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model file (.safetensors from `pibench prune`/`import`) or an architecture:
-    /// resnet18, resnet34, vgg16, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (random weights from --seed).
+    /// resnet18, resnet34, resnet50, resnet101, vgg11/13/16/19 (max pools; vgg16-avg), wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (random weights from --seed).
     #[arg(long)]
     pub model: String,
     /// cifar10, cifar100 or tinyimagenet (for an architecture; checked against a file's input).
