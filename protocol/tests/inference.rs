@@ -454,6 +454,28 @@ async fn vgg_with_max_pools_matches_the_reference() {
     );
     end_to_end_of(net, TruncMode::Local, false).await;
     end_to_end_of(spec(11), TruncMode::Exact, true).await;
+    // The pools' garbled windows through the on-disk store.
+    let net = spec(12);
+    let x = input(&net, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(TruncMode::Local);
+    s.store = Some(dir.path().to_path_buf());
+    let (server, client) = run_pair(&net, x.clone(), s.clone(), s, false).await;
+    let (server, client) = (server.expect("server"), client.expect("client"));
+    let values: Vec<Vec<u64>> = server
+        .trace
+        .iter()
+        .zip(&client.trace)
+        .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
+        .collect();
+    let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
+    check_trace(&net, &enc, &x, &values, TruncMode::Local);
+    let pools_read = client.reports[0]
+        .nodes
+        .iter()
+        .filter(|n| n.kind == "maxpool" && n.store_read_s > 0.0)
+        .count();
+    assert_eq!(pools_read, 3, "every pool's windows come from the store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
