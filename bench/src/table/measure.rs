@@ -460,7 +460,16 @@ pub struct Measured {
     pub runs: Vec<RunSummary>,
     /// Per-layer rows of the median run.
     pub layers: Vec<DocLayer>,
+    /// Attempts discarded before the kept runs: `local` runs whose logits
+    /// failed the reference check (a local-truncation failure, which the
+    /// run's failure bound allows) and were rerun, at most
+    /// [`LOCAL_RETRIES`] times per run. Each entry is the failed attempt's error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<String>,
 }
+
+/// Reruns of a `local` run whose logits fail the reference check.
+pub const LOCAL_RETRIES: usize = 2;
 
 impl Measured {
     /// The run whose figures the table shows beside the medians.
@@ -507,6 +516,19 @@ impl Measured {
             median_run,
             runs: runs.into_iter().map(|(r, _)| r).collect(),
             layers,
+            failed_attempts: Vec::new(),
+        }
+    }
+}
+
+impl MeasureError {
+    /// The run completed but its logits failed the reference check (the
+    /// argmax differs): with local truncation, a truncation failure.
+    pub fn is_reference_mismatch(&self) -> bool {
+        match self {
+            Self::Mismatch { .. } => true,
+            Self::Exit { stderr_tail, .. } => stderr_tail.contains("argmax differs"),
+            _ => false,
         }
     }
 }
@@ -744,15 +766,28 @@ pub fn measure(
     dir: &Path,
 ) -> Result<Measured, MeasureError> {
     let mut runs = Vec::with_capacity(opts.repeat.max(1));
+    let mut failed = Vec::new();
     for k in 1..=opts.repeat.max(1) {
-        runs.push(run_once(opts, model, trunc, k, dir)?);
+        let mut retries = 0;
+        loop {
+            match run_once(opts, model, trunc, k, dir) {
+                Ok(r) => {
+                    runs.push(r);
+                    break;
+                }
+                Err(e)
+                    if trunc == "local" && e.is_reference_mismatch() && retries < LOCAL_RETRIES =>
+                {
+                    retries += 1;
+                    failed.push(e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
-    Ok(Measured::from_runs(
-        trunc,
-        opts.settings_line(model_hash, trunc),
-        commit,
-        runs,
-    ))
+    let mut m = Measured::from_runs(trunc, opts.settings_line(model_hash, trunc), commit, runs);
+    m.failed_attempts = failed;
+    Ok(m)
 }
 
 // ---------------------------------------------------------------------------
@@ -851,6 +886,29 @@ mod tests {
         assert_eq!(utc_string(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_string(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc_string(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    /// Only a completed run whose logits failed the reference check is
+    /// retried (with local truncation); crashes and timeouts are not.
+    #[test]
+    fn reference_mismatches_are_told_apart() {
+        let exit = |tail: &str| MeasureError::Exit {
+            trunc: "local".into(),
+            repeat: 1,
+            status: "exit status: 1".into(),
+            stderr_tail: tail.into(),
+        };
+        let argmax = "pibench: error: the private inference's argmax differs from the \
+                      fixed-point reference (reference gap 2.7e-1, max |Δ| 1.6e7)";
+        assert!(exit(argmax).is_reference_mismatch());
+        assert!(MeasureError::Mismatch { max_abs_diff: 1.0 }.is_reference_mismatch());
+        assert!(!exit("pibench: error: peer closed the connection").is_reference_mismatch());
+        let timeout = MeasureError::Timeout {
+            trunc: "local".into(),
+            repeat: 1,
+            limit_s: 10,
+        };
+        assert!(!timeout.is_reference_mismatch());
     }
 
     #[test]

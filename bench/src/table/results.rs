@@ -771,8 +771,14 @@ impl TableResult {
                         }
                     };
                     let g = |k: &str| d.offline_bytes.get(k).copied().unwrap_or(0) as f64 / 1e6;
+                    // ‡ : local attempts discarded after failing the reference check.
+                    let retried = if m.failed_attempts.is_empty() {
+                        ""
+                    } else {
+                        " ‡"
+                    };
                     f.extend([
-                        show(&m.online_s),
+                        format!("{}{retried}", show(&m.online_s)),
                         show(&m.offline_s),
                         show(&m.total_s),
                         fmt_num(d.online_total_bytes() as f64 / 1e6),
@@ -856,6 +862,24 @@ impl TableResult {
                     );
                 }
             }
+        }
+        let retried: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|r| r.measured.as_ref().map(|m| (r, m)))
+            .filter(|(_, m)| !m.failed_attempts.is_empty())
+            .map(|(r, m)| format!("`{}` ({})", r.id, m.failed_attempts.len()))
+            .collect();
+        if !retried.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n‡ The row's `local` run failed the reference check (its argmax differed from \
+                 the fixed-point reference's: a local-truncation failure, which the run's failure \
+                 bound allows) and was rerun, at most {} times; the kept run passed. Discarded \
+                 attempts (their errors are in the JSON, `failed_attempts`): {}.",
+                super::measure::LOCAL_RETRIES,
+                retried.join(", ")
+            );
         }
         if exact {
             let _ = writeln!(
