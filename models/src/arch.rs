@@ -43,6 +43,18 @@ pub enum ArchSpec {
         /// Output channels per stage.
         widths: Vec<usize>,
     },
+    /// DeepReShape's ReLU-reuse ×`factor` in `stages` of a basic-block
+    /// ResNet `base` ([`reuse`]; build it with [`ArchSpec::relu_reuse`]).
+    ReluReuse {
+        /// Display name, e.g. `hrn-2x5x3x-m16-re4s234`.
+        name: String,
+        /// The ResNet without reuse ([`ArchSpec::Resnet`]).
+        base: Box<ArchSpec>,
+        /// ReLUs on `⌈C/factor⌉` of a reused layer's `C` channels.
+        factor: usize,
+        /// Stages (1-based, increasing) whose blocks reuse ReLUs.
+        stages: Vec<usize>,
+    },
     /// Pre-activation wide ResNet WRN-depth-k.
     Wrn {
         /// Display name, e.g. `wrn22_8`.
@@ -68,18 +80,6 @@ pub enum ArchSpec {
         blocks: Vec<usize>,
         /// Inner channels ("planes") per stage; a block outputs 4× as many.
         widths: Vec<usize>,
-    },
-    /// DeepReShape's ReLU-reuse ×`factor` in `stages` of a basic-block
-    /// ResNet `base` ([`reuse`]; build it with [`ArchSpec::relu_reuse`]).
-    ReluReuse {
-        /// Display name, e.g. `hrn-2x5x3x-m16-re4s234`.
-        name: String,
-        /// The ResNet without reuse ([`ArchSpec::Resnet`]).
-        base: Box<ArchSpec>,
-        /// ReLUs on `⌈C/factor⌉` of a reused layer's `C` channels.
-        factor: usize,
-        /// Stages (1-based, increasing) whose blocks reuse ReLUs.
-        stages: Vec<usize>,
     },
     /// VGG with the given conv widths per stage (VGG-16: 2,2,3,3,3 convs).
     Vgg {
@@ -222,7 +222,7 @@ impl ArchSpec {
         let unknown = || {
             ModelError::UnknownArch {
             name: name.to_string(),
-            expected: "resnet18, resnet34, resnet50, resnet101, vgg16, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (e.g. hrn-5x5x3x-m16), with -reN[sDIGITS] for ReLU-reuse (e.g. hrn-2x5x3x-m16-re4s234)".into(),
+            expected: "resnet18, resnet34, resnet50, resnet101, vgg16, wrnD_K (e.g. wrn22_8), hrn-AxBxCx-mM (e.g. hrn-5x5x3x-m16)".into(),
         }
         };
         match lower.as_str() {
@@ -295,18 +295,18 @@ impl ArchSpec {
                 };
                 resnet_frame(self, *stem, blocks, widths, input, num_classes, init, block)
             }
-            Self::Wrn {
-                depth,
-                stem,
-                widths,
-                ..
-            } => build_wrn(self, *depth, *stem, widths, input, num_classes, init),
             Self::ReluReuse {
                 base,
                 factor,
                 stages,
                 ..
             } => reuse::build(self, base, *factor, stages, input, num_classes, init),
+            Self::Wrn {
+                depth,
+                stem,
+                widths,
+                ..
+            } => build_wrn(self, *depth, *stem, widths, input, num_classes, init),
             Self::Vgg { convs, widths, .. } => {
                 build_vgg(self, convs, widths, input, num_classes, init)
             }
