@@ -15,8 +15,13 @@
 //!   (conv, BN, ReLU triples; pools take one index); site names are the ReLU
 //!   indices (`features.2`, …); max pools are replaced by 2×2 average pools
 //!   (the last one by a global average pool), as PI networks do; `classifier`.
+//! * ReLU-reuse (DeepReShape, [`reuse`]): a ResNet whose reused stages'
+//!   blocks split `conv1`'s output into three channel groups
+//!   (`layer{s}.{b}.reuse.*`), with the ReLUs (`layer{s}.{b}.relu1`) on the
+//!   last; names `hrn-2x5x3x-m16-re4` (every stage) or `…-re4s234`.
 
 pub mod deepreduce;
+pub mod reuse;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +42,18 @@ pub enum ArchSpec {
         blocks: Vec<usize>,
         /// Output channels per stage.
         widths: Vec<usize>,
+    },
+    /// DeepReShape's ReLU-reuse ×`factor` in `stages` of a basic-block
+    /// ResNet `base` ([`reuse`]; build it with [`ArchSpec::relu_reuse`]).
+    ReluReuse {
+        /// Display name, e.g. `hrn-2x5x3x-m16-re4s234`.
+        name: String,
+        /// The ResNet without reuse ([`ArchSpec::Resnet`]).
+        base: Box<ArchSpec>,
+        /// ReLUs on `⌈C/factor⌉` of a reused layer's `C` channels.
+        factor: usize,
+        /// Stages (1-based, increasing) whose blocks reuse ReLUs.
+        stages: Vec<usize>,
     },
     /// Pre-activation wide ResNet WRN-depth-k.
     Wrn {
@@ -154,6 +171,29 @@ impl ArchSpec {
         })
     }
 
+    /// `base` (a basic-block ResNet) with DeepReShape's ReLU-reuse ×`factor`
+    /// in `stages` (1-based; empty = every stage), named
+    /// [`reuse::reuse_name`]. Refuses other families, `factor < 2`, unknown
+    /// stages and widths too narrow for three channel groups.
+    pub fn relu_reuse(base: ArchSpec, factor: usize, stages: &[usize]) -> Result<Self> {
+        let n_stages = match &base {
+            Self::Resnet { widths, .. } => widths.len(),
+            _ => 0,
+        };
+        let stages: Vec<usize> = if stages.is_empty() {
+            (1..=n_stages).collect()
+        } else {
+            stages.to_vec()
+        };
+        reuse::check(&base, factor, &stages)?;
+        Ok(Self::ReluReuse {
+            name: reuse::reuse_name(base.name(), factor, &stages, n_stages),
+            base: Box::new(base),
+            factor,
+            stages,
+        })
+    }
+
     /// Wide ResNet WRN-`depth`-`k` (depth = 6n+4).
     pub fn wrn(depth: usize, k: usize) -> Result<Self> {
         positive("WRN widen factor k", k)?;
@@ -202,9 +242,22 @@ impl ArchSpec {
     }
 
     /// Parses `resnet18`, `resnet34`, `vgg16`, `wrn22_8` / `wrnD_K` (also `wrn-22-8`),
-    /// `hrn-5x5x3x-m16` (HRN with base channels in the name).
+    /// `hrn-5x5x3x-m16` (HRN with base channels in the name); a `-reN`
+    /// component (anywhere after the first) adds ReLU-reuse ×N to every
+    /// stage, `-reNsDIGITS` to the stages listed (`hrn-2x5x3x-m16-re4s234`).
     pub fn parse(name: &str) -> Result<Self> {
         let lower = name.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split('-').collect();
+        if let Some(k) = (1..parts.len()).find(|&k| reuse::parse_component(parts[k]).is_some()) {
+            let (factor, stages) = reuse::parse_component(parts[k]).unwrap_or_default();
+            let rest: Vec<&str> = parts
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != k)
+                .map(|(_, p)| *p)
+                .collect();
+            return Self::relu_reuse(Self::parse(&rest.join("-"))?, factor, &stages);
+        }
         let unknown = || {
             ModelError::UnknownArch {
             name: name.to_string(),
@@ -259,6 +312,7 @@ impl ArchSpec {
             Self::Resnet { name, .. }
             | Self::Bottleneck { name, .. }
             | Self::Wrn { name, .. }
+            | Self::ReluReuse { name, .. }
             | Self::Vgg { name, .. } => name,
         }
     }
@@ -290,6 +344,12 @@ impl ArchSpec {
                 };
                 resnet_frame(self, *stem, blocks, widths, input, num_classes, init, block)
             }
+            Self::ReluReuse {
+                base,
+                factor,
+                stages,
+                ..
+            } => reuse::build(self, base, *factor, stages, input, num_classes, init),
             Self::Wrn {
                 depth,
                 stem,
@@ -332,6 +392,9 @@ impl ArchSpec {
     /// before allocating anything.
     pub fn size_estimate(&self, input: FeatureShape, num_classes: usize) -> (u128, u128) {
         let (stem, stages): (usize, Vec<(usize, usize)>) = match self {
+            // A reused block holds fewer weights than the plain one: its
+            // groups' 9(p² + q²) + C² ≤ 9·(3C/4)² + C² < 9C² replace conv2.
+            Self::ReluReuse { base, .. } => return base.size_estimate(input, num_classes),
             Self::Resnet {
                 stem,
                 blocks,

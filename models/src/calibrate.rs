@@ -86,6 +86,13 @@ pub enum PlanOp {
     Flatten,
     /// Max pool (a selection: no arithmetic, same scale).
     MaxPool,
+    /// Channel slice (a selection: no arithmetic, same scale).
+    Slice,
+    /// Channel concatenation: input `k` lifted by `2^lift[k]` to the output scale.
+    Concat {
+        /// Exact lifts, one per input (`EncodedNetwork::concat_lifts`).
+        lift: Vec<u32>,
+    },
     /// Convolution (batch norm folded): weights at `weight_frac_bits`.
     Conv {
         /// `fw_l`.
@@ -170,6 +177,14 @@ impl ScalePlan {
                 (Op::Input, _) => PlanOp::Input,
                 (Op::Flatten, _) => PlanOp::Flatten,
                 (Op::MaxPool { .. }, None) => PlanOp::MaxPool,
+                (Op::Slice { .. }, None) => PlanOp::Slice,
+                (Op::Concat, None) => PlanOp::Concat {
+                    lift: enc.concat_lifts(net, i).ok_or_else(|| ModelError::Graph {
+                        node: i,
+                        name: node.name.clone(),
+                        reason: "a concat input is above the concat's scale".into(),
+                    })?,
+                },
                 (Op::Conv2d(_), Some(EncodedOp::Conv { frac_bits, .. })) => PlanOp::Conv {
                     weight_frac_bits: *frac_bits,
                 },
@@ -513,6 +528,22 @@ impl Evaluator for FloatTracer<'_> {
 
     fn add(&mut self, ctx: &NodeCtx<'_>, a: &Vec<f64>, b: &Vec<f64>) -> crate::Result<Vec<f64>> {
         self.inner.add(ctx, a, b)
+    }
+
+    fn slice(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        start: usize,
+        len: usize,
+        x: &Vec<f64>,
+    ) -> crate::Result<Vec<f64>> {
+        // No truncation point: a selection.
+        self.inner.slice(ctx, start, len, x)
+    }
+
+    fn concat(&mut self, ctx: &NodeCtx<'_>, parts: &[&Vec<f64>]) -> crate::Result<Vec<f64>> {
+        // No truncation point: exact lifts.
+        self.inner.concat(ctx, parts)
     }
 
     fn site(&mut self, ctx: &NodeCtx<'_>, site: &Site, x: &Vec<f64>) -> crate::Result<Vec<f64>> {

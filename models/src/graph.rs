@@ -345,6 +345,19 @@ pub enum Op {
     },
     /// Element-wise sum of two inputs (residual connection).
     Add,
+    /// The channel range `start..start + len` of its one input (same `H×W`):
+    /// `(C, H, W)` to `(len, H, W)`. No arithmetic: free on additive shares,
+    /// and its output keeps the input's fixed-point scale.
+    Slice {
+        /// First channel taken.
+        start: usize,
+        /// Number of channels taken (at least 1).
+        len: usize,
+    },
+    /// Channel concatenation of two or more inputs with the same `H×W`, in
+    /// input order: `(C_1 + … + C_k, H, W)`. No arithmetic but exact scale
+    /// lifts (see `reference::EncodedNetwork::concat_lifts`): free on shares.
+    Concat,
     /// `(C, H, W)` to `(C·H·W, 1, 1)`.
     Flatten,
     /// Activation site.
@@ -363,6 +376,8 @@ impl Op {
             Op::GlobalAvgPool => "global_avgpool",
             Op::MaxPool { .. } => "maxpool",
             Op::Add => "add",
+            Op::Slice { .. } => "slice",
+            Op::Concat => "concat",
             Op::Flatten => "flatten",
             Op::Site(_) => "site",
         }
@@ -595,15 +610,20 @@ impl Network {
             }
         }
         for (i, node) in self.nodes.iter().enumerate().skip(1) {
-            let want_inputs = match node.op {
+            let (want_inputs, ok) = match node.op {
                 Op::Input => return Err(err(i, "only node 0 may be an input".into())),
-                Op::Add => 2,
-                _ => 1,
+                Op::Add => ("2", node.inputs.len() == 2),
+                Op::Concat => ("at least 2", node.inputs.len() >= 2),
+                _ => ("1", node.inputs.len() == 1),
             };
-            if node.inputs.len() != want_inputs {
+            if !ok {
                 return Err(err(
                     i,
-                    format!("has {} inputs, expected {want_inputs}", node.inputs.len()),
+                    format!(
+                        "{} has {} inputs, expected {want_inputs}",
+                        node.op.kind(),
+                        node.inputs.len()
+                    ),
                 ));
             }
             if let Some(&bad) = node.inputs.iter().find(|&&j| j >= i) {
@@ -714,6 +734,38 @@ impl Network {
                         return Err(err(i, format!("adds shapes {src} and {other}")));
                     }
                     src
+                }
+                Op::Slice { start, len } => {
+                    if *len == 0 || start.checked_add(*len).is_none_or(|end| end > src.c) {
+                        return Err(err(
+                            i,
+                            format!(
+                                "slice of channels {start}..{} does not fit its input {src} \
+                                 (needs 1 ≤ len and start + len ≤ {})",
+                                start.saturating_add(*len),
+                                src.c
+                            ),
+                        ));
+                    }
+                    FeatureShape::new(*len, src.h, src.w)
+                }
+                Op::Concat => {
+                    let mut c = 0usize;
+                    for (k, &j) in node.inputs.iter().enumerate() {
+                        let s = self.nodes[j].shape;
+                        if (s.h, s.w) != (src.h, src.w) {
+                            return Err(err(
+                                i,
+                                format!(
+                                    "concat input {k} (node {j}, {}) is {s}, input 0 is {src}: \
+                                     the planes differ",
+                                    self.nodes[j].name
+                                ),
+                            ));
+                        }
+                        c += s.c;
+                    }
+                    FeatureShape::new(c, src.h, src.w)
                 }
                 Op::Flatten => FeatureShape::new(src.len(), 1, 1),
                 Op::Site(s) => {
@@ -925,10 +977,56 @@ impl GraphBuilder {
         self.push(name.into(), Op::Site(site), vec![input], shape)
     }
 
+    /// Adds an activation site with every element the identity (mask 0): a
+    /// fixed-point truncation point without ReLUs (as culled and thinned
+    /// sites are).
+    pub fn identity_site(
+        &mut self,
+        name: &str,
+        input: usize,
+        stage: Option<usize>,
+        block: Option<usize>,
+        role: SiteRole,
+    ) -> usize {
+        let i = self.site(name, input, stage, block, role);
+        if let Op::Site(s) = &mut self.nodes[i].op {
+            s.fill_mask(0);
+        }
+        i
+    }
+
     /// Adds a residual sum.
     pub fn add(&mut self, name: &str, a: usize, b: usize) -> usize {
         let shape = self.shape(a);
         self.push(name.into(), Op::Add, vec![a, b], shape)
+    }
+
+    /// Adds a channel slice `start..start + len` of `input` (a range that
+    /// does not fit is refused by validation, naming the node).
+    pub fn slice(&mut self, name: &str, input: usize, start: usize, len: usize) -> usize {
+        let s = self.shape(input);
+        self.push(
+            name.into(),
+            Op::Slice { start, len },
+            vec![input],
+            FeatureShape::new(len, s.h, s.w),
+        )
+    }
+
+    /// Adds a channel concatenation of `inputs` (in order; planes that
+    /// differ are refused by validation, naming the node).
+    pub fn concat(&mut self, name: &str, inputs: &[usize]) -> usize {
+        let c = inputs.iter().map(|&j| self.shape(j).c).sum();
+        let (h, w) = inputs.first().map_or((0, 0), |&j| {
+            let s = self.shape(j);
+            (s.h, s.w)
+        });
+        self.push(
+            name.into(),
+            Op::Concat,
+            inputs.to_vec(),
+            FeatureShape::new(c, h, w),
+        )
     }
 
     /// Adds an average pool.

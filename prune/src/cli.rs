@@ -24,7 +24,7 @@ pub enum Method {
     Snl,
     /// DeepReDuce: criticality, Culling, Thinning, Reshaping, KD.
     Deepreduce,
-    /// DeepReShape: HybReNets with Culling, Thinning and channel-group ReLUs.
+    /// DeepReShape: HybReNets with Culling, Thinning and ReLU-reuse (channel groups).
     Deepreshape,
     /// AutoReP: indicators with hysteresis and STE, DaPa polynomial replacement.
     Autorep,

@@ -110,6 +110,13 @@ enum Layer {
     },
     Gap,
     Add,
+    /// Channels `start..start + len` (`narrow` on dimension 1).
+    Slice {
+        start: i64,
+        len: i64,
+    },
+    /// Channel concatenation of all inputs (`cat` on dimension 1).
+    Concat,
     Flatten,
     Site(usize),
 }
@@ -362,6 +369,11 @@ impl Net {
                 },
                 Op::GlobalAvgPool => Layer::Gap,
                 Op::Add => Layer::Add,
+                Op::Slice { start, len } => Layer::Slice {
+                    start: *start as i64,
+                    len: *len as i64,
+                },
+                Op::Concat => Layer::Concat,
                 Op::Flatten => Layer::Flatten,
                 Op::Site(s) => {
                     let shape = [s.shape.c as i64, s.shape.h as i64, s.shape.w as i64];
@@ -500,6 +512,11 @@ impl Net {
                 }
                 Layer::Gap => arg(0).adaptive_avg_pool2d([1, 1]),
                 Layer::Add => arg(0) + arg(1),
+                Layer::Slice { start, len } => arg(0).narrow(1, *start, *len),
+                Layer::Concat => {
+                    let parts: Vec<&Tensor> = (0..self.inputs[i].len()).map(arg).collect();
+                    Tensor::cat(&parts, 1)
+                }
                 Layer::Flatten => arg(0).flatten(1, -1),
                 Layer::Site(si) => {
                     let y = self.sites[*si].forward(arg(0));

@@ -28,6 +28,7 @@ fn cand(culled: &[usize], thinned: bool, a: f64, r: f64) -> Candidate {
             thinned,
             keep_stem: false,
             group_factor: 1,
+            relu_reuse: 0,
         },
         channel_scale: a,
         rho: r,
@@ -138,9 +139,14 @@ fn deepreshape_table6_counts() {
         assert_eq!(cands[1].pattern.culled, vec![1]);
         assert_eq!(f.relus(&cands[1]).unwrap(), thinned, "m = {m}");
         if m == 16 {
-            // ReLU reuse (channel groups) 4, 8, 16: 13.1K, 6.5K, 3.2K.
+            // ReLU-reuse 4, 8, 16: 13.1K, 6.5K, 3.2K, on the real
+            // channel-group networks (S2–S4 reused, S1 culled).
             let reuse: Vec<i64> = cands[3..].iter().map(|c| f.relus(c).unwrap()).collect();
             assert_eq!(reuse, vec![13_056, 6_528, 3_264]);
+            let g = f.graph(&cands[3]).unwrap();
+            assert_eq!(g.name, "hrn-2x5x3x-m16-re4s234");
+            assert_eq!(g.site("layer3.1.relu1").unwrap().shape.c, 40);
+            assert_eq!(cands[3].label(), "cull-S1-thin-reuse4");
         }
     }
     // HRN-5x5x3x, m=16: S1 does not dominate; thinning all stages gives 163.3K.

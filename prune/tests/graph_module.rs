@@ -22,6 +22,8 @@ fn archs() -> Vec<(ArchSpec, FeatureShape)> {
         (tiny(ArchSpec::vgg16()), cifar),
         (tiny(ArchSpec::resnet50()), cifar),
         (ArchSpec::parse("hrn-2x5x3x-m4").unwrap(), cifar),
+        // DeepReShape's ReLU-reuse: channel slices, concatenations, 1×1 mixes.
+        (ArchSpec::parse("hrn-2x5x3x-m4-re4s234").unwrap(), cifar),
         (tiny(ArchSpec::resnet18()), FeatureShape::new(3, 16, 16)),
     ]
 }
@@ -158,4 +160,32 @@ fn module_with_max_pools_matches_the_float_reference() {
     assert_eq!(net.to_graph().unwrap(), g);
     let x = Tensor::randn([3, 3, 16, 16], (Kind::Float, Device::Cpu));
     compare(&net, &g, &x, "maxpool");
+}
+
+/// Channel slices and concatenations (issue #15 item 4): the libtorch module
+/// built from them (`narrow`, `cat`) matches the float reference, for
+/// overlapping slices, a concat of three inputs of different widths and a
+/// concat that repeats an input.
+#[test]
+fn module_with_slices_and_concats_matches_the_float_reference() {
+    use pibench_models::graph::{GraphBuilder, SiteRole};
+    tch::set_num_threads(1);
+    let mut b = GraphBuilder::new(FeatureShape::new(3, 8, 8), Init::Seeded(6));
+    let c1 = b.conv("conv1", 0, 6, 3, 1, 1, 1, Some("bn1"));
+    let r1 = b.site("relu1", c1, Some(1), None, SiteRole::Body);
+    let a = b.slice("a", r1, 0, 4);
+    let m = b.slice("m", r1, 2, 3);
+    let x = b.slice("x", 0, 1, 2);
+    let cat = b.concat("cat", &[a, m, x]);
+    let c2 = b.conv("conv2", cat, 4, 3, 1, 1, 1, Some("bn2"));
+    let r2 = b.site("relu2", c2, Some(2), None, SiteRole::Body);
+    let cat2 = b.concat("cat2", &[r2, a, r2]);
+    let f = b.flatten("flatten", cat2);
+    b.linear("linear", f, 10);
+    let mut g = b.finish("channels", ArchSpec::resnet18(), 10).unwrap();
+    randomise(&mut g, 8);
+    let net = Net::new(&g, Device::Cpu, Convention::default(), Weights::FromGraph).unwrap();
+    assert_eq!(net.to_graph().unwrap(), g);
+    let x = Tensor::randn([3, 3, 8, 8], (Kind::Float, Device::Cpu));
+    compare(&net, &g, &x, "channels");
 }

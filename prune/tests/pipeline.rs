@@ -621,13 +621,13 @@ fn cli_deepreduce_probes_criticality_and_writes_the_pareto_set() {
 }
 
 #[test]
-fn cli_deepreshape_builds_a_hybrenet_with_channel_group_relus() {
+fn cli_deepreshape_builds_a_hybrenet_with_relu_reuse() {
     let dir = tempfile::tempdir().unwrap();
     common::write_cifar10(dir.path(), 10, 10, 17);
     let out = dir.path().join("h.safetensors");
     let mut args = base_args(dir.path(), &out, "deepreshape", "4000");
-    // HRN-2x5x3x with m = 4: S1 culled, the rest thinned (13,056), ReLUs on
-    // a quarter of the channels: 3,264.
+    // HRN-2x5x3x with m = 4: S1 culled, the rest thinned (13,056), then
+    // ReLU-reuse ×4 in S2–S4 (ReLUs on a quarter of the channels): 3,264.
     for (i, v) in args.iter_mut().enumerate() {
         if v == "resnet18" {
             *v = "hrn-2x5x3x".into();
@@ -640,11 +640,16 @@ fn cli_deepreshape_builds_a_hybrenet_with_channel_group_relus() {
     run_ok(&args);
     let loaded = file::load(&out).unwrap();
     assert_eq!(loaded.header.relus, 3_264);
-    assert_eq!(loaded.header.name, "hrn-2x5x3x-m4");
+    assert_eq!(loaded.header.name, "hrn-2x5x3x-m4-re4s234");
     let site = loaded.network.site("layer2.0.relu1").unwrap();
-    // 8 channels, 16×16: ReLUs on the last 2 channels only.
+    // The ReLU group of the 8 channels at 16×16: 2 channels, all ReLUs.
+    assert_eq!(site.shape.c, 2);
     assert_eq!(site.relu_count(), 2 * 16 * 16);
-    assert!(site.mask[..6 * 256].iter().all(|&m| m == 0));
+    assert!(loaded
+        .network
+        .nodes
+        .iter()
+        .any(|n| n.name == "layer2.0.reuse.cat"));
 }
 
 #[test]

@@ -101,6 +101,17 @@ pub fn scale_channels(spec: &ArchSpec, alpha: f64) -> Result<ArchSpec> {
             stem: scale(*stem, alpha),
             widths: widths.iter().map(|&w| scale(w, alpha)).collect(),
         },
+        ArchSpec::ReluReuse {
+            name,
+            base,
+            factor,
+            stages,
+        } => ArchSpec::ReluReuse {
+            name: format!("{name}{tag}"),
+            base: Box::new(scale_channels(base, alpha)?),
+            factor: *factor,
+            stages: stages.clone(),
+        },
         ArchSpec::Vgg {
             name,
             convs,

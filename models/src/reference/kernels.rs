@@ -185,6 +185,25 @@ pub fn add<S: Scalar>(a: &[S], b: &[S]) -> Vec<S> {
     a.iter().zip(b).map(|(&x, &y)| S::add(x, y)).collect()
 }
 
+/// The channels `start..start + len` of a `(C, H, W)` tensor in row-major
+/// order: one contiguous run of `len·H·W` elements (the one definition of
+/// [`crate::graph::Op::Slice`] for references and protocol).
+pub fn channel_slice<T: Copy>(x: &[T], shape: FeatureShape, start: usize, len: usize) -> Vec<T> {
+    let plane = shape.plane();
+    x[start * plane..(start + len) * plane].to_vec()
+}
+
+/// Channel concatenation of `(C_k, H, W)` tensors with the same plane:
+/// the parts one after the other (row-major `(ΣC_k, H, W)`), each element
+/// passed through `f` with its part's index (e.g. a scale lift).
+pub fn concat_channels<T: Copy>(parts: &[&[T]], mut f: impl FnMut(usize, T) -> T) -> Vec<T> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for (k, p) in parts.iter().enumerate() {
+        out.extend(p.iter().map(|&v| f(k, v)));
+    }
+    out
+}
+
 /// The input indices of every pooling window, window after window (channel,
 /// row, column order of the outputs), `kernel·kernel` per window in row-major
 /// order: the one definition of a pool's windows (references and protocol).

@@ -18,6 +18,11 @@
 //!   keeps the output scale `s_in + fw_l ≤ fa + 16`; bias at `s_in + fw_l`.
 //! * Add: operands are aligned exactly: the lower-scale one is multiplied by
 //!   `2^(s_hi − s_lo)`; output at `s_hi`.
+//! * Slice (a channel range) keeps its input's scale; Concat aligns its
+//!   inputs exactly like Add: output at the largest input scale `s`, input
+//!   `k` multiplied by `2^(s − s_k)` ([`EncodedNetwork::concat_lifts`]).
+//!   Neither has encoded parameters (`ops[i] = None`): both are determined by
+//!   the public structure and [`EncodedNetwork::scales`].
 //! * Average pools (global or `k×k`) sum their window exactly; a
 //!   power-of-two window of `2^m` elements then just reads the sum at scale
 //!   `s + m` (no rounding at all). Other windows multiply by
@@ -112,6 +117,16 @@ pub trait Evaluator {
     ) -> Result<Self::Value>;
     /// Residual add.
     fn add(&mut self, ctx: &NodeCtx<'_>, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// Channels `start..start + len` of `x` (a selection: no arithmetic).
+    fn slice(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        start: usize,
+        len: usize,
+        x: &Self::Value,
+    ) -> Result<Self::Value>;
+    /// Channel concatenation of `parts` (two or more, in input order).
+    fn concat(&mut self, ctx: &NodeCtx<'_>, parts: &[&Self::Value]) -> Result<Self::Value>;
     /// Activation site.
     fn site(&mut self, ctx: &NodeCtx<'_>, site: &Site, x: &Self::Value) -> Result<Self::Value>;
 }
@@ -186,7 +201,15 @@ fn walk<E: Evaluator>(
                 .and_then(|v| v.as_ref())
                 .ok_or_else(|| missing(i, &node.name))
         };
-        let v = apply(eval, &ctx, &node.op, input, net.input, arg)?;
+        let v = apply(
+            eval,
+            &ctx,
+            &node.op,
+            node.inputs.len(),
+            input,
+            net.input,
+            arg,
+        )?;
         values[i] = Some(v);
         if !keep_all {
             for &j in &node.inputs {
@@ -212,11 +235,12 @@ fn last_uses(net: &Network) -> Vec<usize> {
 }
 
 /// One node of the op list: the single place that maps an [`Op`] to its
-/// [`Evaluator`] call (`arg(k)` is the node's `k`-th input value).
+/// [`Evaluator`] call (`arg(k)` is the node's `k`-th input value, of `n_inputs`).
 fn apply<'v, E: Evaluator + ?Sized>(
     eval: &mut E,
     ctx: &NodeCtx<'_>,
     op: &Op,
+    n_inputs: usize,
     input: &[f32],
     input_shape: FeatureShape,
     arg: impl Fn(usize) -> Result<&'v E::Value>,
@@ -233,6 +257,11 @@ where
         Op::GlobalAvgPool => eval.global_avgpool(ctx, arg(0)?)?,
         Op::MaxPool { kernel, stride } => eval.maxpool(ctx, *kernel, *stride, arg(0)?)?,
         Op::Add => eval.add(ctx, arg(0)?, arg(1)?)?,
+        Op::Slice { start, len } => eval.slice(ctx, *start, *len, arg(0)?)?,
+        Op::Concat => {
+            let parts = (0..n_inputs).map(&arg).collect::<Result<Vec<_>>>()?;
+            eval.concat(ctx, &parts)?
+        }
         Op::Flatten => arg(0)?.clone(),
         Op::Site(s) => eval.site(ctx, s, arg(0)?)?,
     })
@@ -317,7 +346,15 @@ pub fn set_batchnorm_statistics(
                     .and_then(|v| v.get(k))
                     .ok_or_else(missing)
             };
-            outs.push(apply(&mut eval, &ctx, &op, x, net.input, arg)?);
+            outs.push(apply(
+                &mut eval,
+                &ctx,
+                &op,
+                node.inputs.len(),
+                x,
+                net.input,
+                arg,
+            )?);
         }
         if let Some(shape) = bn_shape {
             let plane = shape.plane().max(1);
@@ -483,6 +520,21 @@ impl Evaluator for FloatEvaluator {
         Ok(kernels::add(a, b))
     }
 
+    fn slice(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        start: usize,
+        len: usize,
+        x: &Vec<f64>,
+    ) -> Result<Vec<f64>> {
+        Ok(kernels::channel_slice(x, ctx.in_shape, start, len))
+    }
+
+    fn concat(&mut self, _ctx: &NodeCtx<'_>, parts: &[&Vec<f64>]) -> Result<Vec<f64>> {
+        let parts: Vec<&[f64]> = parts.iter().map(|p| p.as_slice()).collect();
+        Ok(kernels::concat_channels(&parts, |_, v| v))
+    }
+
     fn site(&mut self, _ctx: &NodeCtx<'_>, site: &Site, x: &Vec<f64>) -> Result<Vec<f64>> {
         let plane = site.shape.plane();
         Ok(x.iter()
@@ -615,6 +667,16 @@ pub struct PolyPlan {
 }
 
 /// Encoded parameters of one node, exactly as the protocol uses them.
+///
+/// Ops without parameters have no `EncodedOp` (`None` in
+/// [`EncodedNetwork::ops`]): input, flatten, max pool, and the channel ops
+/// [`Op::Slice`] (output = the input's channels `start..start + len`, at the
+/// input's scale) and [`Op::Concat`] (output = the inputs' channels in
+/// input order, input `k` multiplied by `2^lift[k]` first, `lift` from
+/// [`EncodedNetwork::concat_lifts`], at the largest input scale). Both are
+/// linear in the values, so each party applies them to its additive shares
+/// locally (a lift is a public multiplication by a power of two, exact in
+/// the field like `Add`'s).
 #[derive(Debug, Clone, PartialEq)]
 pub enum EncodedOp {
     /// Convolution with folded batch norm.
@@ -769,7 +831,7 @@ fn frac_bits_for(max_real: f64, cap: u32) -> u32 {
 pub struct EncodedNetwork {
     /// Fixed-point parameters.
     pub fixed: FixedPoint,
-    /// Per node (`None` for input and flatten).
+    /// Per node (`None` for input, flatten, max pool, slice and concat).
     pub ops: Vec<Option<EncodedOp>>,
     /// Fractional bits of each node's output.
     pub scales: Vec<u32>,
@@ -789,7 +851,9 @@ impl EncodedNetwork {
         let mut needs_cap = vec![false; n];
         for i in (0..n).rev() {
             needs_cap[i] = net.consumers(i).into_iter().any(|j| match net.nodes[j].op {
-                Op::Add | Op::Flatten | Op::MaxPool { .. } => needs_cap[j],
+                Op::Add | Op::Flatten | Op::MaxPool { .. } | Op::Slice { .. } | Op::Concat => {
+                    needs_cap[j]
+                }
                 _ => true,
             });
         }
@@ -841,8 +905,13 @@ impl EncodedNetwork {
             let max_real = |v: &[f64]| v.iter().fold(0f64, |m, x| m.max(x.abs()));
             let (op, scale) = match &node.op {
                 Op::Input => (None, fa),
-                // A max pool selects values: same scale, nothing encoded.
-                Op::Flatten | Op::MaxPool { .. } => (None, s_in),
+                // A max pool or a slice selects values: same scale, nothing encoded.
+                Op::Flatten | Op::MaxPool { .. } | Op::Slice { .. } => (None, s_in),
+                // Nothing encoded: the lifts follow from the scales (concat_lifts).
+                Op::Concat => (
+                    None,
+                    node.inputs.iter().map(|&j| scales[j]).max().unwrap_or(s_in),
+                ),
                 Op::Conv2d(c) => {
                     let (w, b) = c.folded();
                     let f = frac_bits_for(max_real(&w), weight_cap(s_in)?);
@@ -974,6 +1043,25 @@ impl EncodedNetwork {
             ops,
             scales,
         })
+    }
+
+    /// The exact lifts of a [`Op::Concat`] node `i` of `net` (the network
+    /// this encoding was made from): input `k` (node `j`) is multiplied by
+    /// `2^lift[k]`, `lift[k] = scales[i] − scales[j]`, so that every part is
+    /// at the concat's scale `scales[i] = max_k scales[j]` — the same exact
+    /// alignment as [`EncodedOp::Add`]'s `lift`, here derived from the public
+    /// scales (a concat has no entry in [`EncodedNetwork::ops`]). `None` when
+    /// node `i` is not a concat or the encoding is for another network.
+    pub fn concat_lifts(&self, net: &Network, i: usize) -> Option<Vec<u32>> {
+        let node = net.nodes.get(i)?;
+        if !matches!(node.op, Op::Concat) || self.scales.len() != net.nodes.len() {
+            return None;
+        }
+        let s = self.scales[i];
+        node.inputs
+            .iter()
+            .map(|&j| s.checked_sub(*self.scales.get(j)?))
+            .collect()
     }
 
     /// Fractional bits of node `i`'s output.
@@ -1271,6 +1359,40 @@ impl Evaluator for FixedEvaluator<'_> {
             .zip(&b.data)
             .map(|(&x, &y)| fixed::add(lift(x, *la), lift(y, *lb)))
             .collect();
+        Ok(self.out(ctx, data))
+    }
+
+    fn slice(
+        &mut self,
+        ctx: &NodeCtx<'_>,
+        start: usize,
+        len: usize,
+        x: &FixedValue,
+    ) -> Result<FixedValue> {
+        let data = kernels::channel_slice(&x.data, ctx.in_shape, start, len);
+        Ok(self.out(ctx, data))
+    }
+
+    fn concat(&mut self, ctx: &NodeCtx<'_>, parts: &[&FixedValue]) -> Result<FixedValue> {
+        // Every part lifted exactly to the concat's scale (the largest).
+        let s = self.enc.scale(ctx.index);
+        let mut lifts = Vec::with_capacity(parts.len());
+        for p in parts {
+            let k = s
+                .checked_sub(p.frac_bits)
+                .ok_or_else(|| ModelError::Graph {
+                    node: ctx.index,
+                    name: ctx.name.into(),
+                    reason: format!(
+                        "a concat input at 2^{} is above the concat's scale 2^{s}",
+                        p.frac_bits
+                    ),
+                })?;
+            Self::check(ctx, (max_abs(&p.data) as u128) << k)?;
+            lifts.push(k);
+        }
+        let data: Vec<&[u64]> = parts.iter().map(|p| p.data.as_slice()).collect();
+        let data = kernels::concat_channels(&data, |k, v| lift(v, lifts[k]));
         Ok(self.out(ctx, data))
     }
 

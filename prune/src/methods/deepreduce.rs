@@ -20,6 +20,13 @@
 //! * Reshaping scales channels by α and the input resolution by ρ.
 //! * Table 4's last row (7.17K ReLUs) has one residual block per stage
 //!   (stages marked "?"): the one-block variant of the smallest candidate.
+//! * DeepReShape's ReLU-reuse ×N (§4.2, Algorithm 2 lines 7–9) is a
+//!   different network, not a mask: [`Pattern::relu_reuse`] builds the
+//!   stages that keep ReLUs with `pibench_models::arch::reuse` (channel
+//!   groups, ReLUs on `⌈C/N⌉` channels after their own 3×3 convolution, a
+//!   1×1 mix). The older mask-only approximation [`Pattern::group_factor`]
+//!   (ReLUs on the last `⌈C/N⌉` channels of the unchanged network) stays
+//!   for results written with it.
 
 use pibench_models::arch::deepreduce::{cull_stage, thin_stage};
 use pibench_models::arch::ArchSpec;
@@ -62,7 +69,7 @@ pub fn stages(g: &Graph) -> Vec<usize> {
 }
 
 /// A ReLU pattern: which stages keep ReLUs, whether they are thinned, and
-/// the channel-group reduction of DeepReShape's ReLU reuse.
+/// ReLU-reuse (real network) or its older mask-only approximation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pattern {
     /// Stages (1-based) whose ReLUs are all removed.
@@ -71,9 +78,15 @@ pub struct Pattern {
     pub thinned: bool,
     /// Keep the stem's ReLUs (only the unoptimised network does).
     pub keep_stem: bool,
-    /// Channel-group factor `N`: ReLUs only on the last `⌈C/N⌉` channels of
-    /// every remaining site (1 = all channels).
+    /// Channel-group factor `N` of the mask-only approximation of ReLU
+    /// reuse: ReLUs only on the last `⌈C/N⌉` channels of every remaining
+    /// site of the unchanged network (1 = all channels).
     pub group_factor: usize,
+    /// DeepReShape's ReLU-reuse factor `N` (0 or 1 = none): the stages not
+    /// culled are built as ReLU-reuse stages (`ArchSpec::relu_reuse`), whose
+    /// `relu1` sites hold `⌈C/N⌉` channels. Absent (0) in older results.
+    #[serde(default)]
+    pub relu_reuse: usize,
 }
 
 impl Pattern {
@@ -84,6 +97,7 @@ impl Pattern {
             thinned: false,
             keep_stem: true,
             group_factor: 1,
+            relu_reuse: 0,
         }
     }
 
@@ -94,6 +108,7 @@ impl Pattern {
             thinned: false,
             keep_stem: false,
             group_factor: 1,
+            relu_reuse: 0,
         }
     }
 
@@ -140,7 +155,10 @@ impl Pattern {
             parts.push("thin".into());
         }
         if self.group_factor > 1 {
-            parts.push(format!("reuse{}", self.group_factor));
+            parts.push(format!("groups{}", self.group_factor));
+        }
+        if self.relu_reuse > 1 {
+            parts.push(format!("reuse{}", self.relu_reuse));
         }
         if parts.is_empty() {
             "full".into()
@@ -225,12 +243,19 @@ impl SpecFactory {
             .build(self.native, self.classes, Init::Zeros)
     }
 
+    /// The candidate's architecture: [`SpecFactory::spec`], with ReLU-reuse
+    /// ×N in the stages not culled when the pattern asks for it.
+    pub fn candidate_spec(&self, c: &Candidate) -> Result<ArchSpec, ModelError> {
+        let spec = self.spec(c.channel_scale, c.one_block)?;
+        reuse_spec(spec, &c.pattern)
+    }
+
     /// The candidate's graph with its pattern applied (zero weights).
     pub fn graph(&self, c: &Candidate) -> Result<Graph, ModelError> {
         let input = arch::input_shape(self.native, c.rho)?;
-        let mut g =
-            self.spec(c.channel_scale, c.one_block)?
-                .build(input, self.classes, Init::Zeros)?;
+        let mut g = self
+            .candidate_spec(c)?
+            .build(input, self.classes, Init::Zeros)?;
         c.pattern.apply(&mut g)?;
         Ok(g)
     }
@@ -239,6 +264,29 @@ impl SpecFactory {
     pub fn relus(&self, c: &Candidate) -> Result<i64, ModelError> {
         Ok(relu_count(&self.graph(c)?, self.convention) as i64)
     }
+}
+
+/// `spec` with the pattern's ReLU-reuse in every stage it does not cull
+/// (Algorithm 2: `ReuseReLU` on the culled and thinned network); `spec`
+/// itself without reuse. Errors name what cannot be built (e.g. a stage too
+/// narrow for three channel groups).
+pub fn reuse_spec(spec: ArchSpec, pattern: &Pattern) -> Result<ArchSpec, ModelError> {
+    if pattern.relu_reuse <= 1 {
+        return Ok(spec);
+    }
+    let n_stages = match &spec {
+        ArchSpec::Resnet { widths, .. } => widths.len(),
+        other => {
+            return Err(ModelError::UnknownArch {
+                name: format!("ReLU-reuse on {}", other.name()),
+                expected: "a ResNet with basic blocks (hrn-AxBxCx-mM, resnet18, resnet34)".into(),
+            })
+        }
+    };
+    let stages: Vec<usize> = (1..=n_stages)
+        .filter(|s| !pattern.culled.contains(s))
+        .collect();
+    ArchSpec::relu_reuse(spec, pattern.relu_reuse, &stages)
 }
 
 /// DeepReDuce's candidates: for `i = 1..D−1`, cull the `i` least critical
@@ -255,6 +303,7 @@ pub fn deepreduce_candidates(order: &[usize]) -> Vec<Candidate> {
             thinned: false,
             keep_stem: false,
             group_factor: 1,
+            relu_reuse: 0,
         };
         let thin = Pattern {
             thinned: true,

@@ -3,7 +3,7 @@
 //! * [`snl`]: learnable per-element α with a lasso penalty (SNL's recipe);
 //! * [`deepreduce`]: criticality, Culling, Thinning, Reshaping, KD, Pareto set;
 //! * DeepReShape: HybReNets with Algorithm 2's coarse steps (Culling of a
-//!   dominating least-critical stage, Thinning, α=0.5, channel-group ReLUs);
+//!   dominating least-critical stage, Thinning, α=0.5, ReLU-reuse ×4/8/16);
 //! * [`autorep`], [`relupruner`], [`privshap`]: see their modules.
 
 pub mod autorep;
@@ -488,7 +488,7 @@ pub fn run_deepreduce(
 
 /// DeepReShape (Algorithm 2) on a HybReNet: cull the least critical stage if
 /// it holds the most ReLUs, thin the rest, then α=0.5 channel scaling or
-/// channel-group ReLUs with factors 4, 8, 16.
+/// ReLU-reuse networks with factors 4, 8, 16 (§4.2, `arch::reuse`).
 pub fn run_deepreshape(
     ctx: &mut Context<'_>,
     factory: &SpecFactory,
@@ -523,7 +523,11 @@ pub fn run_deepreshape(
     )
 }
 
-/// Algorithm 2's candidates for `base` and the criticality order.
+/// Algorithm 2's candidates for `base` and the criticality order: the full
+/// network, culled + thinned, its α = 0.5 channel scaling, and ReLU-reuse
+/// ×4, ×8, ×16 of the culled + thinned network (real channel-group networks,
+/// `deepreduce::Pattern::relu_reuse`; a factor whose groups do not fit the
+/// widths of `base` is left out).
 pub fn deepreshape_candidates(base: &Graph, order: &[usize]) -> Vec<Candidate> {
     let stages = deepreduce::stages(base);
     let per_stage = |s: usize| -> u64 {
@@ -542,6 +546,7 @@ pub fn deepreshape_candidates(base: &Graph, order: &[usize]) -> Vec<Candidate> {
         thinned: true,
         keep_stem: false,
         group_factor: 1,
+        relu_reuse: 0,
     };
     let mut out = vec![
         Candidate::plain(Pattern::full()),
@@ -552,10 +557,13 @@ pub fn deepreshape_candidates(base: &Graph, order: &[usize]) -> Vec<Candidate> {
         },
     ];
     for n in [4, 8, 16] {
-        out.push(Candidate::plain(Pattern {
-            group_factor: n,
+        let pattern = Pattern {
+            relu_reuse: n,
             ..thin.clone()
-        }));
+        };
+        if deepreduce::reuse_spec(base.arch.clone(), &pattern).is_ok() {
+            out.push(Candidate::plain(pattern));
+        }
     }
     out
 }
