@@ -255,6 +255,12 @@ fn check_trace(
             },
             Op::Add => ev.add(&ctx, &arg(0), &arg(1)).unwrap(),
             Op::Flatten => arg(0),
+            Op::Slice { start, len } => ev.slice(&ctx, *start, *len, &arg(0)).unwrap(),
+            Op::Concat => {
+                let parts: Vec<FixedValue> = (0..node.inputs.len()).map(arg).collect();
+                let refs: Vec<&FixedValue> = parts.iter().collect();
+                ev.concat(&ctx, &refs).unwrap()
+            }
             Op::AvgPool { kernel, stride } => ev.avgpool(&ctx, *kernel, *stride, &arg(0)).unwrap(),
             Op::GlobalAvgPool => ev.global_avgpool(&ctx, &arg(0)).unwrap(),
             Op::Site(site) => {
@@ -476,6 +482,39 @@ async fn vgg_with_max_pools_matches_the_reference() {
         .filter(|n| n.kind == "maxpool" && n.store_read_s > 0.0)
         .count();
     assert_eq!(pools_read, 3, "every pool's windows come from the store");
+}
+
+/// DeepReShape's ReLU-reuse blocks (issue #15): channel slices, a Res2Net
+/// skip, concatenation of groups at different scales, mixed sites; both
+/// truncation modes, every node checked (slices and concats bit for bit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relu_reuse_network_matches_the_reference() {
+    let spec = ArchSpec::parse("hrn-2x5x3x-m8-re4s234").unwrap();
+    // Random weights with batch norms set from data-free batch statistics
+    // (as `pibench run` does without a model file), so activations stay in
+    // range through the many identity sites.
+    // The architecture's own masks (ReLU groups, identity truncation
+    // sites), every other ReLU site partially masked.
+    let net_of = |seed| {
+        let mut net = spec
+            .build(FeatureShape::new(3, 8, 8), 10, Init::Seeded(seed))
+            .unwrap();
+        let mut rng = ChaCha12Rng::seed_from_u64(seed + 100);
+        for site in net.sites_mut().filter(|s| s.relu_count() > 0).step_by(2) {
+            site.mask.iter_mut().for_each(|m| *m = rng.gen_range(0..2));
+        }
+        reference::calibrate_random_batchnorm(&mut net, seed).unwrap();
+        net
+    };
+    let net = net_of(13);
+    for op in ["slice", "concat"] {
+        assert!(
+            net.nodes.iter().any(|n| n.op.kind() == op),
+            "the test net must have a {op}"
+        );
+    }
+    end_to_end_of(net, TruncMode::Local, false).await;
+    end_to_end_of(net_of(14), TruncMode::Exact, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

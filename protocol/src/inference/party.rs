@@ -532,6 +532,33 @@ fn pool_trunc(step: &Step) -> u32 {
     }
 }
 
+/// Slice or concatenation of shares (local: both are linear).
+fn channel_shares(
+    plan: &InferencePlan,
+    i: usize,
+    args: &[&Vec<u64>],
+) -> Result<Vec<u64>, InferenceError> {
+    let name = &plan.net.nodes[i].name;
+    match &plan.steps[i] {
+        Step::Slice { start, len } => {
+            let shape = plan.input_shape(i, 0);
+            let x = args.first().ok_or_else(|| proto(name, "no input share"))?;
+            if x.len() != shape.len() || start + len > shape.c {
+                return Err(proto(name, "slice outside its input"));
+            }
+            Ok(kernels::channel_slice(x, shape, *start, *len))
+        }
+        Step::Concat { lift: l } => {
+            if args.len() != l.len() {
+                return Err(proto(name, "concat inputs do not match the plan"));
+            }
+            let parts: Vec<&[u64]> = args.iter().map(|a| a.as_slice()).collect();
+            Ok(kernels::concat_channels(&parts, |k, v| lift(v, l[k])))
+        }
+        _ => Err(proto(name, "not a channel op")),
+    }
+}
+
 fn gather(v: &[u64], idx: &[u32]) -> Vec<u64> {
     idx.iter().map(|&k| v[k as usize]).collect()
 }
@@ -1029,6 +1056,12 @@ async fn server_online_steps(
                 server_truncate_all(ch, gc, &mut off, plan, i, pre, t, exact, &name).await?
             }
             Step::FusedSite { lift: l, .. } => arg(0)?.iter().map(|&v| lift(v, *l)).collect(),
+            Step::Slice { .. } | Step::Concat { .. } => {
+                let args = (0..node.inputs.len())
+                    .map(arg)
+                    .collect::<Result<Vec<_>, _>>()?;
+                channel_shares(plan, i, &args)?
+            }
             Step::MaxPool(mp) => {
                 let sites = off
                     .gc
@@ -1573,6 +1606,12 @@ async fn client_offline<R: RngCore + CryptoRng>(
                     .await?
             }
             Step::FusedSite { lift: l, .. } => arg(0)?.iter().map(|&v| lift(v, *l)).collect(),
+            Step::Slice { .. } | Step::Concat { .. } => {
+                let args = (0..node.inputs.len())
+                    .map(arg)
+                    .collect::<Result<Vec<_>, _>>()?;
+                channel_shares(plan, i, &args)?
+            }
             Step::MaxPool(mp) => {
                 let windows = max_pool_groups(mp, &groups, &name)?;
                 let mut out = vec![0u64; node.shape.len()];

@@ -165,6 +165,20 @@ pub enum Step {
     },
     /// Max pool fused with its site: garbled windows.
     MaxPool(MaxPoolPlan),
+    /// Channels `start..start + len` of the input: local on shares.
+    Slice {
+        /// First channel.
+        start: usize,
+        /// Channels.
+        len: usize,
+    },
+    /// Channel concatenation of the inputs, each lifted exactly to the
+    /// output's scale (`lift[k] = scale(out) − scale(input k)`, as
+    /// `EncodedNetwork::concat_lifts`): local on shares.
+    Concat {
+        /// Lift of each input.
+        lift: Vec<u32>,
+    },
 }
 
 /// The plan of a whole network.
@@ -314,6 +328,28 @@ impl InferencePlan {
                         }
                     }
                     Step::Site(sp)
+                }
+                (Op::Slice { start, len }, PublicOp::None) => Step::Slice {
+                    start: *start,
+                    len: *len,
+                },
+                (Op::Concat, PublicOp::None) => {
+                    let lift = node
+                        .inputs
+                        .iter()
+                        .map(|&j| {
+                            public.scales[i]
+                                .checked_sub(public.scales[j])
+                                .filter(|&l| l <= 48)
+                        })
+                        .collect::<Option<Vec<u32>>>()
+                        .ok_or_else(|| InferenceError::Model {
+                            reason: format!(
+                                "node {i} ({}): concat at scale {} below one of its inputs' scales",
+                                node.name, public.scales[i]
+                            ),
+                        })?;
+                    Step::Concat { lift }
                 }
                 (Op::MaxPool { kernel, stride }, _) => {
                     Step::MaxPool(plan_max_pool(&net, &steps, public, i, *kernel, *stride)?)

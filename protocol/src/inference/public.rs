@@ -254,8 +254,10 @@ impl PublicModel {
         for (i, (node, op)) in net.nodes.iter().zip(&self.ops).enumerate() {
             let ok = matches!(
                 (&node.op, op),
-                (Op::Input | Op::Flatten | Op::MaxPool { .. }, PublicOp::None)
-                    | (Op::Conv2d(_) | Op::Linear(_), PublicOp::Linear)
+                (
+                    Op::Input | Op::Flatten | Op::MaxPool { .. } | Op::Slice { .. } | Op::Concat,
+                    PublicOp::None
+                ) | (Op::Conv2d(_) | Op::Linear(_), PublicOp::Linear)
                     | (Op::BatchNorm(_), PublicOp::BatchNorm { .. })
                     | (
                         Op::AvgPool { .. } | Op::GlobalAvgPool,
