@@ -997,14 +997,6 @@ fn build_spec(
         field: field.into(),
         reason,
     };
-    if let Some(n) = r.relu_reuse {
-        return Err(e(
-            "relu_reuse",
-            format!(
-                "ReLU-reuse (×{n}) is not implemented in pibench_models; mark the row not_supported"
-            ),
-        ));
-    }
     if let Some(a) = &r.activation {
         if !a.eq_ignore_ascii_case("relu") {
             return Err(e(
@@ -1119,11 +1111,12 @@ fn build_spec(
         || r.alpha.is_some()
         || r.rho.is_some()
         || !r.cull.is_empty()
-        || !r.thin.is_empty();
+        || !r.thin.is_empty()
+        || r.relu_reuse.is_some();
     if is_model && structural_fields {
         return Err(e(
             "model",
-            "a model file fixes the structure: remove blocks/alpha/rho/cull/thin".into(),
+            "a model file fixes the structure: remove blocks/alpha/rho/cull/thin/relu_reuse".into(),
         ));
     }
     if matches!(mask, MaskSource::Random { .. }) && (!r.cull.is_empty() || !r.thin.is_empty()) {
@@ -1240,6 +1233,26 @@ fn build_spec(
             "thin",
             "the stem has one ReLU layer; cull it instead".into(),
         ));
+    }
+    if let Some(n) = r.relu_reuse {
+        // DeepReShape applies ReLU-reuse to the culled and thinned network
+        // (its Algorithm 2): every stage not culled gets the reuse blocks.
+        let factor = usize::try_from(n)
+            .ok()
+            .filter(|&f| (2..=64).contains(&f))
+            .ok_or_else(|| e("relu_reuse", format!("{n}: expected a factor 2..=64")))?;
+        let n_stages = match &arch {
+            ArchSpec::Resnet { widths, .. } => widths.len(),
+            _ => {
+                return Err(e(
+                    "relu_reuse",
+                    format!("ReLU-reuse needs a basic-block ResNet/HybReNet, not {arch_name:?}"),
+                ))
+            }
+        };
+        let reused: Vec<usize> = (1..=n_stages).filter(|k| !cull.contains(k)).collect();
+        arch = ArchSpec::relu_reuse(arch, factor, &reused)
+            .map_err(|x| e("relu_reuse", x.to_string()))?;
     }
     Ok(NetworkSpec {
         dataset,
