@@ -200,7 +200,11 @@ fn server_answers_every_client_after_clients_are_killed_in_every_phase() {
     };
     let offline_he = pick(&|(p, _, k)| p == "offline" && he(k));
     let offline_gc = pick(&|(p, _, k)| p == "offline" && k == "site");
-    let online = pick(&|(p, _, _)| p == "online");
+    // Online kills target the first half of the sites: after the last
+    // site's reply the server needs nothing more from the client and may
+    // finish before the kill lands (a race the machine's load decides).
+    let mut online = pick(&|(p, _, k)| p == "online" && k == "site");
+    online.truncate(online.len().div_ceil(2));
     assert!(!offline_he.is_empty() && !offline_gc.is_empty() && !online.is_empty());
 
     let mut rng = ChaCha8Rng::seed_from_u64(10);
