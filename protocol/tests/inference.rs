@@ -131,6 +131,19 @@ async fn run_pair(
     (server.await.unwrap(), client)
 }
 
+/// Every node's value: the server's trace share plus the client's.
+fn reconstructed(
+    server: &pibench_protocol::inference::ServerOutcome,
+    client: &pibench_protocol::inference::ClientOutcome,
+) -> Vec<Vec<u64>> {
+    server
+        .trace
+        .iter()
+        .zip(&client.trace)
+        .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
+        .collect()
+}
+
 /// Checks every node of the reconstructed trace against the reference.
 fn check_trace(
     net: &Network,
@@ -334,12 +347,7 @@ async fn end_to_end_of(net: Network, trunc: TruncMode, tcp: bool) {
     let server = server.expect("server");
     let client = client.expect("client");
     let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
-    let values: Vec<Vec<u64>> = server
-        .trace
-        .iter()
-        .zip(&client.trace)
-        .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
-        .collect();
+    let values = reconstructed(&server, &client);
     check_trace(&net, &enc, &x, &values, trunc);
     // Logits: the reconstructed last node, and the pure reference.
     assert_eq!(&client.raw[0], values.last().unwrap());
@@ -468,12 +476,7 @@ async fn vgg_with_max_pools_matches_the_reference() {
     s.store = Some(dir.path().to_path_buf());
     let (server, client) = run_pair(&net, x.clone(), s.clone(), s, false).await;
     let (server, client) = (server.expect("server"), client.expect("client"));
-    let values: Vec<Vec<u64>> = server
-        .trace
-        .iter()
-        .zip(&client.trace)
-        .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
-        .collect();
+    let values = reconstructed(&server, &client);
     let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
     check_trace(&net, &enc, &x, &values, TruncMode::Local);
     let pools_read = client.reports[0]
@@ -562,12 +565,7 @@ async fn offline_store_streams_per_node_and_leaves_no_files() {
     let (server, client) = run_pair(&net, x.clone(), s.clone(), s.clone(), false).await;
     let (server, client) = (server.expect("server"), client.expect("client"));
     let enc = EncodedNetwork::new(&net, FixedPoint::default()).unwrap();
-    let values: Vec<Vec<u64>> = server
-        .trace
-        .iter()
-        .zip(&client.trace)
-        .map(|(s, c)| s.iter().zip(c).map(|(&a, &b)| fixed::add(a, b)).collect())
-        .collect();
+    let values = reconstructed(&server, &client);
     check_trace(&net, &enc, &x, &values, TruncMode::Exact);
     // Every node with stored material was read back (timed), the others not.
     for r in [&client.reports[0], &server.reports[0]] {

@@ -58,10 +58,6 @@ pub struct SitePlan {
 pub struct MaxPoolPlan {
     /// Window side.
     pub kernel: usize,
-    /// Stride.
-    pub stride: usize,
-    /// The site node whose input the circuits take.
-    pub site: usize,
     /// The site's truncation (the circuits' `trunc_bits`).
     pub trunc: u32,
     /// Output elements whose window keeps at least one ReLU (`MaxRelu`).
@@ -591,8 +587,6 @@ fn plan_max_pool(
     }
     Ok(MaxPoolPlan {
         kernel,
-        stride,
-        site: s,
         trunc: *trunc,
         relu_windows,
         max_windows,
