@@ -410,6 +410,34 @@ impl Channel {
         res
     }
 
+    /// Sends one frame made of `parts` back to back, without first copying
+    /// them into one buffer (large parts go straight to the transport). The
+    /// peer sees exactly the frame of their concatenation; for a typed
+    /// message the first part carries the envelope tag.
+    pub async fn send_parts(&mut self, parts: &[&[u8]], what: &str) -> Result<(), NetError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > u32::MAX as usize {
+            return Err(NetError::FrameTooLarge {
+                len: len as u64,
+                max: u32::MAX as usize,
+                context: format!("sending {what}"),
+            });
+        }
+        let mut res = self.writer.write_all(&(len as u32).to_le_bytes()).await;
+        for part in parts {
+            if res.is_err() {
+                break;
+            }
+            res = self.writer.write_all(part).await;
+        }
+        if let Err(e) = res {
+            return Err(self.failed_send(io_err(e, format!("sending {what}"))).await);
+        }
+        self.dirty = true;
+        self.meter.on_send(len as u64 + 4);
+        Ok(())
+    }
+
     /// Sends one raw frame.
     pub async fn send_bytes(&mut self, payload: &[u8], what: &str) -> Result<(), NetError> {
         if payload.len() > u32::MAX as usize {
@@ -570,40 +598,38 @@ impl Channel {
                 context: ctx(),
             });
         }
+        // The buffer grows only as the payload arrives (one read chunk, then
+        // doubling once full: never more than twice the bytes received);
+        // bytes are read straight into the spare capacity (no zeroing).
         let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
         while buf.len() < len {
-            let want = (len - buf.len()).min(READ_CHUNK);
-            let start = buf.len();
-            buf.resize(start + want, 0);
-            let mut filled = 0;
-            while filled < want {
-                let read = tokio::time::timeout(
-                    timeout,
-                    self.reader.read(&mut buf[start + filled..start + want]),
-                )
-                .await;
-                match read {
-                    Ok(Ok(0)) => {
-                        return Err(NetError::Closed {
-                            context: format!(
-                                "{} (frame cut after {} of {len} bytes)",
-                                ctx(),
-                                start + filled
-                            ),
-                        })
-                    }
-                    Ok(Ok(n)) => filled += n,
-                    Ok(Err(e)) => return Err(io_err(e, ctx())),
-                    Err(_) => {
-                        return Err(NetError::Timeout {
-                            seconds: timeout.as_secs_f64(),
-                            context: format!(
-                                "{} ({} of {len} bytes arrived)",
-                                ctx(),
-                                start + filled
-                            ),
-                        })
-                    }
+            if buf.len() == buf.capacity() {
+                buf.reserve((len - buf.len()).min(READ_CHUNK));
+            }
+            let read = tokio::time::timeout(
+                timeout,
+                (&mut self.reader)
+                    .take((len - buf.len()) as u64)
+                    .read_buf(&mut buf),
+            )
+            .await;
+            match read {
+                Ok(Ok(0)) => {
+                    return Err(NetError::Closed {
+                        context: format!(
+                            "{} (frame cut after {} of {len} bytes)",
+                            ctx(),
+                            buf.len()
+                        ),
+                    })
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(io_err(e, ctx())),
+                Err(_) => {
+                    return Err(NetError::Timeout {
+                        seconds: timeout.as_secs_f64(),
+                        context: format!("{} ({} of {len} bytes arrived)", ctx(), buf.len()),
+                    })
                 }
             }
         }

@@ -174,14 +174,61 @@ fn put_words(out: &mut Vec<u8>, words: &[u64]) {
 fn read_u64s(r: &mut WireReader<'_>, what: &str) -> Result<Vec<u64>, WireError> {
     let n = r.len_prefix(8, what)?;
     let raw = r.bytes(n * 8, what)?;
-    let mut v = vec![0u64; n];
-    #[cfg(target_endian = "little")]
-    bytemuck::cast_slice_mut::<u64, u8>(&mut v).copy_from_slice(raw);
-    #[cfg(not(target_endian = "little"))]
-    for (x, c) in v.iter_mut().zip(raw.chunks_exact(8)) {
-        *x = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-    }
+    // One pass, no zeroing first (compiles to a copy on little-endian targets).
+    let mut v = Vec::with_capacity(n);
+    v.extend(
+        raw.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+    );
     Ok(v)
+}
+
+/// Sends piece `batch`'s garbled material as a [`GcMessage::Garbled`]
+/// frame, byte for byte what `GcMessage::encode` writes, but with the
+/// tables written straight from `garbling` (no copy into a frame buffer:
+/// 6.5 KB per half-gates ReLU).
+async fn send_garbled(
+    ch: &mut Channel,
+    shape: &CircuitShape,
+    batch: u64,
+    circuits: usize,
+    garbling: &Garbling,
+) -> Result<(), NetError> {
+    let (words, control, decoding) = (
+        &garbling.tables.words,
+        &garbling.tables.control,
+        &garbling.decoding,
+    );
+    let mut head = Vec::with_capacity(24);
+    head.push(crate::msg::TAG_GC);
+    head.push(0);
+    head.push(shape.scheme.code());
+    head.push(shape.kind.code());
+    head.extend_from_slice(&batch.to_le_bytes());
+    head.extend_from_slice(&(circuits as u32).to_le_bytes());
+    head.extend_from_slice(&(words.len() as u32).to_le_bytes());
+    let mut mid = Vec::with_capacity(8 + control.len());
+    mid.extend_from_slice(&(control.len() as u32).to_le_bytes());
+    pack_control(control, &mut mid);
+    mid.extend_from_slice(&(decoding.len() as u32).to_le_bytes());
+    #[cfg(target_endian = "little")]
+    {
+        let parts: [&[u8]; 4] = [
+            &head,
+            bytemuck::cast_slice(words),
+            &mid,
+            bytemuck::cast_slice(decoding),
+        ];
+        ch.send_parts(&parts, GcMessage::NAME).await
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let mut w = Vec::with_capacity(words.len() * 8);
+        put_words(&mut w, words);
+        let mut d = Vec::with_capacity(decoding.len() * 8);
+        put_words(&mut d, decoding);
+        ch.send_parts(&[&head, &w, &mid, &d], GcMessage::NAME).await
+    }
 }
 
 impl Wire for GcMessage {
@@ -529,15 +576,16 @@ impl GarblerSession {
         let mut pieces = Vec::with_capacity(sizes.len());
         let mut pending = qs.into_iter().zip(&sizes);
         let mut pipe = Pipeline::new(self.threads);
+        let mut spare: Vec<Garbling> = Vec::new();
         loop {
             while pipe.has_room() {
                 let Some((q, &m)) = pending.next() else { break };
+                let mut garbling = spare.pop().unwrap_or_default();
                 let batch = self.next_batch;
                 self.next_batch += 1;
                 let seeds = GarbleSeeds::draw(&mut self.prg);
                 let (hash, shape, name) = (self.hash.clone(), shared.clone(), site.to_string());
                 pipe.submit(move || {
-                    let mut garbling = Garbling::default();
                     let mut keys = GarblerKeys {
                         delta,
                         input_zero_labels: Vec::new(),
@@ -561,18 +609,11 @@ impl GarblerSession {
                 break;
             };
             let (batch, m, garbling, keys) = done?;
-            let Garbling { tables, decoding } = garbling;
-            ch.send(&GcMessage::Garbled {
-                scheme: shape.scheme.code(),
-                kind: shape.kind.code(),
-                batch,
-                circuits: m as u32,
-                words: tables.words,
-                control: tables.control,
-                decoding,
-            })
-            .await
-            .map_err(net(site))?;
+            send_garbled(ch, shape, batch, m, &garbling)
+                .await
+                .map_err(net(site))?;
+            // The buffers go to the next piece: no fresh pages per piece.
+            spare.push(garbling);
             pieces.push((batch, keys));
         }
         ch.flush().await.map_err(net(site))?;
@@ -1282,5 +1323,55 @@ impl EvaluatorSite {
             shape: shape.clone(),
             pieces,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::CircuitSpec;
+
+    /// The copy-free send writes the very frame `GcMessage::encode` writes,
+    /// for both schemes (three-halves carries control bits).
+    #[tokio::test]
+    async fn send_garbled_writes_the_encoded_frame() {
+        for scheme in [Scheme::HalfGates, Scheme::ThreeHalves] {
+            let shape = CircuitShape::new(
+                CircuitSpec::default_fixed_point(),
+                ActivationKind::Relu,
+                scheme,
+            );
+            let control = match scheme {
+                Scheme::HalfGates => Vec::new(),
+                Scheme::ThreeHalves => (0..13u8).map(|g| g.wrapping_mul(7) & 31).collect(),
+            };
+            let garbling = Garbling {
+                tables: GarbledTables {
+                    words: (0..40u64)
+                        .map(|w| w.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                        .collect(),
+                    control: control.clone(),
+                },
+                decoding: vec![3, 1, 4, 1, 5],
+            };
+            let (mut a, mut b) = crate::net::duplex_pair();
+            send_garbled(&mut a, &shape, 7, 3, &garbling).await.unwrap();
+            a.send(&GcMessage::Garbled {
+                scheme: scheme.code(),
+                kind: shape.kind.code(),
+                batch: 7,
+                circuits: 3,
+                words: garbling.tables.words.clone(),
+                control,
+                decoding: garbling.decoding.clone(),
+            })
+            .await
+            .unwrap();
+            a.flush().await.unwrap();
+            let fast = b.recv_bytes("fast").await.unwrap();
+            let slow = b.recv_bytes("slow").await.unwrap();
+            assert_eq!(fast, slow);
+            assert_eq!(a.meter().total("").bytes_sent, 2 * (fast.len() as u64 + 4));
+        }
     }
 }

@@ -1022,7 +1022,11 @@ pub fn store_files(net: &Network, settings: &Settings) -> Vec<StoreFile> {
                 for f in std::fs::read_dir(sess.path()).expect("session").flatten() {
                     let name = f.file_name().to_string_lossy().into_owned();
                     if let Some(node) = node_of(&name) {
-                        let bytes = std::fs::read(f.path()).expect("node file");
+                        // The party's read-ahead may consume (and remove) a
+                        // node file between the listing and this read.
+                        let Ok(bytes) = std::fs::read(f.path()) else {
+                            continue;
+                        };
                         files.lock().expect("lock").push((e.role, node, bytes));
                     }
                 }
