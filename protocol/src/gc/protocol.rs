@@ -803,6 +803,7 @@ impl EvaluatorSession {
         ch.set_phase(phase::OFFLINE_OT);
         let start = Instant::now();
         let mut labels: Vec<Vec<Block>> = Vec::with_capacity(sizes.len());
+        let mut spare: Vec<Vec<Block>> = Vec::new();
         let mut pipe = Pipeline::new(self.threads);
         let mut offset = 0;
         let mut next = 0;
@@ -813,13 +814,18 @@ impl EvaluatorSession {
                 offset += m;
                 next += 1;
                 let job = self.cot.job(m * n, choices);
-                pipe.submit(move || Ok(job.run(1)));
+                let buffer = spare.pop().unwrap_or_default();
+                pipe.submit(move || Ok(job.run_into(1, buffer)));
             }
             let Some(done) = pipe.next(site).await else {
                 break;
             };
             let (msg, t) = done?;
-            ch.send(&msg).await.map_err(net(site))?;
+            msg.send(ch).await.map_err(net(site))?;
+            // The columns' buffer goes to a later piece.
+            if let OtMessage::ExtensionColumns { columns, .. } = msg {
+                spare.push(columns);
+            }
             labels.push(t);
         }
         ch.flush().await.map_err(net(site))?;

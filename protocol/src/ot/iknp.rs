@@ -394,7 +394,7 @@ impl CotReceiver {
         choices: &[bool],
     ) -> Result<Vec<Block>, OtError> {
         let (msg, t) = self.extend_message(choices);
-        ch.send(&msg).await?;
+        msg.send(ch).await?;
         ch.flush().await?;
         Ok(t)
     }
@@ -408,9 +408,16 @@ impl ReceiverJob {
 
     /// Runs the job on `threads` threads: the correction message and the `t_j`.
     pub fn run(&self, threads: usize) -> (OtMessage, Vec<Block>) {
+        self.run_into(threads, Vec::new())
+    }
+
+    /// [`ReceiverJob::run`] writing the correction columns into `columns`
+    /// (a spent message's buffer: its contents are overwritten).
+    pub fn run_into(&self, threads: usize, mut u: Vec<Block>) -> (OtMessage, Vec<Block>) {
         let tiles = self.count.div_ceil(KAPPA);
         let mut t = vec![0u128; tiles * KAPPA];
-        let mut u = vec![0u128; tiles * KAPPA];
+        u.clear();
+        u.resize(tiles * KAPPA, 0);
         for_tiles(threads, tiles, &mut t, Some(&mut u), |first, rows, cols| {
             let mut tile = [0u128; KAPPA];
             let mut other = [0u128; KAPPA];
