@@ -21,12 +21,11 @@
 //! floating-point units, not a float approximation. (Two limbs instead of
 //! three 19-bit limbs without chunking: a third less GEMM work.)
 //!
-//! The matrix products run on `ndarray`'s `general_mat_mul` (matrixmultiply's
-//! `dgemm` with runtime-detected AVX/FMA/AVX-512 kernels), split over
-//! `threads` scoped threads by rows of `W`.
+//! The matrix products run on the `gemm` crate ([`super::dgemm`]: runtime-
+//! detected AVX2/FMA/AVX-512 kernels), split over `threads` scoped threads
+//! by rows of `W`.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use super::dgemm::{dgemm, dgemm_cols};
 
 use crate::fixed::{self, WEIGHT_MAGNITUDE_BITS};
 
@@ -47,21 +46,7 @@ pub const MAX_EXACT_K: usize = K_CHUNK << 9;
 /// `C` (`m × n`), with the rows of `A` split over `threads` threads.
 fn dgemm_rows(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, n: usize, threads: usize) {
     debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    let one = |a: &[f64], c: &mut [f64], rows: usize| {
-        if rows == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            c[..rows * n].iter_mut().for_each(|v| *v = 0.0);
-            return;
-        }
-        let a = ArrayView2::from_shape((rows, k), &a[..rows * k]);
-        let b = ArrayView2::from_shape((k, n), &b[..k * n]);
-        let c = ArrayViewMut2::from_shape((rows, n), &mut c[..rows * n]);
-        if let (Ok(a), Ok(b), Ok(mut c)) = (a, b, c) {
-            general_mat_mul(1.0, &a, &b, 0.0, &mut c);
-        }
-    };
+    let one = |a: &[f64], c: &mut [f64], rows: usize| dgemm(a, b, c, rows, k, n);
     // Below ~4 MFLOP a second thread costs more than it saves.
     let threads = if (m * k * n) < (1 << 22) {
         1
@@ -70,6 +55,35 @@ fn dgemm_rows(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, n: usize,
     };
     if threads == 1 {
         one(a, c, m);
+        return;
+    }
+    if m < n {
+        // Wide product (few output channels, many pixels): split the columns
+        // of B, so that each thread packs only its share of B; each writes
+        // its block to its own buffer, copied into C's rows afterwards.
+        let per = n.div_ceil(threads);
+        let blocks: Vec<Vec<f64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n.div_ceil(per))
+                .map(|t| {
+                    let (col0, w) = (t * per, per.min(n - t * per));
+                    s.spawn(move || {
+                        let mut part = vec![0.0; m * w];
+                        dgemm_cols(a, b, n, col0, &mut part, m, k, w);
+                        part
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        for (t, part) in blocks.iter().enumerate() {
+            let (col0, w) = (t * per, part.len() / m);
+            for (i, row) in part.chunks_exact(w).enumerate() {
+                c[i * n + col0..i * n + col0 + w].copy_from_slice(row);
+            }
+        }
         return;
     }
     let per = m.div_ceil(threads);
@@ -112,13 +126,28 @@ fn im2col(planes: &[&[f64]], g: &ConvGeometry, group: usize, out: &mut [f64]) {
                             continue;
                         }
                         let srow = &chan[iy as usize * w as usize..(iy as usize + 1) * w as usize];
-                        for (ox, d) in drow.iter_mut().enumerate() {
-                            let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                            *d = if ix >= 0 && ix < w {
-                                srow[ix as usize]
-                            } else {
-                                0.0
-                            };
+                        // Output columns whose input column `ox·s + kx − pad`
+                        // lies inside the row: `lo ≤ ox < hi`; zeros outside.
+                        let (s, off) = (g.stride as isize, kx as isize - g.padding as isize);
+                        let lo = if off >= 0 { 0 } else { (-off + s - 1) / s } as usize;
+                        let hi = if w > off {
+                            (((w - off + s - 1) / s) as usize).min(o.w)
+                        } else {
+                            0
+                        };
+                        let lo = lo.min(hi);
+                        drow[..lo].iter_mut().for_each(|d| *d = 0.0);
+                        drow[hi..].iter_mut().for_each(|d| *d = 0.0);
+                        let first = (lo as isize * s + off) as usize;
+                        if g.stride == 1 {
+                            drow[lo..hi].copy_from_slice(&srow[first..first + (hi - lo)]);
+                        } else {
+                            for (d, &v) in drow[lo..hi]
+                                .iter_mut()
+                                .zip(srow[first..].iter().step_by(g.stride))
+                            {
+                                *d = v;
+                            }
                         }
                     }
                 }
@@ -365,19 +394,82 @@ pub fn conv2d_field_prepared(
     }
     let o = g.output();
     let plane = o.h * o.w;
-    let mut cols = vec![0.0; kk * LIMBS * plane];
-    let mut prod = vec![0.0; cout_g * LIMBS * plane];
-    let mut acc = vec![0i64; cout_g * LIMBS * plane];
+    SCRATCH.with_borrow_mut(|scratch| {
+        let (cols, prod, acc) = scratch.take(kk * LIMBS * plane, cout_g * LIMBS * plane);
+        conv_groups(input, prepared, bias, g, threads, cols, prod, acc)
+    })
+}
+
+/// Buffers of the limb GEMMs, kept per thread between calls: a server runs
+/// the same layers on every inference, and fresh multi-megabyte buffers
+/// would be paid again in page faults each time (an im2col matrix of
+/// ResNet-18's first stage is 9.4 MB).
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f64>,
+    prod: Vec<f64>,
+    acc: Vec<i64>,
+}
+
+impl Scratch {
+    /// The three buffers at these lengths; their contents are stale (every
+    /// user overwrites what it reads).
+    fn take(&mut self, cols: usize, out: usize) -> (&mut [f64], &mut [f64], &mut [i64]) {
+        // Keep at most 64 MB per buffer between calls.
+        const KEEP: usize = 8 << 20;
+        for (v, n) in [(&mut self.cols, cols), (&mut self.prod, out)] {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            } else if v.len() > KEEP.max(n) {
+                v.truncate(n);
+                v.shrink_to_fit();
+            }
+        }
+        if self.acc.len() < out {
+            self.acc.resize(out, 0);
+        } else if self.acc.len() > KEEP.max(out) {
+            self.acc.truncate(out);
+            self.acc.shrink_to_fit();
+        }
+        (
+            &mut self.cols[..cols],
+            &mut self.prod[..out],
+            &mut self.acc[..out],
+        )
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// The groups of [`conv2d_field_prepared`] on scratch buffers.
+#[allow(clippy::too_many_arguments)]
+fn conv_groups(
+    input: &[u64],
+    prepared: &PreparedWeights,
+    bias: Option<&[u64]>,
+    g: &ConvGeometry,
+    threads: usize,
+    cols: &mut [f64],
+    prod: &mut [f64],
+    acc: &mut [i64],
+) -> Vec<u64> {
+    let cin_g = g.input.c / g.groups;
+    let kk = cin_g * g.kernel * g.kernel;
+    let cout_g = g.cout / g.groups;
+    let o = g.output();
+    let plane = o.h * o.w;
     let mut out = Vec::with_capacity(g.cout * plane);
     let planes = limb_planes(input);
     let planes = [&planes[0][..], &planes[1][..]];
     for group in 0..g.groups {
-        im2col(&planes, g, group, &mut cols);
+        im2col(&planes, g, group, cols);
         exact_gemm(
             &prepared.chunks[group],
-            &cols,
-            &mut acc,
-            &mut prod,
+            cols,
+            acc,
+            prod,
             (cout_g, kk, LIMBS * plane),
             threads,
         );

@@ -49,6 +49,7 @@
 //! as a value (or, for linear layers, the bound `max|x|·max_o Σ|w| +
 //! max|b|`) reaches `2^`[`SAFE_BITS`].
 
+mod dgemm;
 pub mod gemm;
 pub mod kernels;
 
