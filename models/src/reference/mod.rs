@@ -790,6 +790,34 @@ impl EncodedOp {
             _ => None,
         }
     }
+
+    /// Prepares the weights of a convolution or fully connected op for
+    /// [`gemm`] now rather than on the first [`EncodedOp::linear_field`]
+    /// (a server does it at model load, outside any inference's time).
+    pub fn prepare_linear(&self) {
+        match self {
+            EncodedOp::Conv {
+                geometry,
+                weight,
+                prepared,
+                ..
+            } => {
+                prepared.get_or_prepare(|| gemm::PreparedWeights::conv(weight, geometry));
+            }
+            EncodedOp::Linear {
+                weight,
+                out_features,
+                prepared,
+                ..
+            } => {
+                let in_features = weight.len() / (*out_features).max(1);
+                prepared.get_or_prepare(|| {
+                    gemm::PreparedWeights::linear(weight, *out_features, in_features)
+                });
+            }
+            _ => {}
+        }
+    }
 }
 
 fn l1_rows(w: &[u64], rows: usize) -> u128 {

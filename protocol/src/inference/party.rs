@@ -45,6 +45,10 @@ impl ServerModel {
             reason: e.to_string(),
         })?;
         let public = PublicModel::new(&net, &enc)?;
+        // The online linear layers' weights in GEMM form, once, at load.
+        for op in enc.ops.iter().flatten() {
+            op.prepare_linear();
+        }
         Ok(Self { net, enc, public })
     }
 }
