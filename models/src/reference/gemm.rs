@@ -23,7 +23,9 @@
 //!
 //! The matrix products run on the `gemm` crate ([`super::dgemm`]: runtime-
 //! detected AVX2/FMA/AVX-512 kernels), split over `threads` scoped threads
-//! by rows of `W`.
+//! by rows of `W`, or by columns of `X` when `X` is the wider one (few
+//! output channels, many pixels: each thread then packs only its share of
+//! `X`). im2col and the limb recombination are split over the same threads.
 
 use super::dgemm::{dgemm, dgemm_cols};
 
@@ -43,7 +45,8 @@ pub const K_CHUNK: usize = 1 << (53 - LIMB_BITS - WEIGHT_MAGNITUDE_BITS);
 pub const MAX_EXACT_K: usize = K_CHUNK << 9;
 
 /// `C = A · B` for row-major `A` (`m × k`) and `B` (`k × n`), overwriting
-/// `C` (`m × n`), with the rows of `A` split over `threads` threads.
+/// `C` (`m × n`), split over `threads` threads by rows of `A` (or, when
+/// `m < n`, by columns of `B`).
 fn dgemm_rows(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, n: usize, threads: usize) {
     debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     let one = |a: &[f64], c: &mut [f64], rows: usize| dgemm(a, b, c, rows, k, n);

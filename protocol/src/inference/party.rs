@@ -699,6 +699,10 @@ async fn server_session<R: RngCore + CryptoRng>(
             &mut report,
         )
         .await?;
+        let first = match store.as_ref() {
+            Some(st) => st.preload::<ServerNode>(&plan, k).await?,
+            None => None,
+        };
         (report.offline_s, report.offline_cpu_s) = clock.elapsed();
         let clock = Clock::start();
         trace = server_online(
@@ -710,6 +714,7 @@ async fn server_session<R: RngCore + CryptoRng>(
             settings,
             store.as_ref(),
             &mut report,
+            first,
         )
         .await?;
         (report.online_s, report.online_cpu_s) = clock.elapsed();
@@ -915,8 +920,9 @@ async fn server_online(
     settings: &Settings,
     store: Option<&std::sync::Arc<Store>>,
     report: &mut PartyReport,
+    first: Option<ReadAhead<ServerNode>>,
 ) -> Result<Vec<Vec<u64>>, InferenceError> {
-    let mut ahead = None;
+    let mut ahead = first;
     let r = server_online_steps(
         ch, gc, model, plan, off, settings, store, report, &mut ahead,
     )
@@ -944,8 +950,8 @@ async fn server_online_steps(
     let mut trace = Vec::new();
     let exact = settings.trunc == TruncMode::Exact;
     // The next node's stored material is read on a blocking thread while
-    // this one runs.
-    if let Some(st) = store {
+    // this one runs (the first is preloaded as the offline phase ends).
+    if let (Some(st), None) = (store, ahead.as_ref()) {
         st.start_ahead(ahead, plan, report.inference, 0)?;
     }
     for (i, step) in plan.steps.iter().enumerate() {
@@ -1497,6 +1503,10 @@ async fn client_session<R: RngCore + CryptoRng>(
             &mut report,
         )
         .await?;
+        let first = match store.as_ref() {
+            Some(st) => st.preload::<ClientNode>(&plan, k).await?,
+            None => None,
+        };
         (report.offline_s, report.offline_cpu_s) = clock.elapsed();
         let clock = Clock::start();
         let (raw, trace) = client_online(
@@ -1508,6 +1518,7 @@ async fn client_session<R: RngCore + CryptoRng>(
             settings,
             store.as_ref(),
             &mut report,
+            first,
         )
         .await?;
         (report.online_s, report.online_cpu_s) = clock.elapsed();
@@ -1837,8 +1848,9 @@ async fn client_online(
     settings: &Settings,
     store: Option<&std::sync::Arc<Store>>,
     report: &mut PartyReport,
+    first: Option<ReadAhead<ClientNode>>,
 ) -> Result<(Vec<u64>, Vec<Vec<u64>>), InferenceError> {
-    let mut ahead = None;
+    let mut ahead = first;
     let r = client_online_steps(
         ch, plan, off, gc, input, settings, store, report, &mut ahead,
     )
@@ -1862,8 +1874,8 @@ async fn client_online_steps(
     ahead: &mut Option<ReadAhead<ClientNode>>,
 ) -> Result<(Vec<u64>, Vec<Vec<u64>>), InferenceError> {
     // The next node's stored material is read on a blocking thread while
-    // this one runs.
-    if let Some(st) = store {
+    // this one runs (the first is preloaded as the offline phase ends).
+    if let (Some(st), None) = (store, ahead.as_ref()) {
         st.start_ahead(ahead, plan, report.inference, 0)?;
     }
     for (i, step) in plan.steps.iter().enumerate() {

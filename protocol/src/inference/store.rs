@@ -142,11 +142,18 @@ impl StoredNode for ClientNode {
     }
 }
 
-/// A node read on a blocking thread while the party works on earlier nodes.
+/// A node read on a blocking thread while the party works on earlier nodes
+/// (or already read: [`Store::preload`]).
 #[derive(Debug)]
 pub struct ReadAhead<T> {
     node: usize,
-    task: tokio::task::JoinHandle<Result<(T, f64), InferenceError>>,
+    state: AheadState<T>,
+}
+
+#[derive(Debug)]
+enum AheadState<T> {
+    Running(tokio::task::JoinHandle<Result<(T, f64), InferenceError>>),
+    Done(Result<(T, f64), InferenceError>),
 }
 
 impl<T> ReadAhead<T> {
@@ -158,10 +165,23 @@ impl<T> ReadAhead<T> {
     /// Waits for the read; returns the node and the seconds the read took.
     pub async fn wait(self) -> Result<(T, f64), InferenceError> {
         let node = self.node;
-        self.task.await.map_err(|e| InferenceError::Store {
-            path: format!("node {node}"),
-            reason: format!("the read-ahead thread failed: {e}"),
-        })?
+        match self.state {
+            AheadState::Done(r) => r,
+            AheadState::Running(task) => task.await.map_err(|e| InferenceError::Store {
+                path: format!("node {node}"),
+                reason: format!("the read-ahead thread failed: {e}"),
+            })?,
+        }
+    }
+
+    /// Waits for the read to finish, keeping its result for [`ReadAhead::wait`].
+    async fn finish(self) -> Self {
+        let node = self.node;
+        let r = self.wait().await;
+        Self {
+            node,
+            state: AheadState::Done(r),
+        }
     }
 }
 
@@ -257,12 +277,31 @@ impl Store {
         let st = self.clone();
         Ok(ReadAhead {
             node,
-            task: tokio::task::spawn_blocking(move || {
+            state: AheadState::Running(tokio::task::spawn_blocking(move || {
                 let t = std::time::Instant::now();
                 let m = T::read(&st, &layout, inference)?;
                 st.remove(inference, node);
                 Ok((m, t.elapsed().as_secs_f64()))
-            }),
+            })),
+        })
+    }
+
+    /// Reads the first node that has material back into memory and waits for
+    /// it: called as the offline phase ends, so that the online phase starts,
+    /// as it would without a store, with the first layer's material at hand
+    /// (the read's time counts as offline; the node's `store_read_s` still
+    /// reports it, with no wait). The later nodes are read while earlier ones
+    /// run, as before.
+    pub async fn preload<T: StoredNode>(
+        self: &std::sync::Arc<Self>,
+        plan: &InferencePlan,
+        inference: usize,
+    ) -> Result<Option<ReadAhead<T>>, InferenceError> {
+        let mut ahead = None;
+        self.start_ahead(&mut ahead, plan, inference, 0)?;
+        Ok(match ahead {
+            Some(a) => Some(a.finish().await),
+            None => None,
         })
     }
 
