@@ -440,27 +440,7 @@ impl Channel {
 
     /// Sends one raw frame.
     pub async fn send_bytes(&mut self, payload: &[u8], what: &str) -> Result<(), NetError> {
-        if payload.len() > u32::MAX as usize {
-            return Err(NetError::FrameTooLarge {
-                len: payload.len() as u64,
-                max: u32::MAX as usize,
-                context: format!("sending {what}"),
-            });
-        }
-        let ctx = || format!("sending {what}");
-        let mut res = self
-            .writer
-            .write_all(&(payload.len() as u32).to_le_bytes())
-            .await;
-        if res.is_ok() {
-            res = self.writer.write_all(payload).await;
-        }
-        if let Err(e) = res {
-            return Err(self.failed_send(io_err(e, ctx())).await);
-        }
-        self.dirty = true;
-        self.meter.on_send(payload.len() as u64 + 4);
-        Ok(())
+        self.send_parts(&[payload], what).await
     }
 
     /// Flushes buffered frames to the peer (bounded by the timeout: a peer

@@ -65,28 +65,27 @@ fn dgemm_rows(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, n: usize,
         // of B, so that each thread packs only its share of B; each writes
         // its block to its own buffer, copied into C's rows afterwards.
         let per = n.div_ceil(threads);
-        let blocks: Vec<Vec<f64>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n.div_ceil(per))
-                .map(|t| {
-                    let (col0, w) = (t * per, per.min(n - t * per));
-                    s.spawn(move || {
-                        let mut part = vec![0.0; m * w];
-                        dgemm_cols(a, b, n, col0, &mut part, m, k, w);
-                        part
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
-        for (t, part) in blocks.iter().enumerate() {
-            let (col0, w) = (t * per, part.len() / m);
-            for (i, row) in part.chunks_exact(w).enumerate() {
-                c[i * n + col0..i * n + col0 + w].copy_from_slice(row);
+        let widths = || (0..n.div_ceil(per)).map(|t| (t * per, per.min(n - t * per)));
+        BLOCKS.with_borrow_mut(|blocks| {
+            // Thread t's m × w block, back to back in one kept buffer.
+            let blocks = fit(blocks, m * n);
+            std::thread::scope(|s| {
+                let mut rest = &mut blocks[..];
+                for (col0, w) in widths() {
+                    let (block, tail) = rest.split_at_mut(m * w);
+                    rest = tail;
+                    s.spawn(move || dgemm_cols(a, b, n, col0, block, m, k, w));
+                }
+            });
+            let mut rest = &blocks[..];
+            for (col0, w) in widths() {
+                let (block, tail) = rest.split_at(m * w);
+                rest = tail;
+                for (i, row) in block.chunks_exact(w).enumerate() {
+                    c[i * n + col0..i * n + col0 + w].copy_from_slice(row);
+                }
             }
-        }
+        });
         return;
     }
     let per = m.div_ceil(threads);
@@ -250,15 +249,13 @@ fn limbs(x: u64) -> [f64; LIMBS] {
     [(x & m) as f64, (x >> LIMB_BITS) as f64]
 }
 
-/// The limb planes of a field tensor.
-fn limb_planes(x: &[u64]) -> [Vec<f64>; LIMBS] {
-    let mut p = [Vec::with_capacity(x.len()), Vec::with_capacity(x.len())];
-    for &v in x {
-        let l = limbs(v);
-        p[0].push(l[0]);
-        p[1].push(l[1]);
+/// The limb planes of a field tensor, written into `out` (`LIMBS · x.len()`:
+/// all low limbs, then all high limbs).
+fn limb_planes(x: &[u64], out: &mut [f64]) {
+    let (lo, hi) = out.split_at_mut(x.len());
+    for ((&v, l), h) in x.iter().zip(lo).zip(hi) {
+        [*l, *h] = limbs(v);
     }
-    p
 }
 
 /// Recombines the limb sums `Y0 + Y1·2^28` modulo `P`, plus `bias`.
@@ -439,52 +436,56 @@ pub fn conv2d_field_prepared(
     let o = g.output();
     let plane = o.h * o.w;
     SCRATCH.with_borrow_mut(|scratch| {
-        let (cols, prod, acc) = scratch.take(kk * LIMBS * plane, cout_g * LIMBS * plane);
-        conv_groups(input, prepared, bias, g, threads, cols, prod, acc)
+        let Scratch {
+            planes,
+            cols,
+            prod,
+            acc,
+        } = scratch;
+        conv_groups(
+            input,
+            prepared,
+            bias,
+            g,
+            threads,
+            fit(planes, LIMBS * input.len()),
+            fit(cols, kk * LIMBS * plane),
+            fit(prod, cout_g * LIMBS * plane),
+            fit(acc, cout_g * LIMBS * plane),
+        )
     })
 }
 
 /// Buffers of the limb GEMMs, kept per thread between calls: a server runs
 /// the same layers on every inference, and fresh multi-megabyte buffers
 /// would be paid again in page faults each time (an im2col matrix of
-/// ResNet-18's first stage is 9.4 MB).
+/// ResNet-18's first stage is 9.4 MB). Their contents are stale: every user
+/// overwrites what it reads.
 #[derive(Default)]
 struct Scratch {
+    planes: Vec<f64>,
     cols: Vec<f64>,
     prod: Vec<f64>,
     acc: Vec<i64>,
 }
 
-impl Scratch {
-    /// The three buffers at these lengths; their contents are stale (every
-    /// user overwrites what it reads).
-    fn take(&mut self, cols: usize, out: usize) -> (&mut [f64], &mut [f64], &mut [i64]) {
-        // Keep at most 64 MB per buffer between calls.
-        const KEEP: usize = 8 << 20;
-        for (v, n) in [(&mut self.cols, cols), (&mut self.prod, out)] {
-            if v.len() < n {
-                v.resize(n, 0.0);
-            } else if v.len() > KEEP.max(n) {
-                v.truncate(n);
-                v.shrink_to_fit();
-            }
-        }
-        if self.acc.len() < out {
-            self.acc.resize(out, 0);
-        } else if self.acc.len() > KEEP.max(out) {
-            self.acc.truncate(out);
-            self.acc.shrink_to_fit();
-        }
-        (
-            &mut self.cols[..cols],
-            &mut self.prod[..out],
-            &mut self.acc[..out],
-        )
+/// `v`'s first `n` elements, growing `v` if needed; a buffer far larger than
+/// this call needs (over 64 MB) is given back first.
+fn fit<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    const KEEP_BYTES: usize = 64 << 20;
+    if v.len() > n && v.len() * std::mem::size_of::<T>() > KEEP_BYTES {
+        *v = Vec::new();
     }
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    /// The column blocks of [`dgemm_rows`]'s split of wide products.
+    static BLOCKS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The groups of [`conv2d_field_prepared`] on scratch buffers.
@@ -495,6 +496,7 @@ fn conv_groups(
     bias: Option<&[u64]>,
     g: &ConvGeometry,
     threads: usize,
+    planes: &mut [f64],
     cols: &mut [f64],
     prod: &mut [f64],
     acc: &mut [i64],
@@ -505,8 +507,8 @@ fn conv_groups(
     let o = g.output();
     let plane = o.h * o.w;
     let mut out = vec![0u64; g.cout * plane];
-    let planes = limb_planes(input);
-    let planes = [&planes[0][..], &planes[1][..]];
+    limb_planes(input, planes);
+    let planes: [&[f64]; LIMBS] = [&planes[..input.len()], &planes[input.len()..]];
     for group in 0..g.groups {
         im2col_parallel(&planes, g, group, cols, threads);
         exact_gemm(

@@ -751,71 +751,58 @@ impl EncodedOp {
     /// fixed-point reference on values and the server on its shares call
     /// this same function. `None` for other ops.
     pub fn linear_field(&self, x: &[u64], threads: usize) -> Option<Vec<u64>> {
+        let pw = self.prepare_linear()?;
         match self {
             EncodedOp::Conv {
                 geometry,
                 weight,
                 bias,
-                prepared,
                 ..
-            } => {
-                let pw = prepared.get_or_prepare(|| gemm::PreparedWeights::conv(weight, geometry));
-                Some(gemm::conv2d_field_prepared(
-                    x,
-                    weight,
-                    pw,
-                    Some(bias),
-                    geometry,
-                    threads,
-                ))
-            }
+            } => Some(gemm::conv2d_field_prepared(
+                x,
+                weight,
+                pw,
+                Some(bias),
+                geometry,
+                threads,
+            )),
             EncodedOp::Linear {
                 weight,
                 bias,
                 out_features,
-                prepared,
                 ..
-            } => {
-                let pw = prepared.get_or_prepare(|| {
-                    gemm::PreparedWeights::linear(weight, *out_features, x.len())
-                });
-                Some(gemm::linear_field_prepared(
-                    x,
-                    weight,
-                    pw,
-                    Some(bias),
-                    *out_features,
-                ))
-            }
+            } => Some(gemm::linear_field_prepared(
+                x,
+                weight,
+                pw,
+                Some(bias),
+                *out_features,
+            )),
             _ => None,
         }
     }
 
-    /// Prepares the weights of a convolution or fully connected op for
-    /// [`gemm`] now rather than on the first [`EncodedOp::linear_field`]
-    /// (a server does it at model load, outside any inference's time).
-    pub fn prepare_linear(&self) {
+    /// The weights of a convolution or fully connected op prepared for
+    /// [`gemm`], computed on the first call (a server calls this at model
+    /// load, so that no inference pays for it). `None` for other ops.
+    pub fn prepare_linear(&self) -> Option<&gemm::PreparedWeights> {
         match self {
             EncodedOp::Conv {
                 geometry,
                 weight,
                 prepared,
                 ..
-            } => {
-                prepared.get_or_prepare(|| gemm::PreparedWeights::conv(weight, geometry));
-            }
+            } => Some(prepared.get_or_prepare(|| gemm::PreparedWeights::conv(weight, geometry))),
             EncodedOp::Linear {
                 weight,
                 out_features,
                 prepared,
                 ..
-            } => {
+            } => Some(prepared.get_or_prepare(|| {
                 let in_features = weight.len() / (*out_features).max(1);
-                prepared.get_or_prepare(|| {
-                    gemm::PreparedWeights::linear(weight, *out_features, in_features)
-                });
-            }
-            _ => {}
+                gemm::PreparedWeights::linear(weight, *out_features, in_features)
+            })),
+            _ => None,
         }
     }
 }

@@ -183,10 +183,48 @@ fn read_u64s(r: &mut WireReader<'_>, what: &str) -> Result<Vec<u64>, WireError> 
     Ok(v)
 }
 
+/// The little-endian bytes of `words`: borrowed on little-endian targets.
+fn le_words(words: &[u64]) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    return std::borrow::Cow::Borrowed(bytemuck::cast_slice(words));
+    #[cfg(not(target_endian = "little"))]
+    {
+        let mut v = Vec::with_capacity(words.len() * 8);
+        put_words(&mut v, words);
+        std::borrow::Cow::Owned(v)
+    }
+}
+
+/// The one layout of a [`GcMessage::Garbled`] body, as the bytes around its
+/// two word arrays: `head` (variant, scheme, kind, batch, circuits, table
+/// word count), the table words, `mid` (control gate count, packed control
+/// bits, decoding count), the decoding words. [`GcMessage::encode`] and
+/// [`send_garbled`] both write it.
+fn garbled_layout(
+    scheme: u8,
+    kind: u8,
+    batch: u64,
+    circuits: u32,
+    words: &[u64],
+    control: &[u8],
+    decoding: &[u64],
+) -> ([u8; 19], Vec<u8>) {
+    let mut head = [0u8; 19];
+    head[1] = scheme;
+    head[2] = kind;
+    head[3..11].copy_from_slice(&batch.to_le_bytes());
+    head[11..15].copy_from_slice(&circuits.to_le_bytes());
+    head[15..19].copy_from_slice(&(words.len() as u32).to_le_bytes());
+    let mut mid = Vec::with_capacity(8 + control.len());
+    mid.extend_from_slice(&(control.len() as u32).to_le_bytes());
+    pack_control(control, &mut mid);
+    mid.extend_from_slice(&(decoding.len() as u32).to_le_bytes());
+    (head, mid)
+}
+
 /// Sends piece `batch`'s garbled material as a [`GcMessage::Garbled`]
-/// frame, byte for byte what `GcMessage::encode` writes, but with the
-/// tables written straight from `garbling` (no copy into a frame buffer:
-/// 6.5 KB per half-gates ReLU).
+/// frame with the tables written straight from `garbling` (no copy into a
+/// frame buffer: 6.5 KB per half-gates ReLU).
 async fn send_garbled(
     ch: &mut Channel,
     shape: &CircuitShape,
@@ -194,41 +232,24 @@ async fn send_garbled(
     circuits: usize,
     garbling: &Garbling,
 ) -> Result<(), NetError> {
-    let (words, control, decoding) = (
-        &garbling.tables.words,
+    let (words, decoding) = (&garbling.tables.words, &garbling.decoding);
+    let (head, mid) = garbled_layout(
+        shape.scheme.code(),
+        shape.kind.code(),
+        batch,
+        circuits as u32,
+        words,
         &garbling.tables.control,
-        &garbling.decoding,
+        decoding,
     );
-    let mut head = Vec::with_capacity(24);
-    head.push(crate::msg::TAG_GC);
-    head.push(0);
-    head.push(shape.scheme.code());
-    head.push(shape.kind.code());
-    head.extend_from_slice(&batch.to_le_bytes());
-    head.extend_from_slice(&(circuits as u32).to_le_bytes());
-    head.extend_from_slice(&(words.len() as u32).to_le_bytes());
-    let mut mid = Vec::with_capacity(8 + control.len());
-    mid.extend_from_slice(&(control.len() as u32).to_le_bytes());
-    pack_control(control, &mut mid);
-    mid.extend_from_slice(&(decoding.len() as u32).to_le_bytes());
-    #[cfg(target_endian = "little")]
-    {
-        let parts: [&[u8]; 4] = [
-            &head,
-            bytemuck::cast_slice(words),
-            &mid,
-            bytemuck::cast_slice(decoding),
-        ];
-        ch.send_parts(&parts, GcMessage::NAME).await
-    }
-    #[cfg(not(target_endian = "little"))]
-    {
-        let mut w = Vec::with_capacity(words.len() * 8);
-        put_words(&mut w, words);
-        let mut d = Vec::with_capacity(decoding.len() * 8);
-        put_words(&mut d, decoding);
-        ch.send_parts(&[&head, &w, &mid, &d], GcMessage::NAME).await
-    }
+    let parts: [&[u8]; 5] = [
+        &[crate::msg::TAG_GC],
+        &head,
+        &le_words(words),
+        &mid,
+        &le_words(decoding),
+    ];
+    ch.send_parts(&parts, GcMessage::NAME).await
 }
 
 impl Wire for GcMessage {
@@ -246,17 +267,12 @@ impl Wire for GcMessage {
                 control,
                 decoding,
             } => {
-                out.reserve(32 + words.len() * 8 + control.len() + decoding.len() * 8);
-                out.push(0);
-                out.push(*scheme);
-                out.push(*kind);
-                out.extend_from_slice(&batch.to_le_bytes());
-                out.extend_from_slice(&circuits.to_le_bytes());
-                out.extend_from_slice(&(words.len() as u32).to_le_bytes());
+                let (head, mid) =
+                    garbled_layout(*scheme, *kind, *batch, *circuits, words, control, decoding);
+                out.reserve(head.len() + words.len() * 8 + mid.len() + decoding.len() * 8);
+                out.extend_from_slice(&head);
                 put_words(out, words);
-                out.extend_from_slice(&(control.len() as u32).to_le_bytes());
-                pack_control(control, out);
-                out.extend_from_slice(&(decoding.len() as u32).to_le_bytes());
+                out.extend_from_slice(&mid);
                 put_words(out, decoding);
             }
             GcMessage::GarblerLabels { batch, labels } => {

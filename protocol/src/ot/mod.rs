@@ -88,6 +88,14 @@ impl OtMessage {
     }
 }
 
+/// The bytes before an `ExtensionColumns` message's columns (variant, OT
+/// count): written by both `encode` and [`OtMessage::send`].
+fn extension_head(ots: u64) -> [u8; 9] {
+    let mut head = [2u8; 9];
+    head[1..].copy_from_slice(&ots.to_le_bytes());
+    head
+}
+
 impl OtMessage {
     /// Sends this message; extension columns go to the channel straight
     /// from their buffer (the frame `encode` writes, without copying
@@ -96,11 +104,11 @@ impl OtMessage {
         match self {
             #[cfg(target_endian = "little")]
             OtMessage::ExtensionColumns { ots, columns } => {
-                let mut head = [0u8; 10];
-                head[0] = crate::msg::TAG_OT;
-                head[1] = 2;
-                head[2..].copy_from_slice(&ots.to_le_bytes());
-                let parts: [&[u8]; 2] = [&head, bytemuck::cast_slice(columns)];
+                let parts: [&[u8]; 3] = [
+                    &[crate::msg::TAG_OT],
+                    &extension_head(*ots),
+                    bytemuck::cast_slice(columns),
+                ];
                 ch.send_parts(&parts, Self::NAME).await
             }
             _ => ch.send(self).await,
@@ -126,8 +134,7 @@ impl Wire for OtMessage {
                 }
             }
             OtMessage::ExtensionColumns { ots, columns } => {
-                out.push(2);
-                out.extend_from_slice(&ots.to_le_bytes());
+                out.extend_from_slice(&extension_head(*ots));
                 out.reserve(columns.len() * 16);
                 for c in columns {
                     out.extend_from_slice(&c.to_le_bytes());
