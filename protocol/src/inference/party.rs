@@ -949,11 +949,9 @@ async fn server_online_steps(
     let mut vals: Vec<Option<Vec<u64>>> = vec![None; n];
     let mut trace = Vec::new();
     let exact = settings.trunc == TruncMode::Exact;
-    // The next node's stored material is read on a blocking thread while
-    // this one runs (the first is preloaded as the offline phase ends).
-    if let (Some(st), None) = (store, ahead.as_ref()) {
-        st.start_ahead(ahead, plan, report.inference, 0)?;
-    }
+    // With a store, `ahead` holds the first node's material (preloaded as
+    // the offline phase ended); each `take` starts reading the next node
+    // while this one runs.
     for (i, step) in plan.steps.iter().enumerate() {
         let node = &plan.net.nodes[i];
         let name = node.name.clone();
@@ -1873,11 +1871,9 @@ async fn client_online_steps(
     report: &mut PartyReport,
     ahead: &mut Option<ReadAhead<ClientNode>>,
 ) -> Result<(Vec<u64>, Vec<Vec<u64>>), InferenceError> {
-    // The next node's stored material is read on a blocking thread while
-    // this one runs (the first is preloaded as the offline phase ends).
-    if let (Some(st), None) = (store, ahead.as_ref()) {
-        st.start_ahead(ahead, plan, report.inference, 0)?;
-    }
+    // With a store, `ahead` holds the first node's material (preloaded as
+    // the offline phase ended); each `take` starts reading the next node
+    // while this one runs.
     for (i, step) in plan.steps.iter().enumerate() {
         let name = plan.net.nodes[i].name.clone();
         ch.set_layer(Some(name.clone()));
