@@ -18,9 +18,15 @@ build: setup
 # The main job: ResNet-18 on CIFAR-100 masked to a seeds-like budget of 50K
 # ReLUs, run between a server process and a client process on loopback with
 # the real protocol, printed layer by layer and checked against the reference.
+# It ends with a quick table: three rows of DeepReDuce Table 4 (7K-14K ReLUs),
+# each with its --trunc exact column, written to results/demo/ (the committed
+# tables under results/ are left alone).
+DEMO_ROWS ?= s1-thin-a0.5-r0.5,s1s4-thin-a0.5-r0.5,s1-thin1blk-a0.5-r0.5
 demo: build
 	./target/release/pibench count --model resnet18 --dataset cifar100
 	./target/release/pibench run --model resnet18 --dataset cifar100 --relus 50000
+	./target/release/pibench table configs/tables/deepreduce-t4.toml --net lan --rows '$(DEMO_ROWS)' --out-dir results/demo
+	@echo "demo: the quick table is in results/demo/ (deepreduce-t4.md, .csv, .json and the two plots); 'make tables' regenerates the committed ones"
 
 test: setup
 	$(ENV) $(CARGO) fmt --all -- --check
