@@ -27,7 +27,7 @@ if ((${#need_apt[@]})); then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo is missing: install a Rust toolchain (1.85 or newer) first" >&2
+  echo "setup: cargo is missing: install a Rust toolchain (1.89 or newer: the VAES / AVX-512 intrinsics) first" >&2
   exit 1
 fi
 

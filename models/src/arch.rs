@@ -197,7 +197,7 @@ impl ArchSpec {
     /// Wide ResNet WRN-`depth`-`k` (depth = 6n+4).
     pub fn wrn(depth: usize, k: usize) -> Result<Self> {
         positive("WRN widen factor k", k)?;
-        if depth < 10 || (depth - 4) % 6 != 0 {
+        if depth < 10 || !(depth - 4).is_multiple_of(6) {
             return Err(ModelError::InvalidSize {
                 what: "WRN depth".into(),
                 value: depth.to_string(),
@@ -619,7 +619,7 @@ fn build_wrn(
     init: Init,
 ) -> Result<Network> {
     positive("stem channels", stem)?;
-    if depth < 10 || (depth - 4) % 6 != 0 || widths.len() != 3 {
+    if depth < 10 || !(depth - 4).is_multiple_of(6) || widths.len() != 3 {
         return Err(ModelError::InvalidSize {
             what: "WRN depth/widths".into(),
             value: format!("depth {depth}, {} widths", widths.len()),

@@ -418,7 +418,7 @@ mod tests {
         // Deterministic Miller–Rabin for 64-bit integers.
         let mut d = n - 1;
         let mut s = 0;
-        while d % 2 == 0 {
+        while d.is_multiple_of(2) {
             d /= 2;
             s += 1;
         }

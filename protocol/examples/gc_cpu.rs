@@ -1,4 +1,5 @@
 //! Dev-only: CPU time (schedstat) per ReLU of garble/evaluate on one thread.
+//! `GC_CPU_ONLY="aes-ni half-gates"` runs one kernel and scheme.
 use pibench_protocol::gc::engine::{self, CircuitShape};
 use pibench_protocol::gc::engine::{GarbleSeeds, GarblerKeys, Garbling};
 use pibench_protocol::gc::hash::{AesPrg, FixedKeyHash, Kernel};
@@ -61,16 +62,22 @@ fn main() {
             .zip(&bits)
             .map(|(&l, &b)| if b & 1 == 1 { l ^ delta } else { l })
             .collect();
+        if let Ok(only) = std::env::var("GC_CPU_ONLY") {
+            if only != format!("{} {}", kernel.name(), scheme.name()) {
+                continue;
+            }
+        }
         let mut gt = Vec::new();
         let mut et = Vec::new();
+        // Buffers kept across repetitions, as the protocol's garbler keeps them.
+        let mut g = Garbling::default();
+        let mut k = GarblerKeys {
+            delta,
+            input_zero_labels: Vec::new(),
+            output_masks: Vec::new(),
+        };
         for _ in 0..reps {
             let c0 = cpu();
-            let mut g = Garbling::default();
-            let mut k = GarblerKeys {
-                delta,
-                input_zero_labels: Vec::new(),
-                output_masks: Vec::new(),
-            };
             let seeds = GarbleSeeds::draw(&mut prg);
             engine::garble_with(&hash, &shape, delta, 0, &q, seeds, "dev", &mut g, &mut k).unwrap();
             let c1 = cpu();

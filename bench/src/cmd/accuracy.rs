@@ -152,7 +152,7 @@ impl Prepared {
         let start = Instant::now();
         let step = (n / 10).max(1);
         let progress = move |done: usize| {
-            if !quiet && (done % step == 0 || done == n) {
+            if !quiet && (done.is_multiple_of(step) || done == n) {
                 eprintln!(
                     "{what}: {done}/{n} images ({:.1} s)",
                     start.elapsed().as_secs_f64()

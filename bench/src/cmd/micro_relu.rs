@@ -53,8 +53,10 @@ pub enum KindArg {
 pub enum KernelArg {
     /// The fastest this CPU supports.
     Best,
-    /// The fused AES-NI kernels (x86-64 with AES-NI).
+    /// The fused AES-NI kernels (x86-64 with AES-NI), without VAES.
     AesNi,
+    /// The AES-NI kernels with 512-bit VAES half-gates and `π` (x86-64 with VAES and AVX-512).
+    Vaes,
     /// The portable kernels (`aes` crate, SSE2 / u128 gate code).
     Portable,
 }
@@ -278,6 +280,7 @@ pub fn run(args: ReluArgs) -> anyhow::Result<()> {
     let kernel = match args.kernel {
         KernelArg::Best => Kernel::best(),
         KernelArg::AesNi => Kernel::AesNi,
+        KernelArg::Vaes => Kernel::Vaes,
         KernelArg::Portable => Kernel::Portable,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -34,7 +34,7 @@ pub type ThreeHalvesDeltaParts = [[u128; 3]; 16];
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::super::kernels;
+    use super::super::{kernels, kernels512};
     use super::*;
 
     /// Proof that this CPU has AES-NI and SSE4.1 (made only by [`AesNi::detect`]).
@@ -172,6 +172,68 @@ mod imp {
             unsafe { kernels::three_halves_evaluate(keys, a, b, c, words, control, base, masks) }
         }
     }
+
+    /// Proof that this CPU has VAES and AVX-512F/BW besides AES-NI (made
+    /// only by [`Vaes::detect`]): the 512-bit kernels of `kernels512`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Vaes(());
+
+    impl Vaes {
+        /// The token, if the CPU has every feature the 512-bit kernels are compiled with.
+        pub fn detect() -> Option<Self> {
+            let ok = AesNi::detect().is_some()
+                && std::arch::is_x86_feature_detected!("avx")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("vaes");
+            ok.then_some(Vaes(()))
+        }
+
+        /// `π` in place, 32 blocks in flight.
+        pub fn encrypt(self, keys: &RoundKeys, blocks: &mut [u128]) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::encrypt(keys, blocks) }
+        }
+
+        /// Counter mode from `counter`.
+        pub fn ctr(self, keys: &RoundKeys, counter: u128, out: &mut [u128]) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::ctr(keys, counter, out) }
+        }
+
+        /// One half-gates AND gate garbled in all lanes.
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        pub fn half_gates_garble(
+            self,
+            keys: &RoundKeys,
+            a: &Lanes,
+            b: &Lanes,
+            c: &mut Lanes,
+            table: &mut [[u8; 16]; 2 * LANES],
+            base: u128,
+            delta: u128,
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::half_gates_garble(keys, a, b, c, table, base, delta) }
+        }
+
+        /// One half-gates AND gate evaluated in all lanes.
+        #[inline]
+        pub fn half_gates_evaluate(
+            self,
+            keys: &RoundKeys,
+            a: &Lanes,
+            b: &Lanes,
+            c: &mut Lanes,
+            table: &[[u8; 16]; 2 * LANES],
+            base: u128,
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::half_gates_evaluate(keys, a, b, c, table, base) }
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -262,6 +324,47 @@ mod imp {
             match self.0 {}
         }
     }
+
+    /// No VAES kernels on this target: the token cannot be made.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Vaes(core::convert::Infallible);
+
+    #[allow(clippy::too_many_arguments, missing_docs)]
+    impl Vaes {
+        /// Always `None` here.
+        pub fn detect() -> Option<Self> {
+            None
+        }
+        pub fn encrypt(self, _: &RoundKeys, _: &mut [u128]) {
+            match self.0 {}
+        }
+        pub fn ctr(self, _: &RoundKeys, _: u128, _: &mut [u128]) {
+            match self.0 {}
+        }
+        pub fn half_gates_garble(
+            self,
+            _: &RoundKeys,
+            _: &Lanes,
+            _: &Lanes,
+            _: &mut Lanes,
+            _: &mut [[u8; 16]; 2 * LANES],
+            _: u128,
+            _: u128,
+        ) {
+            match self.0 {}
+        }
+        pub fn half_gates_evaluate(
+            self,
+            _: &RoundKeys,
+            _: &Lanes,
+            _: &Lanes,
+            _: &mut Lanes,
+            _: &[[u8; 16]; 2 * LANES],
+            _: u128,
+        ) {
+            match self.0 {}
+        }
+    }
 }
 
-pub use imp::AesNi;
+pub use imp::{AesNi, Vaes};

@@ -186,7 +186,7 @@ fn circuit_count(
     site: &str,
 ) -> Result<usize, GcError> {
     let n = shape.input_bits();
-    if evaluator_labels.len() % n != 0 {
+    if !evaluator_labels.len().is_multiple_of(n) {
         return Err(GcError::Length {
             site: site.to_string(),
             what: "evaluator input labels",

@@ -338,7 +338,18 @@ impl Backend for HalfGatesGarbler<'_> {
         let (a, b, c, id) = self.arena.gate(a, b);
         let n = 4 * self.active;
         let words = &mut self.out.words;
-        if let Some((k, keys)) = self.hash.accel() {
+        if let Some((v, keys)) = self.hash.vaes() {
+            let start = words.len();
+            words.resize(start + n, 0);
+            let out: &mut [[u8; 16]] = bytemuck::cast_slice_mut(&mut words[start..]);
+            if let Ok(t) = <&mut [[u8; 16]; 2 * LANES]>::try_from(&mut *out) {
+                v.half_gates_garble(keys, a, b, c, t, base, self.delta);
+            } else {
+                let mut t = [[0u8; 16]; 2 * LANES];
+                v.half_gates_garble(keys, a, b, c, &mut t, base, self.delta);
+                out.copy_from_slice(&t[..2 * self.active]);
+            }
+        } else if let Some((k, keys)) = self.hash.accel() {
             // Write the lanes' table words in place (the zeros are overwritten while in L1).
             let start = words.len();
             words.resize(start + n, 0);
@@ -448,6 +459,19 @@ impl Backend for HalfGatesEvaluator<'_> {
             for line in later.chunks(8) {
                 prefetch(&line[0]);
             }
+        }
+        if let Some((v, keys)) = self.hash.vaes() {
+            let table: &[[u8; 16]] = bytemuck::cast_slice(words);
+            match <&[[u8; 16]; 2 * LANES]>::try_from(table) {
+                Ok(t) => v.half_gates_evaluate(keys, a, b, c, t, base),
+                Err(_) => {
+                    let mut t = [[0u8; 16]; 2 * LANES];
+                    t[..table.len()].copy_from_slice(table);
+                    v.half_gates_evaluate(keys, a, b, c, &t, base);
+                }
+            }
+            self.gate += 1;
+            return id;
         }
         if let Some((k, keys)) = self.hash.accel() {
             let table: &[[u8; 16]] = bytemuck::cast_slice(words);

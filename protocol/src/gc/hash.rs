@@ -11,7 +11,7 @@ use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128;
 
-use super::accel::{AesNi, RoundKeys};
+use super::accel::{AesNi, RoundKeys, Vaes};
 use super::simd::V;
 use super::GcError;
 
@@ -56,12 +56,18 @@ pub enum Kernel {
     Portable,
     /// Hand-fused AES-NI gate kernels (`gc/kernels.rs`), x86-64 with AES-NI and SSE4.1.
     AesNi,
+    /// The AES-NI kernels, with the half-gates AND gate, `π` and counter
+    /// mode on 512-bit VAES registers (`gc/kernels512.rs`, four blocks per
+    /// instruction): x86-64 with VAES and AVX-512F/BW.
+    Vaes,
 }
 
 impl Kernel {
     /// The fastest kernel this CPU supports.
     pub fn best() -> Self {
-        if AesNi::detect().is_some() {
+        if Vaes::detect().is_some() {
+            Kernel::Vaes
+        } else if AesNi::detect().is_some() {
             Kernel::AesNi
         } else {
             Kernel::Portable
@@ -74,6 +80,9 @@ impl Kernel {
         if AesNi::detect().is_some() {
             k.push(Kernel::AesNi);
         }
+        if Vaes::detect().is_some() {
+            k.push(Kernel::Vaes);
+        }
         k
     }
 
@@ -82,6 +91,7 @@ impl Kernel {
         match self {
             Kernel::Portable => "portable",
             Kernel::AesNi => "aes-ni",
+            Kernel::Vaes => "vaes",
         }
     }
 }
@@ -91,6 +101,8 @@ impl Kernel {
 pub struct FixedKeyHash {
     cipher: Aes128,
     accel: Option<(AesNi, RoundKeys)>,
+    /// Set with `accel` where the CPU has VAES (the [`Kernel::Vaes`] kernel).
+    vaes: Option<Vaes>,
     buf: Vec<aes::Block>,
 }
 
@@ -110,9 +122,11 @@ impl FixedKeyHash {
     /// The hash under [`FIXED_KEY`], with the fastest kernel this CPU supports.
     pub fn new() -> Self {
         let accel = AesNi::detect().map(|k| (k, k.expand_key(u128::from_le_bytes(FIXED_KEY))));
+        let vaes = accel.and(Vaes::detect());
         Self {
             cipher: Aes128::new(&GenericArray::from(FIXED_KEY)),
             accel,
+            vaes,
             buf: Vec::new(),
         }
     }
@@ -121,11 +135,23 @@ impl FixedKeyHash {
     pub fn with_kernel(kernel: Kernel) -> Result<Self, GcError> {
         let mut h = Self::new();
         match kernel {
-            Kernel::Portable => h.accel = None,
+            Kernel::Portable => {
+                h.accel = None;
+                h.vaes = None;
+            }
             Kernel::AesNi => {
                 if h.accel.is_none() {
                     return Err(GcError::Parameters {
                         reason: "the aes-ni kernel needs a CPU with AES-NI and SSE4.1".into(),
+                    });
+                }
+                h.vaes = None;
+            }
+            Kernel::Vaes => {
+                if h.vaes.is_none() {
+                    return Err(GcError::Parameters {
+                        reason: "the vaes kernel needs a CPU with VAES, AVX-512F and AVX-512BW"
+                            .into(),
                     });
                 }
             }
@@ -135,7 +161,9 @@ impl FixedKeyHash {
 
     /// The kernel in use.
     pub fn kernel(&self) -> Kernel {
-        if self.accel.is_some() {
+        if self.vaes.is_some() {
+            Kernel::Vaes
+        } else if self.accel.is_some() {
             Kernel::AesNi
         } else {
             Kernel::Portable
@@ -146,6 +174,15 @@ impl FixedKeyHash {
     #[inline(always)]
     pub(crate) fn accel(&self) -> Option<(AesNi, &RoundKeys)> {
         self.accel.as_ref().map(|(k, keys)| (*k, keys))
+    }
+
+    /// The VAES token and the fixed key's round keys, when that kernel is in use.
+    #[inline(always)]
+    pub(crate) fn vaes(&self) -> Option<(Vaes, &RoundKeys)> {
+        match (self.vaes, &self.accel) {
+            (Some(v), Some((_, keys))) => Some((v, keys)),
+            _ => None,
+        }
     }
 
     /// `π(x)`: one fixed-key AES encryption (little-endian byte order of the `u128`).
@@ -223,6 +260,20 @@ impl FixedKeyHash {
     /// `min_time`, with this hash's kernel.
     pub fn aes_blocks_per_second(&self, min_time: std::time::Duration) -> f64 {
         let mut done = 0usize;
+        if let Some((v, keys)) = self.vaes() {
+            let mut blocks: Vec<u128> = (0..1u128 << 14).collect();
+            v.encrypt(keys, &mut blocks);
+            let start = std::time::Instant::now();
+            loop {
+                v.encrypt(keys, &mut blocks);
+                done += blocks.len();
+                if start.elapsed() >= min_time {
+                    break;
+                }
+            }
+            std::hint::black_box(&blocks);
+            return done as f64 / start.elapsed().as_secs_f64();
+        }
         if let Some((k, keys)) = self.accel() {
             let mut blocks: Vec<u128> = (0..1u128 << 14).collect();
             k.encrypt(keys, &mut blocks);
@@ -278,6 +329,7 @@ impl FixedKeyHash {
 pub struct AesPrg {
     cipher: Aes128,
     accel: Option<(AesNi, RoundKeys)>,
+    vaes: Option<Vaes>,
     counter: u128,
 }
 
@@ -299,9 +351,11 @@ impl AesPrg {
     /// stream (random access: `with_counter(s, c)` continues where `new(s)`
     /// is after `c` blocks).
     pub fn with_counter(seed: Block, counter: u128) -> Self {
+        let accel = AesNi::detect().map(|k| (k, k.expand_key(seed)));
         Self {
             cipher: Aes128::new(&GenericArray::from(seed.to_le_bytes())),
-            accel: AesNi::detect().map(|k| (k, k.expand_key(seed))),
+            vaes: accel.and(Vaes::detect()),
+            accel,
             counter,
         }
     }
@@ -321,7 +375,11 @@ impl AesPrg {
     /// Fills `out` with the next pseudo-random blocks.
     pub fn fill(&mut self, out: &mut [Block]) {
         if let Some((k, keys)) = &self.accel {
-            k.ctr(keys, self.counter, out);
+            // The VAES kernel works on 32 blocks at a time: only worth it for long outputs.
+            match self.vaes {
+                Some(v) if out.len() >= 32 => v.ctr(keys, self.counter, out),
+                _ => k.ctr(keys, self.counter, out),
+            }
             self.counter = self.counter.wrapping_add(out.len() as u128);
             return;
         }

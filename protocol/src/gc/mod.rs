@@ -8,6 +8,7 @@
 //! * [`garble`]: half-gates and three-halves garbler/evaluator backends, `LANES` circuits per call.
 //! * [`accel`]: run-time detection of the AES-NI kernels (the crate's only `unsafe`: the calls into them).
 //! * `kernels` (x86-64): fused AES-NI AND-gate, hashing and counter-mode kernels.
+//! * `kernels512` (x86-64 with VAES and AVX-512): the half-gates AND gate, `π` and counter mode, four blocks per instruction.
 //! * [`simd`]: 128-bit label arithmetic on SSE2 registers (safe intrinsics) for the AND kernels.
 //! * [`engine`]: batch garbling/evaluation, input encoding, output re-masking mod `P`.
 //! * [`protocol`]: the two-party offline/online protocol over [`crate::net::Channel`].
@@ -20,6 +21,8 @@ pub mod garble;
 pub mod hash;
 #[cfg(target_arch = "x86_64")]
 mod kernels;
+#[cfg(target_arch = "x86_64")]
+mod kernels512;
 pub mod protocol;
 pub mod simd;
 

@@ -804,7 +804,7 @@ impl EvaluatorSession {
         // `k` values of `n0` bits per circuit (k > 1: a max-pool window).
         let k = shape.window();
         let n0 = shape.value_bits();
-        if b_h.len() % k != 0 {
+        if !b_h.len().is_multiple_of(k) {
             return Err(GcError::Length {
                 site: site.to_string(),
                 what: "evaluator inputs (whole max-pool windows)",

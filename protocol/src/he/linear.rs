@@ -121,7 +121,7 @@ impl LayerShape {
         if self.kh == 0 || self.kw == 0 || self.stride == 0 || self.groups == 0 {
             return bad(format!("zero kernel, stride or groups in {self:?}"));
         }
-        if self.cin % self.groups != 0 || self.cout % self.groups != 0 {
+        if !self.cin.is_multiple_of(self.groups) || !self.cout.is_multiple_of(self.groups) {
             return bad(format!(
                 "groups {} must divide cin {} and cout {}",
                 self.groups, self.cin, self.cout

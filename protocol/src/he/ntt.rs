@@ -35,7 +35,7 @@ impl NttTable {
     /// Tables for prime `q` and ring degree `n`, or `None` if `q` has no
     /// primitive `2n`-th root of unity.
     pub fn new(q: u64, n: usize) -> Option<Self> {
-        if n < 2 || !n.is_power_of_two() || q >= 1 << 62 || (q - 1) % (2 * n as u64) != 0 {
+        if n < 2 || !n.is_power_of_two() || q >= 1 << 62 || !(q - 1).is_multiple_of(2 * n as u64) {
             return None;
         }
         let log_n = n.trailing_zeros();

@@ -329,7 +329,7 @@ impl PhaseHooks for Autorep {
         }
         if self.cfg.poly > 0
             && self.iterations < self.cfg.dapa_iterations
-            && self.iterations % self.cfg.dapa_every.max(1) == 0
+            && self.iterations.is_multiple_of(self.cfg.dapa_every.max(1))
         {
             let sites: Vec<usize> = self.aux.iter().map(|(i, _)| *i).collect();
             for i in sites {

@@ -326,7 +326,7 @@ impl PhaseHooks for Pruner {
                 } else {
                     1
                 };
-            if self.batches % interval == 0 {
+            if self.batches.is_multiple_of(interval) {
                 let target = self.cfg.budget as f64 / self.total.max(1) as f64;
                 let ratio = keep_ratio(&self.cfg, target, self.epoch);
                 let keep = if ratio <= target {

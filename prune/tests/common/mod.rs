@@ -16,7 +16,11 @@ pub fn class_image(class: usize, rng: &mut ChaCha8Rng, side: usize) -> Vec<u8> {
         for y in 0..side {
             for _x in 0..side {
                 // A class-dependent horizontal stripe pattern on top of the colour.
-                let stripe = if (y / 4 + class) % 2 == 0 { 25 } else { -25 };
+                let stripe = if (y / 4 + class).is_multiple_of(2) {
+                    25
+                } else {
+                    -25
+                };
                 let v = base + stripe + rng.gen_range(-30..=30);
                 img.push(v.clamp(0, 255) as u8);
             }

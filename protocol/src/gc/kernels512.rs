@@ -1,0 +1,259 @@
+//! 512-bit VAES kernels (x86-64 with VAES and AVX-512F/BW): four AES
+//! blocks per instruction. The half-gates AND kernels work on four of the
+//! [`LANES`] lanes per register, so one gate's 64 garbling hashes (32 for
+//! evaluation) are 16 (8) registers in flight; `encrypt` and `ctr` keep 32
+//! blocks in flight. Bit for bit the same results as the AES-NI kernels of
+//! [`super::kernels`] (tests compare every kernel with the plaintext twin and
+//! with the `aes` crate).
+//!
+//! Like [`super::kernels`], these functions contain no `unsafe`: registers
+//! are built from and written back to arrays by value (`bytemuck::cast`,
+//! which the compiler turns into unaligned loads and stores), and calling
+//! them is `unsafe` only because of `#[target_feature]`
+//! ([`super::accel::Vaes`] is the run-time proof).
+
+use core::arch::x86_64::*;
+
+use super::accel::RoundKeys;
+use super::garble::{Lanes, LANES};
+
+/// The features every kernel here is compiled with.
+macro_rules! kernel {
+    ($(#[$m:meta])* $v:vis fn $name:ident $($rest:tt)*) => {
+        $(#[$m])*
+        #[target_feature(enable = "aes,sse2,ssse3,sse4.1,avx,avx2,avx512f,avx512bw,vaes")]
+        $v fn $name $($rest)*
+    };
+}
+
+/// Four 128-bit blocks as one register (block `i` in 128-bit lane `i`).
+#[inline(always)]
+fn load4(x: &[u128; 4]) -> __m512i {
+    bytemuck::cast(*x)
+}
+
+#[inline(always)]
+fn store4(x: __m512i) -> [u128; 4] {
+    bytemuck::cast(x)
+}
+
+/// Lanes `4j..4j + 4` of a bundle.
+#[inline(always)]
+fn quad(l: &Lanes, j: usize) -> &[u128; 4] {
+    l[4 * j..4 * j + 4]
+        .try_into()
+        .expect("LANES is a multiple of 4")
+}
+
+const _: () = assert!(LANES.is_multiple_of(4));
+/// Registers per bundle of [`LANES`] lanes.
+const QUADS: usize = LANES / 4;
+
+kernel! {
+    #[inline]
+    fn xor(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_xor_si512(a, b)
+    }
+}
+
+kernel! {
+    #[inline]
+    fn and(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_and_si512(a, b)
+    }
+}
+
+kernel! {
+    /// `σ` in every 128-bit lane: 64-bit words `[lo, hi]` → `[hi, hi ⊕ lo]`.
+    #[inline]
+    fn sigma(x: __m512i) -> __m512i {
+        _mm512_xor_si512(
+            _mm512_shuffle_epi32::<0b11_10_11_10>(x),
+            _mm512_bslli_epi128::<8>(x),
+        )
+    }
+}
+
+kernel! {
+    /// All ones in each 128-bit lane whose bit 0 (the colour) is set.
+    #[inline]
+    fn color_mask(x: __m512i) -> __m512i {
+        let low = _mm512_shuffle_epi32::<0>(x);
+        _mm512_srai_epi32::<31>(_mm512_slli_epi32::<31>(low))
+    }
+}
+
+kernel! {
+    /// A 128-bit block in all four lanes.
+    #[inline]
+    fn broadcast(x: u128) -> __m512i {
+        _mm512_broadcast_i32x4(bytemuck::cast::<u128, __m128i>(x))
+    }
+}
+
+kernel! {
+    #[inline]
+    fn load_keys(k: &RoundKeys) -> [__m512i; 11] {
+        core::array::from_fn(|r| broadcast(k[r]))
+    }
+}
+
+kernel! {
+    /// AES rounds 1..=10 on `N` whitened registers (`x ⊕ k₀` done by the caller).
+    #[inline]
+    fn rounds<const N: usize>(k: &[__m512i; 11], x: &mut [__m512i; N]) {
+        for key in &k[1..10] {
+            for b in x.iter_mut() {
+                *b = _mm512_aesenc_epi128(*b, *key);
+            }
+        }
+        for b in x.iter_mut() {
+            *b = _mm512_aesenclast_epi128(*b, k[10]);
+        }
+    }
+}
+
+kernel! {
+    /// `π` on every block in place, 32 blocks in flight.
+    pub fn encrypt(keys: &RoundKeys, blocks: &mut [u128]) {
+        let k = load_keys(keys);
+        let mut chunks = blocks.chunks_exact_mut(32);
+        for c in &mut chunks {
+            let mut x: [__m512i; 8] = core::array::from_fn(|i| {
+                xor(load4(c[4 * i..4 * i + 4].try_into().expect("32 = 8 × 4")), k[0])
+            });
+            rounds(&k, &mut x);
+            for (o, y) in c.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&store4(y));
+            }
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut tail = [0u128; 32];
+            tail[..rest.len()].copy_from_slice(rest);
+            let mut x: [__m512i; 8] = core::array::from_fn(|i| {
+                xor(load4(tail[4 * i..4 * i + 4].try_into().expect("32 = 8 × 4")), k[0])
+            });
+            rounds(&k, &mut x);
+            for (o, y) in tail.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&store4(y));
+            }
+            rest.copy_from_slice(&tail[..rest.len()]);
+        }
+    }
+}
+
+kernel! {
+    /// Counter mode: `out[i] = π(counter + i)` (the counter as a little-endian block).
+    pub fn ctr(keys: &RoundKeys, counter: u128, out: &mut [u128]) {
+        let mut next = counter;
+        for c in out.chunks_mut(32) {
+            for o in c.iter_mut() {
+                *o = next;
+                next = next.wrapping_add(1);
+            }
+        }
+        encrypt(keys, out);
+    }
+}
+
+/// Lane offsets `2l` of the half-gates tweaks, four lanes per register.
+#[inline(always)]
+fn lane_tweaks(j: usize) -> [u128; 4] {
+    core::array::from_fn(|h| 2 * (4 * j + h) as u128)
+}
+
+kernel! {
+    /// Garbles one half-gates AND gate in all [`LANES`] lanes, exactly as
+    /// [`super::kernels::half_gates_garble`] (same tweaks, same table layout:
+    /// lane `l`'s `(T_G, T_E ⊕ A⁰)` at `table[2l]`, `table[2l + 1]`).
+    pub fn half_gates_garble(
+        keys: &RoundKeys,
+        a: &Lanes,
+        b: &Lanes,
+        c: &mut Lanes,
+        table: &mut [[u8; 16]; 2 * LANES],
+        base: u128,
+        delta: u128,
+    ) {
+        let k = load_keys(keys);
+        let d = broadcast(delta);
+        let sd = sigma(d);
+        let one = broadcast(1);
+        // The whitening key is folded into the tweak: π(x ⊕ j) starts with x ⊕ (j ⊕ k₀).
+        let base = xor(broadcast(base), k[0]);
+        // Only the AES states and round keys stay in registers through the
+        // rounds (16 + 11 of 32); the labels are loaded again after them.
+        let mut x = [_mm512_setzero_si512(); 4 * QUADS];
+        for j in 0..QUADS {
+            let ja = xor(base, load4(&lane_tweaks(j)));
+            let xa = xor(sigma(load4(quad(a, j))), ja);
+            let xb = xor(sigma(load4(quad(b, j))), xor(ja, one));
+            x[4 * j] = xa;
+            x[4 * j + 1] = xor(xa, sd);
+            x[4 * j + 2] = xb;
+            x[4 * j + 3] = xor(xb, sd);
+        }
+        rounds(&k, &mut x);
+        // Interleave (T_G, T_E ⊕ A⁰) per lane: 64-bit word indices into [tg | te].
+        let lo = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+        let hi = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+        for j in 0..QUADS {
+            let (p0, p1, p2, p3) = (x[4 * j], x[4 * j + 1], x[4 * j + 2], x[4 * j + 3]);
+            let (av, bv) = (load4(quad(a, j)), load4(quad(b, j)));
+            let pa = color_mask(av);
+            let pb = color_mask(bv);
+            // H(A⁰) ⊕ H(A¹) = π(..) ⊕ π(..) ⊕ σ(Δ).
+            let tg = xor(xor(p0, p1), xor(sd, and(pb, d)));
+            let wg = xor(xor(p0, sigma(av)), and(pa, tg));
+            let te = xor(xor(p2, p3), sd);
+            let we = xor(xor(p2, sigma(bv)), and(pb, te));
+            c[4 * j..4 * j + 4].copy_from_slice(&store4(xor(wg, we)));
+            let tea = xor(te, av);
+            let first: [[u8; 16]; 4] = bytemuck::cast(_mm512_permutex2var_epi64(tg, lo, tea));
+            let second: [[u8; 16]; 4] = bytemuck::cast(_mm512_permutex2var_epi64(tg, hi, tea));
+            table[8 * j..8 * j + 4].copy_from_slice(&first);
+            table[8 * j + 4..8 * j + 8].copy_from_slice(&second);
+        }
+    }
+}
+
+kernel! {
+    /// Evaluates one half-gates AND gate in all [`LANES`] lanes (`a`, `b`
+    /// active labels, `table` as [`half_gates_garble`] writes it).
+    pub fn half_gates_evaluate(
+        keys: &RoundKeys,
+        a: &Lanes,
+        b: &Lanes,
+        c: &mut Lanes,
+        table: &[[u8; 16]; 2 * LANES],
+        base: u128,
+    ) {
+        let k = load_keys(keys);
+        let one = broadcast(1);
+        let base = xor(broadcast(base), k[0]);
+        let mut x = [_mm512_setzero_si512(); 2 * QUADS];
+        for j in 0..QUADS {
+            let ja = xor(base, load4(&lane_tweaks(j)));
+            x[2 * j] = xor(sigma(load4(quad(a, j))), ja);
+            x[2 * j + 1] = xor(sigma(load4(quad(b, j))), xor(ja, one));
+        }
+        rounds(&k, &mut x);
+        // De-interleave four lanes' (T_G, T_E) from two registers of table rows.
+        let gi = _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0);
+        let ei = _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2);
+        for j in 0..QUADS {
+            let r0: [[u8; 16]; 4] = table[8 * j..8 * j + 4].try_into().expect("8 rows per quad");
+            let r1: [[u8; 16]; 4] = table[8 * j + 4..8 * j + 8].try_into().expect("8 rows per quad");
+            let (r0, r1): (__m512i, __m512i) = (bytemuck::cast(r0), bytemuck::cast(r1));
+            let tg = _mm512_permutex2var_epi64(r0, gi, r1);
+            let te = _mm512_permutex2var_epi64(r0, ei, r1);
+            let (av, bv) = (load4(quad(a, j)), load4(quad(b, j)));
+            // H(A) ⊕ H(B) = π(..) ⊕ π(..) ⊕ σ(A) ⊕ σ(B).
+            let hs = xor(xor(x[2 * j], x[2 * j + 1]), xor(sigma(av), sigma(bv)));
+            let ga = and(color_mask(av), tg);
+            let eb = and(color_mask(bv), xor(te, av));
+            c[4 * j..4 * j + 4].copy_from_slice(&store4(xor(hs, xor(ga, eb))));
+        }
+    }
+}
