@@ -53,7 +53,8 @@ pub enum KindArg {
 pub enum KernelArg {
     /// The fastest this CPU supports.
     Best,
-    /// The fused AES-NI kernels (x86-64 with AES-NI), without VAES.
+    /// The fused AES-NI gate kernels and AES unit (x86-64 with AES-NI), no
+    /// VAES (the label PRG still uses VAES counter mode where the CPU has it).
     AesNi,
     /// The AES-NI kernels with 512-bit VAES half-gates and `π` (x86-64 with VAES and AVX-512).
     Vaes,

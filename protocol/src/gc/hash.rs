@@ -324,7 +324,9 @@ impl FixedKeyHash {
 }
 
 /// AES-128 in counter mode keyed by a secret seed: a fast PRG for wire
-/// labels and for the OT-extension matrix columns.
+/// labels and for the OT-extension matrix columns. It uses the fastest
+/// counter mode the CPU has (VAES for fills of ≥ 32 blocks, else AES-NI),
+/// whatever [`Kernel`] the gates use: the stream is the same.
 #[derive(Clone)]
 pub struct AesPrg {
     cipher: Aes128,
