@@ -55,10 +55,12 @@ vectors:
 bench-long: setup
 	$(ENV) $(CARGO) test --release --workspace -- --ignored
 
-# The seeds' latency tables committed under results/, measured through the real
-# protocol with LAN emulation. Hours on 2 cores (DeepReDuce Table 4 alone took
-# 35 min); --resume keeps every row already measured with the same settings,
-# so an interrupted run goes on where it stopped.
-TABLES ?= deepreduce-t4 deepreduce-t5 relupruner-t2 autorep-t3 deepreshape-t7
+# Every table of configs/tables/, measured through the real protocol with LAN
+# emulation into results/. Many hours on 2 cores (DeepReShape Table 7 alone:
+# 43 min on the AMD machine of 2026-12-07; AutoReP Table 1's WRN-22-8
+# Tiny-ImageNet row needs about 40 GB of disk for --store). --resume keeps
+# every row already measured with the same settings on the same machine, so an
+# interrupted run goes on where it stopped. A subset: make tables TABLES="deepreduce-t4 deepreduce-t5".
+TABLES ?= $(sort $(basename $(notdir $(wildcard configs/tables/*.toml))))
 tables: build
 	./target/release/pibench table $(TABLES:%=configs/tables/%.toml) --net lan --resume --out-dir results

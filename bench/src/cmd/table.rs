@@ -53,7 +53,7 @@ pub struct TableArgs {
     #[arg(long)]
     rows: Option<String>,
     /// Keep measurements of an earlier results file in --out-dir whose
-    /// settings (model bytes, truncation, network, threads, repeat) are unchanged.
+    /// settings (model bytes, truncation, network, threads, repeat, machine) are unchanged.
     #[arg(long)]
     resume: bool,
     /// Folder of the outputs.
@@ -510,6 +510,7 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
         TruncArg::Local => "local",
         TruncArg::Exact => "exact",
     };
+    let machine = Machine::detect();
     let mut ctx = Ctx {
         opts: RunOptions {
             exe,
@@ -519,6 +520,7 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
             run_limit: Duration::from_secs(args.run_limit.max(1)),
             repeat: args.repeat,
             insecure_test_params: args.insecure_test_params,
+            machine: machine.key(),
         },
         trunc,
         exact_column: !args.no_exact_column,
@@ -533,7 +535,6 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
             .context("creating a temporary folder for model files")?,
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let machine = Machine::detect();
     let mut summary = Vec::new();
     for cfg in &configs {
         let started = Instant::now();

@@ -105,15 +105,20 @@ pub struct RunOptions {
     pub repeat: usize,
     /// Passes the hidden `--insecure-test-params` (tests only: N = 2048).
     pub insecure_test_params: bool,
+    /// The machine measuring, as `CPU model/logical cores` ([`Machine`]):
+    /// part of the settings line, so that `--resume` never keeps a
+    /// measurement made on another machine under this machine's header.
+    pub machine: String,
 }
 
 impl RunOptions {
     /// The settings a measurement depends on, as one canonical line (stored
     /// beside every measurement; `--resume` reuses a measurement only when
-    /// this line, which includes a hash of the model file's bytes, is equal).
+    /// this line, which includes a hash of the model file's bytes and the
+    /// machine, is equal).
     pub fn settings_line(&self, model_hash: u64, trunc: &str) -> String {
         format!(
-            "model-bytes-fnv64={model_hash:016x} trunc={trunc} net={} threads={} repeat={} params={}",
+            "model-bytes-fnv64={model_hash:016x} trunc={trunc} net={} threads={} repeat={} params={} machine={}",
             self.net.as_deref().unwrap_or("none"),
             self.threads.map_or("all".to_string(), |t| t.to_string()),
             self.repeat,
@@ -122,6 +127,7 @@ impl RunOptions {
             } else {
                 "default"
             },
+            self.machine,
         )
     }
 }
@@ -837,6 +843,11 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// `CPU model/logical cores`, the machine's part of a settings line.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.cpu, self.cores)
+    }
+
     /// Reads /proc/cpuinfo and /proc/meminfo.
     pub fn detect() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -880,6 +891,36 @@ pub fn git_commit() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--resume` keeps a measurement only when the settings line is equal,
+    /// and a measurement of another machine has another line.
+    #[test]
+    fn the_settings_line_names_the_machine() {
+        let opts = |machine: &str| RunOptions {
+            exe: PathBuf::from("pibench"),
+            net: Some("lan".into()),
+            threads: None,
+            recv_timeout_s: 60,
+            run_limit: Duration::from_secs(60),
+            repeat: 1,
+            insecure_test_params: false,
+            machine: machine.into(),
+        };
+        let a = opts("AMD EPYC/2").settings_line(7, "local");
+        assert!(a.ends_with(" machine=AMD EPYC/2"), "{a}");
+        assert_ne!(
+            a,
+            opts("Intel(R) Xeon(R) Processor @ 2.50GHz/2").settings_line(7, "local")
+        );
+        assert_eq!(a, opts("AMD EPYC/2").settings_line(7, "local"));
+        let m = Machine {
+            cpu: "AMD EPYC".into(),
+            cores: 2,
+            memory_bytes: None,
+            os: "linux".into(),
+        };
+        assert_eq!(m.key(), "AMD EPYC/2");
+    }
 
     #[test]
     fn utc_dates() {
