@@ -89,12 +89,17 @@ fn main() {
             gt.push((c1 - c0) * 1e9 / count as f64);
             et.push((c3 - c2) * 1e9 / count as f64);
         }
+        // Means as well as medians: the CPU clock moves in scheduler ticks
+        // on some VMs, so a median of short repetitions sits on a tick
+        // multiple while the mean of many averages the ticks out.
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (gm, em) = (mean(&gt), mean(&et));
         gt.sort_by(f64::total_cmp);
         et.sort_by(f64::total_cmp);
         let (g, e) = (gt[gt.len() / 2], et[et.len() / 2]);
         println!(
-            "{:>8} {:>12}: garble {:.0} ns cpu = {:.0} AES-block times; evaluate {:.0} ns = {:.0} AES-block times  (min {:.0} / {:.0})",
-            kernel.name(), scheme.name(), g, g * rate_cpu / 1e9, e, e * rate_cpu / 1e9, gt[0], et[0]
+            "{:>8} {:>12}: garble {:.0} ns cpu = {:.0} AES-block times; evaluate {:.0} ns = {:.0} AES-block times  (min {:.0} / {:.0}; mean {:.0} / {:.0})",
+            kernel.name(), scheme.name(), g, g * rate_cpu / 1e9, e, e * rate_cpu / 1e9, gt[0], et[0], gm, em
         );
     }
 }

@@ -27,6 +27,11 @@ pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Receive buffers grow by at most this much before the bytes are there.
 const READ_CHUNK: usize = 1 << 20;
+/// Largest receive buffer a channel keeps for the next frame (larger ones
+/// are freed after use): frames of garbled tables (≈ 7 MB) and ciphertexts
+/// then land in memory that is already mapped, instead of fresh pages that
+/// the kernel must fault in and clear for every frame.
+const KEEP_RX: usize = 64 << 20;
 
 /// Transport and framing errors.
 #[derive(Debug, Error)]
@@ -326,6 +331,8 @@ pub struct Channel {
     max_frame: usize,
     timeout: Duration,
     scratch: Vec<u8>,
+    /// The receive buffer, reused from frame to frame (up to [`KEEP_RX`]).
+    rx: Vec<u8>,
     dirty: bool,
 }
 
@@ -351,6 +358,7 @@ impl Channel {
             max_frame: DEFAULT_MAX_FRAME,
             timeout: DEFAULT_TIMEOUT,
             scratch: Vec::new(),
+            rx: Vec::new(),
             dirty: false,
         }
     }
@@ -480,9 +488,26 @@ impl Channel {
 
     /// Receives a typed message: checks the envelope tag, then decodes.
     pub async fn recv<M: Wire>(&mut self) -> Result<M, NetError> {
-        let bytes = self.recv_bytes(M::NAME).await?;
+        self.flush().await?;
+        let mut buf = std::mem::take(&mut self.rx);
+        let got = self.read_frame_into(&mut buf, M::NAME).await;
+        let res = match got {
+            Ok(()) => {
+                self.meter.on_receive(buf.len() as u64 + 4);
+                Self::decode_frame::<M>(&buf)
+            }
+            Err(e) => Err(e),
+        };
+        if buf.capacity() <= KEEP_RX {
+            self.rx = buf;
+        }
+        res
+    }
+
+    /// Decodes a received frame as `M` (its envelope tag first).
+    fn decode_frame<M: Wire>(bytes: &[u8]) -> Result<M, NetError> {
         let body = match M::TAG {
-            None => &bytes[..],
+            None => bytes,
             Some(tag) => match bytes.first() {
                 Some(&t) if t == tag => &bytes[1..],
                 Some(&t) => {
@@ -556,8 +581,17 @@ impl Channel {
         Ok(buf)
     }
 
-    /// Reads one frame (no flush, no metering).
+    /// Reads one frame into a new buffer (no flush, no metering).
     async fn read_frame(&mut self, what: &str) -> Result<Vec<u8>, NetError> {
+        let mut buf = Vec::new();
+        self.read_frame_into(&mut buf, what).await?;
+        Ok(buf)
+    }
+
+    /// Reads one frame into `buf` (cleared first; its capacity is reused),
+    /// without flushing or metering.
+    async fn read_frame_into(&mut self, buf: &mut Vec<u8>, what: &str) -> Result<(), NetError> {
+        buf.clear();
         let timeout = self.timeout;
         let ctx = || format!("receiving {what}");
         let mut len = [0u8; 4];
@@ -580,8 +614,9 @@ impl Channel {
         }
         // The buffer grows only as the payload arrives (one read chunk, then
         // doubling once full: never more than twice the bytes received);
-        // bytes are read straight into the spare capacity (no zeroing).
-        let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+        // bytes are read straight into the spare capacity (no zeroing). A
+        // reused buffer whose capacity already holds the frame does not grow.
+        buf.reserve(len.min(READ_CHUNK));
         while buf.len() < len {
             if buf.len() == buf.capacity() {
                 buf.reserve((len - buf.len()).min(READ_CHUNK));
@@ -590,7 +625,7 @@ impl Channel {
                 timeout,
                 (&mut self.reader)
                     .take((len - buf.len()) as u64)
-                    .read_buf(&mut buf),
+                    .read_buf(buf),
             )
             .await;
             match read {
@@ -613,7 +648,7 @@ impl Channel {
                 }
             }
         }
-        Ok(buf)
+        Ok(())
     }
 }
 
@@ -696,6 +731,48 @@ mod tests {
         assert_eq!(a.meter().get("online").bytes_sent, 12);
         assert_eq!(a.meter().get("online").bytes_received, 12);
         assert_eq!(b.meter().get("online").rounds, 1);
+    }
+
+    /// A message of any length (the reused receive buffer must hold each
+    /// frame exactly, whatever the sizes before it).
+    #[derive(Debug, PartialEq)]
+    struct Blob(Vec<u8>);
+
+    impl Wire for Blob {
+        const NAME: &'static str = "blob";
+        fn encode(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0);
+        }
+        fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+            Ok(Blob(bytes.to_vec()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_of_any_size_follow_each_other_through_the_reused_buffer() {
+        let (mut a, mut b) = duplex_pair();
+        let sizes = [3 << 20, 10, 0, 2 << 20, 1, (3 << 20) + 5, KEEP_RX + 1, 7];
+        let blobs: Vec<Blob> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Blob((0..n).map(|k| (k * 31 + i) as u8).collect()))
+            .collect();
+        let sent: Vec<Blob> = blobs.iter().map(|b| Blob(b.0.clone())).collect();
+        let writer = tokio::spawn(async move {
+            for blob in &sent {
+                a.send(blob).await.unwrap();
+            }
+            a.flush().await.unwrap();
+            a
+        });
+        for (i, blob) in blobs.iter().enumerate() {
+            let got: Blob = b.recv().await.unwrap();
+            assert_eq!(got.0.len(), blob.0.len(), "frame {i}");
+            assert!(got == *blob, "frame {i}: contents differ");
+            // Kept for the next frame only up to KEEP_RX.
+            assert!(b.rx.capacity() <= KEEP_RX, "frame {i}");
+        }
+        writer.await.unwrap();
     }
 
     #[tokio::test]

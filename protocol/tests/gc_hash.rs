@@ -88,7 +88,7 @@ fn every_kernel_matches_the_aes_crate() {
 /// length around their 32-block chunks (where the CPU has VAES; elsewhere
 /// the test only checks that the token is refused consistently).
 #[test]
-fn vaes_encrypt_and_ctr_match_the_aes_crate() {
+fn vaes_encrypt_ctr_and_hash_match_the_aes_crate() {
     use pibench_protocol::gc::accel::{AesNi, Vaes};
     let Some(v) = Vaes::detect() else {
         assert!(!pibench_protocol::gc::hash::Kernel::available()
@@ -123,6 +123,19 @@ fn vaes_encrypt_and_ctr_match_the_aes_crate() {
                 o,
                 aes_of(start.wrapping_add(i as u128)),
                 "ctr, length {len}, block {i}"
+            );
+        }
+        // The tweakable hash H(x, t) = π(σ(x) ⊕ t) ⊕ σ(x), tweak t = f(index).
+        let base: u128 = rng.gen();
+        let offsets: Vec<u128> = (0..len).map(|_| rng.gen()).collect();
+        let mut h = xs.clone();
+        v.hash(&keys, &mut h, base, &offsets);
+        for (i, (&g, &x)) in h.iter().zip(&xs).enumerate() {
+            let s = pibench_protocol::gc::hash::sigma(x);
+            assert_eq!(
+                g,
+                aes_of(s ^ base ^ offsets[i]) ^ s,
+                "hash, length {len}, block {i}"
             );
         }
     }

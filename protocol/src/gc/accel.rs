@@ -202,6 +202,13 @@ mod imp {
             unsafe { kernels512::ctr(keys, counter, out) }
         }
 
+        /// The tweakable hash of every block in place, block `k` with tweak
+        /// `base ⊕ offsets[k]`.
+        pub fn hash(self, keys: &RoundKeys, xs: &mut [u128], base: u128, offsets: &[u128]) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::hash(keys, xs, base, offsets) }
+        }
+
         /// One half-gates AND gate garbled in all lanes.
         #[inline]
         #[allow(clippy::too_many_arguments)]
@@ -339,6 +346,9 @@ mod imp {
             match self.0 {}
         }
         pub fn ctr(self, _: &RoundKeys, _: u128, _: &mut [u128]) {
+            match self.0 {}
+        }
+        pub fn hash(self, _: &RoundKeys, _: &mut [u128], _: u128, _: &[u128]) {
             match self.0 {}
         }
         pub fn half_gates_garble(

@@ -155,10 +155,41 @@ pub struct GarblerKeys {
     pub output_masks: Vec<u64>,
 }
 
+/// The tweak of output wire `wire` of circuit `circuit` in batch `batch`
+/// (bit 63 set: never an AND gate's tweak; `wire < 256`).
+///
+/// For `circuit` a multiple of [`LANES`] and `l < LANES`,
+/// `out_tweak(batch, circuit + l, wire) = out_tweak(batch, circuit, wire) ⊕
+/// (l << 8)`: a batch's lanes hash with one base tweak and
+/// [`LANE_OUT_OFFSETS`] (batches start at multiples of `LANES`).
 #[inline(always)]
 fn out_tweak(batch: u64, circuit: usize, wire: usize) -> Block {
+    debug_assert!(wire < 256);
     ((batch as u128) << 64) | (1u128 << 63) | ((circuit as u128) << 8) | wire as u128
 }
+
+/// Lane `l`'s part of an output tweak, `l << 8` (see [`out_tweak`]).
+const LANE_OUT_OFFSETS: [Block; LANES] = {
+    let mut o = [0; LANES];
+    let mut l = 0;
+    while l < LANES {
+        o[l] = (l as Block) << 8;
+        l += 1;
+    }
+    o
+};
+
+/// The garbler hashes both colour labels of every lane in one call: block
+/// `m` is lane `m mod LANES`.
+const GARBLER_OUT_OFFSETS: [Block; 2 * LANES] = {
+    let mut o = [0; 2 * LANES];
+    let mut m = 0;
+    while m < 2 * LANES {
+        o[m] = LANE_OUT_OFFSETS[m % LANES];
+        m += 1;
+    }
+    o
+};
 
 fn length_check(
     site: &str,
@@ -309,8 +340,20 @@ pub fn garble_with(
     let garbler_zero = &keys.input_zero_labels;
     let mut coins = AesPrg::new(seeds.coins);
     let outs = shape.wire_weights.len();
-    garbling.tables.words.clear();
-    garbling.tables.words.reserve(shape.table_words(count));
+    let total_words = shape.table_words(count);
+    let words = &mut garbling.tables.words;
+    match shape.scheme {
+        // Written in place, gate by gate: a buffer reused from an earlier
+        // piece keeps its pages and is not zeroed again (only a grown part is).
+        Scheme::HalfGates => {
+            words.truncate(total_words);
+            words.resize(total_words, 0);
+        }
+        Scheme::ThreeHalves => {
+            words.clear();
+            words.reserve(total_words);
+        }
+    }
     garbling.tables.control.clear();
     garbling.tables.control.reserve(shape.control_len(count));
     garbling.decoding.clear();
@@ -337,13 +380,14 @@ pub fn garble_with(
         let gate = (chunk * shape.ands) as u64;
         let out = match shape.scheme {
             Scheme::HalfGates => {
+                let wpa = shape.scheme.words_per_and();
                 let mut g = HalfGatesGarbler::new(
                     hash,
                     delta,
                     batch,
                     gate,
                     active,
-                    &mut garbling.tables,
+                    &mut garbling.tables.words[start * shape.ands * wpa..],
                     &mut arena,
                 );
                 activation_circuit(&mut g, &shape.spec, shape.kind, &a, &y)
@@ -372,7 +416,7 @@ pub fn garble_with(
                 // Colour-0 label, then colour-1.
                 x ^ ((color(x) ^ (m >= LANES)) as u128).wrapping_neg() & delta
             });
-            hash.hash_array_with(&mut h, |m| out_tweak(batch, start + m % LANES, k));
+            hash.hash_array_offsets(&mut h, out_tweak(batch, start, k), &GARBLER_OUT_OFFSETS);
             for (l, rho_sum) in rho_sums.iter_mut().enumerate().take(active) {
                 let h0 = reduce_block(h[l]);
                 let h1 = reduce_block(h[LANES + l]);
@@ -568,7 +612,7 @@ pub fn evaluate_with(
         for (k, wire) in output_wires(&out).enumerate() {
             let labels = arena.get(wire);
             let mut h = *labels;
-            hash.hash_array_with(&mut h, |l| out_tweak(batch, start + l, k));
+            hash.hash_array_offsets(&mut h, out_tweak(batch, start, k), &LANE_OUT_OFFSETS);
             for (l, sum) in sums.iter_mut().enumerate().take(active) {
                 let ct = decoding[l * outs + k] & (color(labels[l]) as u64).wrapping_neg();
                 *sum += ct + P - reduce_block(h[l]);
@@ -616,6 +660,25 @@ mod tests {
             4 * P - 1,
         ] {
             assert_eq!(reduce_below_4p(x), x % P, "x = {x}");
+        }
+    }
+
+    #[test]
+    fn lane_offsets_give_each_lane_its_output_tweak() {
+        for batch in [0u64, 1, u64::MAX] {
+            for start in [0usize, LANES, 37 * LANES, (1 << 40) * LANES] {
+                for wire in [0usize, 1, 63, 255] {
+                    let base = out_tweak(batch, start, wire);
+                    for l in 0..LANES {
+                        assert_eq!(
+                            base ^ LANE_OUT_OFFSETS[l],
+                            out_tweak(batch, start + l, wire)
+                        );
+                        assert_eq!(GARBLER_OUT_OFFSETS[l], LANE_OUT_OFFSETS[l]);
+                        assert_eq!(GARBLER_OUT_OFFSETS[LANES + l], LANE_OUT_OFFSETS[l]);
+                    }
+                }
+            }
         }
     }
 

@@ -285,22 +285,30 @@ pub struct HalfGatesGarbler<'a> {
     batch: u64,
     gate: u64,
     active: usize,
-    out: &'a mut GarbledTables,
+    /// The batch's table words, written in place from `pos` on.
+    out: &'a mut [u64],
+    pos: usize,
     arena: &'a mut LabelArena,
     sigma_delta: Block,
     scratch: HalfGatesGarbleScratch,
 }
 
 impl<'a> HalfGatesGarbler<'a> {
-    /// A garbler appending to `out`, its wires living in `arena`; `gate`
-    /// is the index of the next AND gate in the batch.
+    /// A garbler writing its tables into `out` from the start (4 words per
+    /// lane and AND gate, overwritten in place: a reused buffer is neither
+    /// cleared nor zeroed), its wires living in `arena`; `gate` is the index
+    /// of the next AND gate in the batch.
+    ///
+    /// # Panics
+    /// In [`Backend::and`], if `out` has no room for the gate's words (the
+    /// caller sizes it from [`super::engine::CircuitShape::table_words`]).
     pub fn new(
         hash: &'a FixedKeyHash,
         delta: Block,
         batch: u64,
         gate: u64,
         active: usize,
-        out: &'a mut GarbledTables,
+        out: &'a mut [u64],
         arena: &'a mut LabelArena,
     ) -> Self {
         Self {
@@ -310,6 +318,7 @@ impl<'a> HalfGatesGarbler<'a> {
             gate,
             active: active.min(LANES),
             out,
+            pos: 0,
             arena,
             sigma_delta: sigma(delta),
             scratch: HalfGatesGarbleScratch::new(),
@@ -337,11 +346,11 @@ impl Backend for HalfGatesGarbler<'_> {
         let base = tweak_high(self.batch) | first_counter(self.gate, 2) as u128;
         let (a, b, c, id) = self.arena.gate(a, b);
         let n = 4 * self.active;
-        let words = &mut self.out.words;
+        let start = self.pos;
+        self.pos += n;
+        let words = &mut self.out[start..start + n];
         if let Some((v, keys)) = self.hash.vaes() {
-            let start = words.len();
-            words.resize(start + n, 0);
-            let out: &mut [[u8; 16]] = bytemuck::cast_slice_mut(&mut words[start..]);
+            let out: &mut [[u8; 16]] = bytemuck::cast_slice_mut(words);
             if let Ok(t) = <&mut [[u8; 16]; 2 * LANES]>::try_from(&mut *out) {
                 v.half_gates_garble(keys, a, b, c, t, base, self.delta);
             } else {
@@ -350,10 +359,7 @@ impl Backend for HalfGatesGarbler<'_> {
                 out.copy_from_slice(&t[..2 * self.active]);
             }
         } else if let Some((k, keys)) = self.hash.accel() {
-            // Write the lanes' table words in place (the zeros are overwritten while in L1).
-            let start = words.len();
-            words.resize(start + n, 0);
-            let out: &mut [[u8; 16]] = bytemuck::cast_slice_mut(&mut words[start..]);
+            let out: &mut [[u8; 16]] = bytemuck::cast_slice_mut(words);
             if let Ok(t) = <&mut [[u8; 16]; 2 * LANES]>::try_from(&mut *out) {
                 k.half_gates_garble(keys, a, b, c, t, base, self.delta);
             } else {
@@ -364,12 +370,11 @@ impl Backend for HalfGatesGarbler<'_> {
         } else {
             self.scratch
                 .garble(self.hash, self.delta, self.sigma_delta, a, b, c, base);
-            words.extend_from_slice(&bytemuck::cast_slice(&self.scratch.table)[..n]);
+            words.copy_from_slice(&bytemuck::cast_slice(&self.scratch.table)[..n]);
         }
-        // The tables are written once, front to back, into reserved capacity:
-        // ask for a later gate's lines early.
-        let spare = words.spare_capacity_mut();
-        if let Some(later) = spare.get(PREFETCH_AHEAD_WORDS..PREFETCH_AHEAD_WORDS + 4 * LANES) {
+        // The tables are written once, front to back: ask for a later gate's lines early.
+        let ahead = self.pos + PREFETCH_AHEAD_WORDS;
+        if let Some(later) = self.out.get(ahead..ahead + 4 * LANES) {
             for line in later.chunks(8) {
                 prefetch_for_write(&line[0]);
             }
