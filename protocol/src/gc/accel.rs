@@ -240,6 +240,24 @@ mod imp {
             // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
             unsafe { kernels512::half_gates_evaluate(keys, a, b, c, table, base) }
         }
+
+        /// One three-halves AND gate evaluated in all lanes.
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        pub fn three_halves_evaluate(
+            self,
+            keys: &RoundKeys,
+            a: &Lanes,
+            b: &Lanes,
+            c: &mut Lanes,
+            words: &[u64; 3 * LANES],
+            control: &[u8; LANES],
+            base: u128,
+            masks: &ThreeHalvesEvalMasks,
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::three_halves_evaluate(keys, a, b, c, words, control, base, masks) }
+        }
     }
 }
 
@@ -371,6 +389,19 @@ mod imp {
             _: &mut Lanes,
             _: &[[u8; 16]; 2 * LANES],
             _: u128,
+        ) {
+            match self.0 {}
+        }
+        pub fn three_halves_evaluate(
+            self,
+            _: &RoundKeys,
+            _: &Lanes,
+            _: &Lanes,
+            _: &mut Lanes,
+            _: &[u64; 3 * LANES],
+            _: &[u8; LANES],
+            _: u128,
+            _: &ThreeHalvesEvalMasks,
         ) {
             match self.0 {}
         }

@@ -984,19 +984,26 @@ impl Backend for ThreeHalvesEvaluator<'_> {
             let control = &self.control[self.pos..self.pos + self.active];
             self.pos += self.active;
             let base = hi | first as u128;
+            let vaes = self.hash.vaes();
+            let mut eval = |w: &[u64; 3 * L], z: &[u8; L]| match vaes {
+                Some((v, _)) => {
+                    v.three_halves_evaluate(keys, a, b, c, w, z, base, &THREE_HALVES_EVAL_MASKS)
+                }
+                None => {
+                    k.three_halves_evaluate(keys, a, b, c, w, z, base, &THREE_HALVES_EVAL_MASKS)
+                }
+            };
             match (
                 <&[u64; 3 * L]>::try_from(words),
                 <&[u8; L]>::try_from(control),
             ) {
-                (Ok(w), Ok(z)) => {
-                    k.three_halves_evaluate(keys, a, b, c, w, z, base, &THREE_HALVES_EVAL_MASKS)
-                }
+                (Ok(w), Ok(z)) => eval(w, z),
                 _ => {
                     let mut w = [0u64; 3 * L];
                     let mut z = [0u8; L];
                     w[..words.len()].copy_from_slice(words);
                     z[..control.len()].copy_from_slice(control);
-                    k.three_halves_evaluate(keys, a, b, c, &w, &z, base, &THREE_HALVES_EVAL_MASKS);
+                    eval(&w, &z);
                 }
             }
             self.gate += 1;

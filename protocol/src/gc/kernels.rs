@@ -337,6 +337,9 @@ kernel! {
 
 // ---------------------------------------------------------- three-halves
 
+/// Blocks one three-halves AND gate hashes in all lanes when evaluating.
+pub(super) const TH_EVAL_BLOCKS: usize = 3 * LANES;
+
 kernel! {
     /// Garbles one three-halves AND gate in all [`LANES`] lanes.
     ///
@@ -426,6 +429,78 @@ kernel! {
 }
 
 kernel! {
+    /// The whitened AES inputs of a three-halves evaluation gate, lane after
+    /// lane `[σA, σB, σA ⊕ σB]`, each `⊕` its tweak (lane `l`'s tweaks
+    /// `base + 3l`, `+ 3l + 1`, `+ 3l + 2`, added in the low word, as
+    /// [`three_halves_garble`]'s) and `k₀`. Shared by the AES-NI and VAES
+    /// kernels, which differ only in how they run the rounds.
+    #[inline]
+    pub(super) fn three_halves_evaluate_inputs(
+        k0: u128,
+        a: &Lanes,
+        b: &Lanes,
+        base: u128,
+        out: &mut [u128; TH_EVAL_BLOCKS],
+    ) {
+        let basev = v(base);
+        let k0 = v(k0);
+        for (l, x) in out.chunks_exact_mut(3).enumerate() {
+            let sa = sigma(v(a[l]));
+            let sb = sigma(v(b[l]));
+            for (m, (o, s)) in x.iter_mut().zip([sa, sb, xor(sa, sb)]).enumerate() {
+                let t = _mm_add_epi64(basev, v((3 * l + m) as u128));
+                *o = u(xor(xor(s, t), k0));
+            }
+        }
+    }
+}
+
+kernel! {
+    /// The rest of a three-halves evaluation gate once `p` holds `π` of
+    /// [`three_halves_evaluate_inputs`]' blocks.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn three_halves_evaluate_finish(
+        p: &[u128; TH_EVAL_BLOCKS],
+        a: &Lanes,
+        b: &Lanes,
+        c: &mut Lanes,
+        words: &[u64; 3 * LANES],
+        control: &[u8; LANES],
+        masks: &ThreeHalvesEvalMasks,
+    ) {
+        for (lane, x) in p.chunks_exact(3).enumerate() {
+            let av = v(a[lane]);
+            let bv = v(b[lane]);
+            let sa = sigma(av);
+            let sb = sigma(bv);
+            let sab = xor(sa, sb);
+            let ha = xor(v(x[0]), sa);
+            let hb = xor(v(x[1]), sb);
+            let hab = xor(v(x[2]), sab);
+            let xa = xor(ha, hab);
+            let yb = xor(hb, hab);
+            let i = color_bit(av);
+            let j = color_bit(bv);
+            let ij = i ^ j;
+            // bit 0: top(yb), bit 1: top(xa).
+            let t = _mm_movemask_pd(_mm_castsi128_pd(_mm_unpackhi_epi64(yb, xa))) as usize;
+            let z = control[lane] as usize;
+            let r1 = (z ^ (i & (z >> 2)) ^ (ij & (z >> 4)) ^ (t >> 1)) & 1;
+            let r2 = ((z >> 1) ^ (j & (z >> 3)) ^ (ij & (z >> 4)) ^ t) & 1;
+            let m = &masks[i << 3 | j << 2 | r1 << 1 | r2];
+            let g01 = v(u128::from(words[3 * lane]) | u128::from(words[3 * lane + 1]) << 64);
+            let g2 = _mm_set1_epi64x(words[3 * lane + 2] as i64);
+            let hash = _mm_unpacklo_epi64(yb, xa);
+            let gpart = xor(and(swap(g01), v(m[4])), and(g2, v(m[5])));
+            let apart = xor(and(av, v(m[0])), and(swap(av), v(m[1])));
+            let bpart = xor(and(bv, v(m[2])), and(swap(bv), v(m[3])));
+            c[lane] = u(xor(xor(hash, gpart), xor(apart, bpart)));
+        }
+    }
+}
+
+kernel! {
     /// Evaluates one three-halves AND gate in all [`LANES`] lanes (`words`,
     /// `control` as [`three_halves_garble`] writes them).
     #[allow(clippy::too_many_arguments)]
@@ -440,46 +515,15 @@ kernel! {
         masks: &ThreeHalvesEvalMasks,
     ) {
         let k = load_keys(keys);
-        let basev = v(base);
-        for l in (0..LANES).step_by(2) {
-            let av = [v(a[l]), v(a[l + 1])];
-            let bv = [v(b[l]), v(b[l + 1])];
-            let s: [[__m128i; 3]; 2] = core::array::from_fn(|h| {
-                let sa = sigma(av[h]);
-                let sb = sigma(bv[h]);
-                [sa, sb, xor(sa, sb)]
-            });
-            let mut x: [__m128i; 6] = core::array::from_fn(|q| {
-                let (h, m) = (q / 3, q % 3);
-                let t = _mm_add_epi64(basev, v((3 * (l + h) + m) as u128));
-                xor(xor(s[h][m], t), k[0])
-            });
+        let mut p = [0u128; TH_EVAL_BLOCKS];
+        three_halves_evaluate_inputs(keys[0], a, b, base, &mut p);
+        for chunk in p.chunks_exact_mut(8) {
+            let mut x: [__m128i; 8] = core::array::from_fn(|i| v(chunk[i]));
             rounds(&k, &mut x);
-            for h in 0..2 {
-                let lane = l + h;
-                let [sa, sb, sab] = s[h];
-                let ha = xor(x[3 * h], sa);
-                let hb = xor(x[3 * h + 1], sb);
-                let hab = xor(x[3 * h + 2], sab);
-                let xa = xor(ha, hab);
-                let yb = xor(hb, hab);
-                let i = color_bit(av[h]);
-                let j = color_bit(bv[h]);
-                let ij = i ^ j;
-                // bit 0: top(yb), bit 1: top(xa).
-                let t = _mm_movemask_pd(_mm_castsi128_pd(_mm_unpackhi_epi64(yb, xa))) as usize;
-                let z = control[lane] as usize;
-                let r1 = (z ^ (i & (z >> 2)) ^ (ij & (z >> 4)) ^ (t >> 1)) & 1;
-                let r2 = ((z >> 1) ^ (j & (z >> 3)) ^ (ij & (z >> 4)) ^ t) & 1;
-                let m = &masks[i << 3 | j << 2 | r1 << 1 | r2];
-                let g01 = v(u128::from(words[3 * lane]) | u128::from(words[3 * lane + 1]) << 64);
-                let g2 = _mm_set1_epi64x(words[3 * lane + 2] as i64);
-                let hash = _mm_unpacklo_epi64(yb, xa);
-                let gpart = xor(and(swap(g01), v(m[4])), and(g2, v(m[5])));
-                let apart = xor(and(av[h], v(m[0])), and(swap(av[h]), v(m[1])));
-                let bpart = xor(and(bv[h], v(m[2])), and(swap(bv[h]), v(m[3])));
-                c[lane] = u(xor(xor(hash, gpart), xor(apart, bpart)));
+            for (o, y) in chunk.iter_mut().zip(x) {
+                *o = u(y);
             }
         }
+        three_halves_evaluate_finish(&p, a, b, c, words, control, masks);
     }
 }

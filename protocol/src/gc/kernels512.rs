@@ -14,8 +14,9 @@
 
 use core::arch::x86_64::*;
 
-use super::accel::RoundKeys;
+use super::accel::{RoundKeys, ThreeHalvesEvalMasks};
 use super::garble::{Lanes, LANES};
+use super::kernels::{self, TH_EVAL_BLOCKS};
 
 /// The features every kernel here is compiled with.
 macro_rules! kernel {
@@ -300,5 +301,38 @@ kernel! {
             let eb = and(color_mask(bv), xor(te, av));
             c[4 * j..4 * j + 4].copy_from_slice(&store4(xor(hs, xor(ga, eb))));
         }
+    }
+}
+
+const _: () = assert!(TH_EVAL_BLOCKS == 48);
+
+kernel! {
+    /// Evaluates one three-halves AND gate in all [`LANES`] lanes, exactly
+    /// as [`super::kernels::three_halves_evaluate`] (the same per-lane inputs
+    /// and finish, shared code), the gate's 48 hashes as 12 VAES registers.
+    /// (Garbling keeps the AES-NI kernel: its per-lane finish, not AES, is
+    /// its cost, and the VAES version measured no faster.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn three_halves_evaluate(
+        keys: &RoundKeys,
+        a: &Lanes,
+        b: &Lanes,
+        c: &mut Lanes,
+        words: &[u64; 3 * LANES],
+        control: &[u8; LANES],
+        base: u128,
+        masks: &ThreeHalvesEvalMasks,
+    ) {
+        let k = load_keys(keys);
+        let mut p = [0u128; TH_EVAL_BLOCKS];
+        kernels::three_halves_evaluate_inputs(keys[0], a, b, base, &mut p);
+        // The 48 blocks are 12 registers in flight.
+        let mut x: [__m512i; 12] =
+            core::array::from_fn(|i| load4(p[4 * i..4 * i + 4].try_into().expect("48 = 12 × 4")));
+        rounds(&k, &mut x);
+        for (o, y) in p.chunks_exact_mut(4).zip(x) {
+            o.copy_from_slice(&store4(y));
+        }
+        kernels::three_halves_evaluate_finish(&p, a, b, c, words, control, masks);
     }
 }
