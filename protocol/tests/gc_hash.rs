@@ -140,3 +140,75 @@ fn vaes_encrypt_ctr_and_hash_match_the_aes_crate() {
         }
     }
 }
+
+/// The VAES kernels' output decoding reduces a hash mod P exactly as the
+/// scalar `reduce_block` (edge values around every fold, and random ones).
+#[test]
+fn vaes_decoding_reduces_like_the_scalar_code() {
+    use pibench_models::fixed::P;
+    use pibench_protocol::gc::accel::Vaes;
+    use pibench_protocol::gc::engine::reduce_block;
+    use pibench_protocol::gc::garble::LANES;
+    let Some(v) = Vaes::detect() else {
+        eprintln!("no VAES on this CPU: the 512-bit decoding is not exercised");
+        return;
+    };
+    let p = P as u128;
+    let mut values = vec![
+        0u128,
+        1,
+        p - 1,
+        p,
+        p + 1,
+        2 * p - 1,
+        (1 << 55) - 1,
+        1 << 55,
+        u64::MAX as u128,
+        1 << 64,
+        (u64::MAX as u128) << 64,
+        u128::MAX,
+        u128::MAX - 1,
+        u128::MAX / p * p,
+        u128::MAX / p * p - 1,
+        p << 64,
+        (p << 64) | (p - 1),
+        ((1u128 << 32) - 1) << 64,
+        (1u128 << 96) - 1,
+        ((1u128 << 23) - 1) << 96,
+    ];
+    let mut rng = rand_chacha::ChaCha12Rng::seed_from_u64(5);
+    values.extend((0..20_000).map(|_| rng.gen::<u128>()));
+    values.extend((0..2_000).map(|_| rng.gen::<u128>() >> rng.gen_range(0..128)));
+    for chunk in values.chunks(LANES) {
+        let mut h = [0u128; LANES];
+        h[..chunk.len()].copy_from_slice(chunk);
+        // Colour-0 labels and ct = 0: each lane adds P − (h mod P).
+        let labels = [0u128; LANES];
+        let mut sums = [0u64; LANES];
+        v.decode_evaluator(&h, &labels, &[0; LANES], &mut sums);
+        for (l, &x) in chunk.iter().enumerate() {
+            assert_eq!(P - sums[l], reduce_block(x), "evaluator, x = {x:#x}");
+        }
+        // Garbler, weight w: ρ = 2P − h0 − w·b₀, ct = h1 − h0 ± w mod P.
+        let mut hh = [0u128; 2 * LANES];
+        hh[..LANES].copy_from_slice(&h);
+        hh[LANES..].copy_from_slice(&h.map(|x| x.rotate_left(37)));
+        for (w, colours) in [(0u64, 0u128), (12_345, 1), (P - 1, 1), (P - 1, 0)] {
+            let labels = [colours; LANES];
+            let mut ct = [0u64; LANES];
+            let mut rho = [0u64; LANES];
+            v.decode_garbler(&hh, &labels, w, &mut ct, &mut rho);
+            for (l, &x) in chunk.iter().enumerate() {
+                let (h0, h1) = (reduce_block(x), reduce_block(x.rotate_left(37)));
+                let b0 = colours as u64;
+                assert_eq!(rho[l], 2 * P - h0 - w * b0, "garbler ρ, x = {x:#x}, w = {w}");
+                let want = if b0 == 1 {
+                    (h1 + 2 * P - h0 - w) % P
+                } else {
+                    (h1 + P - h0 + w) % P
+                };
+                assert_eq!(ct[l], want, "garbler ct, x = {x:#x}, w = {w}, b0 = {b0}");
+            }
+        }
+    }
+}

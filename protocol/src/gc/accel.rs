@@ -173,7 +173,7 @@ mod imp {
         }
     }
 
-    /// Proof that this CPU has VAES and AVX-512F/BW besides AES-NI (made
+    /// Proof that this CPU has VAES and AVX-512F/BW/DQ besides AES-NI (made
     /// only by [`Vaes::detect`]): the 512-bit kernels of `kernels512`.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Vaes(());
@@ -186,6 +186,7 @@ mod imp {
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
                 && std::arch::is_x86_feature_detected!("vaes");
             ok.then_some(Vaes(()))
         }
@@ -257,6 +258,33 @@ mod imp {
         ) {
             // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
             unsafe { kernels512::three_halves_evaluate(keys, a, b, c, words, control, base, masks) }
+        }
+
+        /// The garbler's decoding of one output wire in all lanes.
+        #[inline]
+        pub fn decode_garbler(
+            self,
+            h: &[u128; 2 * LANES],
+            labels: &Lanes,
+            weight: u64,
+            ct: &mut [u64; LANES],
+            rho_sums: &mut [u64; LANES],
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::decode_garbler(h, labels, weight, ct, rho_sums) }
+        }
+
+        /// The evaluator's decoding of one output wire in all lanes.
+        #[inline]
+        pub fn decode_evaluator(
+            self,
+            h: &[u128; LANES],
+            labels: &Lanes,
+            ct: &[u64; LANES],
+            sums: &mut [u64; LANES],
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::decode_evaluator(h, labels, ct, sums) }
         }
     }
 }
@@ -359,6 +387,25 @@ mod imp {
         /// Always `None` here.
         pub fn detect() -> Option<Self> {
             None
+        }
+        pub fn decode_garbler(
+            self,
+            _: &[u128; 2 * LANES],
+            _: &Lanes,
+            _: u64,
+            _: &mut [u64; LANES],
+            _: &mut [u64; LANES],
+        ) {
+            match self.0 {}
+        }
+        pub fn decode_evaluator(
+            self,
+            _: &[u128; LANES],
+            _: &Lanes,
+            _: &[u64; LANES],
+            _: &mut [u64; LANES],
+        ) {
+            match self.0 {}
         }
         pub fn encrypt(self, _: &RoundKeys, _: &mut [u128]) {
             match self.0 {}

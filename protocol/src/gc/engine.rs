@@ -417,6 +417,14 @@ pub fn garble_with(
                 x ^ ((color(x) ^ (m >= LANES)) as u128).wrapping_neg() & delta
             });
             hash.hash_array_offsets(&mut h, out_tweak(batch, start, k), &GARBLER_OUT_OFFSETS);
+            if let Some((v, _)) = hash.vaes() {
+                let mut ct = [0u64; LANES];
+                v.decode_garbler(&h, labels, weight, &mut ct, &mut rho_sums);
+                for (l, &c) in ct.iter().enumerate().take(active) {
+                    decoding[l * outs + k] = c;
+                }
+                continue;
+            }
             for (l, rho_sum) in rho_sums.iter_mut().enumerate().take(active) {
                 let h0 = reduce_block(h[l]);
                 let h1 = reduce_block(h[LANES + l]);
@@ -613,6 +621,14 @@ pub fn evaluate_with(
             let labels = arena.get(wire);
             let mut h = *labels;
             hash.hash_array_offsets(&mut h, out_tweak(batch, start, k), &LANE_OUT_OFFSETS);
+            if let Some((v, _)) = hash.vaes() {
+                let mut ct = [0u64; LANES];
+                for (l, c) in ct.iter_mut().enumerate().take(active) {
+                    *c = decoding[l * outs + k];
+                }
+                v.decode_evaluator(&h, labels, &ct, &mut sums);
+                continue;
+            }
             for (l, sum) in sums.iter_mut().enumerate().take(active) {
                 let ct = decoding[l * outs + k] & (color(labels[l]) as u64).wrapping_neg();
                 *sum += ct + P - reduce_block(h[l]);

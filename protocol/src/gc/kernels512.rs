@@ -17,12 +17,13 @@ use core::arch::x86_64::*;
 use super::accel::{RoundKeys, ThreeHalvesEvalMasks};
 use super::garble::{Lanes, LANES};
 use super::kernels::{self, TH_EVAL_BLOCKS};
+use pibench_models::fixed::P;
 
 /// The features every kernel here is compiled with.
 macro_rules! kernel {
     ($(#[$m:meta])* $v:vis fn $name:ident $($rest:tt)*) => {
         $(#[$m])*
-        #[target_feature(enable = "aes,sse2,ssse3,sse4.1,avx,avx2,avx512f,avx512bw,vaes")]
+        #[target_feature(enable = "aes,sse2,ssse3,sse4.1,avx,avx2,avx512f,avx512bw,avx512dq,vaes")]
         $v fn $name $($rest)*
     };
 }
@@ -334,5 +335,149 @@ kernel! {
             o.copy_from_slice(&store4(y));
         }
         kernels::three_halves_evaluate_finish(&p, a, b, c, words, control, masks);
+    }
+}
+
+// ------------------------------------------------------- output decoding
+
+/// `2^55 − P`: the engine's field is `P = 2^55 − C55` with `C55 < 2^21`.
+const C55: u64 = (1 << 55) - P;
+/// `2^64 mod P`.
+const C64: u64 = C55 << 9;
+const M55: u64 = (1 << 55) - 1;
+const M23: u64 = (1 << 23) - 1;
+const _: () = assert!(P < 1 << 55 && C55 < 1 << 21 && C64 < 1 << 32);
+
+kernel! {
+    /// `(hi·2^64 + lo) mod P` in each 64-bit lane, exactly
+    /// [`super::engine::reduce_block`]: with `hi = hh·2^32 + hl`,
+    /// `x ≡ B·2^32 + A + lo` (`A = hl·C64`, `B = hh·C64`, both `< 2^62`), and
+    /// every term folds at bit 55 (`2^55 ≡ C55`) into a sum below `2^61`.
+    #[inline]
+    fn reduce8(lo: __m512i, hi: __m512i) -> __m512i {
+        let c55 = _mm512_set1_epi64(C55 as i64);
+        let c64 = _mm512_set1_epi64(C64 as i64);
+        let m55 = _mm512_set1_epi64(M55 as i64);
+        let a = _mm512_mul_epu32(hi, c64);
+        let b = _mm512_mul_epu32(_mm512_srli_epi64::<32>(hi), c64);
+        // B·2^32 = (B >> 23)·2^55 + (B mod 2^23)·2^32.
+        let t1 = _mm512_mullo_epi64(_mm512_srli_epi64::<23>(b), c55); // < 2^39 · 2^21
+        let t2 = _mm512_slli_epi64::<32>(_mm512_and_si512(b, _mm512_set1_epi64(M23 as i64)));
+        let tops = _mm512_add_epi64(_mm512_srli_epi64::<55>(lo), _mm512_srli_epi64::<55>(a)); // < 2^10
+        let s = _mm512_add_epi64(
+            _mm512_add_epi64(t1, t2),
+            _mm512_add_epi64(
+                _mm512_add_epi64(_mm512_and_si512(lo, m55), _mm512_and_si512(a, m55)),
+                _mm512_mul_epu32(tops, c55),
+            ),
+        ); // < 2^60 + 3·2^55 + 2^31 < 2^61
+        let s = _mm512_add_epi64(
+            _mm512_mul_epu32(_mm512_srli_epi64::<55>(s), c55),
+            _mm512_and_si512(s, m55),
+        ); // < 2^6·2^21 + 2^55 < 2P
+        below(s, P)
+    }
+}
+
+kernel! {
+    /// `x − m` where `x ≥ m`, else `x` (per 64-bit lane, unsigned).
+    #[inline]
+    fn below(x: __m512i, m: u64) -> __m512i {
+        let m = _mm512_set1_epi64(m as i64);
+        _mm512_mask_sub_epi64(x, _mm512_cmpge_epu64_mask(x, m), x, m)
+    }
+}
+
+kernel! {
+    /// The low and high 64-bit words of 8 blocks.
+    #[inline]
+    fn words8(x: &[u128; 8]) -> (__m512i, __m512i) {
+        let r0 = load4(x[..4].try_into().expect("8 = 2 × 4"));
+        let r1 = load4(x[4..].try_into().expect("8 = 2 × 4"));
+        let lo = _mm512_permutex2var_epi64(r0, _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0), r1);
+        let hi = _mm512_permutex2var_epi64(r0, _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1), r1);
+        (lo, hi)
+    }
+}
+
+kernel! {
+    /// The garbler's decoding of one output wire of weight `weight` in all
+    /// [`LANES`] lanes, exactly as the engine's scalar code: `h` holds
+    /// `H` of each lane's colour-0 label, then of its colour-1 label;
+    /// `labels` the zero labels. Writes each lane's decoding entry
+    /// `ct = h1 − h0 ± w mod P` to `ct` and adds `ρ = 2P − h0 − w·b₀`
+    /// (unreduced, `< 2P`) to `rho_sums`.
+    pub fn decode_garbler(
+        h: &[u128; 2 * LANES],
+        labels: &Lanes,
+        weight: u64,
+        ct: &mut [u64; LANES],
+        rho_sums: &mut [u64; LANES],
+    ) {
+        let two_p = _mm512_set1_epi64((2 * P) as i64);
+        let w = _mm512_set1_epi64(weight as i64);
+        let one = _mm512_set1_epi64(1);
+        for half in 0..LANES / 8 {
+            let eight = |x: &[u128]| -> [u128; 8] {
+                x[8 * half..8 * half + 8].try_into().expect("8 lanes")
+            };
+            let (l0, h0w) = words8(&eight(&h[..LANES]));
+            let (l1, h1w) = words8(&eight(&h[LANES..]));
+            let h0 = reduce8(l0, h0w);
+            let h1 = reduce8(l1, h1w);
+            let (lab, _) = words8(&eight(labels));
+            // b₀ = colour of the zero label.
+            let b0 = _mm512_test_epi64_mask(lab, one);
+            let signed_weight = _mm512_mask_sub_epi64(w, b0, two_p, w);
+            let rho = _mm512_sub_epi64(
+                _mm512_sub_epi64(two_p, h0),
+                _mm512_maskz_mov_epi64(b0, w),
+            );
+            let c = _mm512_add_epi64(
+                _mm512_add_epi64(h1, two_p),
+                _mm512_sub_epi64(signed_weight, h0),
+            );
+            let c = _mm512_mask_sub_epi64(c, b0, c, two_p);
+            let c = below(below(c, 2 * P), P);
+            let sums: [u64; 8] = bytemuck::cast(_mm512_add_epi64(
+                bytemuck::cast::<[u64; 8], __m512i>(
+                    rho_sums[8 * half..8 * half + 8].try_into().expect("8 lanes"),
+                ),
+                rho,
+            ));
+            rho_sums[8 * half..8 * half + 8].copy_from_slice(&sums);
+            ct[8 * half..8 * half + 8].copy_from_slice(&bytemuck::cast::<__m512i, [u64; 8]>(c));
+        }
+    }
+}
+
+kernel! {
+    /// The evaluator's decoding of one output wire in all [`LANES`] lanes,
+    /// exactly as the engine's scalar code: adds `c·ct + P − (H(L) mod P)`
+    /// to `sums` (`h` = `H` of each lane's active label `L`, `c` its colour,
+    /// `ct` the lane's decoding entry).
+    pub fn decode_evaluator(h: &[u128; LANES], labels: &Lanes, ct: &[u64; LANES], sums: &mut [u64; LANES]) {
+        let p = _mm512_set1_epi64(P as i64);
+        let one = _mm512_set1_epi64(1);
+        for half in 0..LANES / 8 {
+            let eight = |x: &[u128]| -> [u128; 8] {
+                x[8 * half..8 * half + 8].try_into().expect("8 lanes")
+            };
+            let (lo, hi) = words8(&eight(h));
+            let (lab, _) = words8(&eight(labels));
+            let colour = _mm512_test_epi64_mask(lab, one);
+            let c: __m512i = bytemuck::cast::<[u64; 8], __m512i>(
+                ct[8 * half..8 * half + 8].try_into().expect("8 lanes"),
+            );
+            let term = _mm512_sub_epi64(
+                _mm512_add_epi64(_mm512_maskz_mov_epi64(colour, c), p),
+                reduce8(lo, hi),
+            );
+            let s: __m512i = bytemuck::cast::<[u64; 8], __m512i>(
+                sums[8 * half..8 * half + 8].try_into().expect("8 lanes"),
+            );
+            sums[8 * half..8 * half + 8]
+                .copy_from_slice(&bytemuck::cast::<__m512i, [u64; 8]>(_mm512_add_epi64(s, term)));
+        }
     }
 }
