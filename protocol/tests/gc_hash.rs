@@ -201,7 +201,11 @@ fn vaes_decoding_reduces_like_the_scalar_code() {
             for (l, &x) in chunk.iter().enumerate() {
                 let (h0, h1) = (reduce_block(x), reduce_block(x.rotate_left(37)));
                 let b0 = colours as u64;
-                assert_eq!(rho[l], 2 * P - h0 - w * b0, "garbler ρ, x = {x:#x}, w = {w}");
+                assert_eq!(
+                    rho[l],
+                    2 * P - h0 - w * b0,
+                    "garbler ρ, x = {x:#x}, w = {w}"
+                );
                 let want = if b0 == 1 {
                     (h1 + 2 * P - h0 - w) % P
                 } else {

@@ -286,6 +286,41 @@ mod imp {
             // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
             unsafe { kernels512::decode_evaluator(h, labels, ct, sums) }
         }
+
+        /// One output wire of the garbler in all lanes: colour labels, hashes, decoding.
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        pub fn garbler_output(
+            self,
+            keys: &RoundKeys,
+            labels: &Lanes,
+            delta: u128,
+            base: u128,
+            offsets: &[u128; 2 * LANES],
+            weight: u64,
+            ct: &mut [u64; LANES],
+            rho_sums: &mut [u64; LANES],
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe {
+                kernels512::garbler_output(keys, labels, delta, base, offsets, weight, ct, rho_sums)
+            }
+        }
+
+        /// One output wire of the evaluator in all lanes: hashes, decoding.
+        #[inline]
+        pub fn evaluator_output(
+            self,
+            keys: &RoundKeys,
+            labels: &Lanes,
+            base: u128,
+            offsets: &[u128; LANES],
+            ct: &[u64; LANES],
+            sums: &mut [u64; LANES],
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe { kernels512::evaluator_output(keys, labels, base, offsets, ct, sums) }
+        }
     }
 }
 
@@ -402,6 +437,30 @@ mod imp {
             self,
             _: &[u128; LANES],
             _: &Lanes,
+            _: &[u64; LANES],
+            _: &mut [u64; LANES],
+        ) {
+            match self.0 {}
+        }
+        pub fn garbler_output(
+            self,
+            _: &RoundKeys,
+            _: &Lanes,
+            _: u128,
+            _: u128,
+            _: &[u128; 2 * LANES],
+            _: u64,
+            _: &mut [u64; LANES],
+            _: &mut [u64; LANES],
+        ) {
+            match self.0 {}
+        }
+        pub fn evaluator_output(
+            self,
+            _: &RoundKeys,
+            _: &Lanes,
+            _: u128,
+            _: &[u128; LANES],
             _: &[u64; LANES],
             _: &mut [u64; LANES],
         ) {

@@ -411,20 +411,31 @@ pub fn garble_with(
         let decoding = &mut garbling.decoding[start * outs..(start + active) * outs];
         for (k, (wire, &weight)) in output_wires(&out).zip(&shape.wire_weights).enumerate() {
             let labels = arena.get(wire);
-            let mut h: [Block; 2 * LANES] = core::array::from_fn(|m| {
-                let x = labels[m % LANES];
-                // Colour-0 label, then colour-1.
-                x ^ ((color(x) ^ (m >= LANES)) as u128).wrapping_neg() & delta
-            });
-            hash.hash_array_offsets(&mut h, out_tweak(batch, start, k), &GARBLER_OUT_OFFSETS);
-            if let Some((v, _)) = hash.vaes() {
+            let base = out_tweak(batch, start, k);
+            if let Some((v, keys)) = hash.vaes() {
                 let mut ct = [0u64; LANES];
-                v.decode_garbler(&h, labels, weight, &mut ct, &mut rho_sums);
+                let offsets = &GARBLER_OUT_OFFSETS;
+                v.garbler_output(
+                    keys,
+                    labels,
+                    delta,
+                    base,
+                    offsets,
+                    weight,
+                    &mut ct,
+                    &mut rho_sums,
+                );
                 for (l, &c) in ct.iter().enumerate().take(active) {
                     decoding[l * outs + k] = c;
                 }
                 continue;
             }
+            let mut h: [Block; 2 * LANES] = core::array::from_fn(|m| {
+                let x = labels[m % LANES];
+                // Colour-0 label, then colour-1.
+                x ^ ((color(x) ^ (m >= LANES)) as u128).wrapping_neg() & delta
+            });
+            hash.hash_array_offsets(&mut h, base, &GARBLER_OUT_OFFSETS);
             for (l, rho_sum) in rho_sums.iter_mut().enumerate().take(active) {
                 let h0 = reduce_block(h[l]);
                 let h1 = reduce_block(h[LANES + l]);
@@ -619,16 +630,17 @@ pub fn evaluate_with(
         let decoding = &garbling.decoding[start * outs..(start + active) * outs];
         for (k, wire) in output_wires(&out).enumerate() {
             let labels = arena.get(wire);
-            let mut h = *labels;
-            hash.hash_array_offsets(&mut h, out_tweak(batch, start, k), &LANE_OUT_OFFSETS);
-            if let Some((v, _)) = hash.vaes() {
+            let base = out_tweak(batch, start, k);
+            if let Some((v, keys)) = hash.vaes() {
                 let mut ct = [0u64; LANES];
                 for (l, c) in ct.iter_mut().enumerate().take(active) {
                     *c = decoding[l * outs + k];
                 }
-                v.decode_evaluator(&h, labels, &ct, &mut sums);
+                v.evaluator_output(keys, labels, base, &LANE_OUT_OFFSETS, &ct, &mut sums);
                 continue;
             }
+            let mut h = *labels;
+            hash.hash_array_offsets(&mut h, base, &LANE_OUT_OFFSETS);
             for (l, sum) in sums.iter_mut().enumerate().take(active) {
                 let ct = decoding[l * outs + k] & (color(labels[l]) as u64).wrapping_neg();
                 *sum += ct + P - reduce_block(h[l]);

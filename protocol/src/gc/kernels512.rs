@@ -481,3 +481,49 @@ kernel! {
         }
     }
 }
+
+kernel! {
+    /// One output wire of the garbler in all [`LANES`] lanes, fused: both
+    /// colour labels of each lane's zero label, their hashes (tweak `base ⊕
+    /// offsets[m]`), then [`decode_garbler`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn garbler_output(
+        keys: &RoundKeys,
+        labels: &Lanes,
+        delta: u128,
+        base: u128,
+        offsets: &[u128; 2 * LANES],
+        weight: u64,
+        ct: &mut [u64; LANES],
+        rho_sums: &mut [u64; LANES],
+    ) {
+        let d = broadcast(delta);
+        let mut h = [0u128; 2 * LANES];
+        for j in 0..QUADS {
+            let x = load4(quad(labels, j));
+            // Colour-0 label, then colour-1.
+            let c0 = xor(x, and(color_mask(x), d));
+            h[4 * j..4 * j + 4].copy_from_slice(&store4(c0));
+            h[LANES + 4 * j..LANES + 4 * j + 4].copy_from_slice(&store4(xor(c0, d)));
+        }
+        hash(keys, &mut h, base, offsets);
+        decode_garbler(&h, labels, weight, ct, rho_sums);
+    }
+}
+
+kernel! {
+    /// One output wire of the evaluator in all [`LANES`] lanes, fused: the
+    /// active labels' hashes (tweak `base ⊕ offsets[l]`), then [`decode_evaluator`].
+    pub fn evaluator_output(
+        keys: &RoundKeys,
+        labels: &Lanes,
+        base: u128,
+        offsets: &[u128; LANES],
+        ct: &[u64; LANES],
+        sums: &mut [u64; LANES],
+    ) {
+        let mut h = *labels;
+        hash(keys, &mut h, base, offsets);
+        decode_evaluator(&h, labels, ct, sums);
+    }
+}
