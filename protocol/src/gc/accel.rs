@@ -24,6 +24,32 @@ pub type RoundKeys = [u128; 11];
 /// m_b, m_bs, m_g, m_ij]`.
 pub type ThreeHalvesEvalMasks = [[u128; 6]; 16];
 
+/// [`ThreeHalvesEvalMasks`] as truth tables, for the 512-bit evaluator
+/// that selects its masks per lane in registers: entry `[m][h]` has bit
+/// `idx` set iff mask `m` of case `idx` is all ones in 64-bit half `h`
+/// (0 low, 1 high). Every mask is all ones or all zeros in each half.
+pub type ThreeHalvesEvalTruth = [[u64; 2]; 6];
+
+/// The truth tables of `masks` (see [`ThreeHalvesEvalTruth`]).
+pub const fn three_halves_eval_truth(masks: &ThreeHalvesEvalMasks) -> ThreeHalvesEvalTruth {
+    let mut t = [[0u64; 2]; 6];
+    let mut idx = 0;
+    while idx < 16 {
+        let mut m = 0;
+        while m < 6 {
+            let mask = masks[idx][m];
+            let (lo, hi) = (mask as u64, (mask >> 64) as u64);
+            // Each half is all ones or all zeros (a const assertion where used).
+            assert!((lo == 0 || lo == u64::MAX) && (hi == 0 || hi == u64::MAX));
+            t[m][0] |= (lo & 1) << idx;
+            t[m][1] |= (hi & 1) << idx;
+            m += 1;
+        }
+        idx += 1;
+    }
+    t
+}
+
 /// Masks of the three-halves garbler per case (true colours `i*, j*`,
 /// coins `ρ₁, ρ₂`): for each of the row pairs `(K_R, K_L)`, `(T0, T1)`,
 /// `(T2, –)` the masks on `[A⁰, A⁰ˢ, B⁰, B⁰ˢ]`.
@@ -254,10 +280,10 @@ mod imp {
             words: &[u64; 3 * LANES],
             control: &[u8; LANES],
             base: u128,
-            masks: &ThreeHalvesEvalMasks,
+            truth: &ThreeHalvesEvalTruth,
         ) {
             // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
-            unsafe { kernels512::three_halves_evaluate(keys, a, b, c, words, control, base, masks) }
+            unsafe { kernels512::three_halves_evaluate(keys, a, b, c, words, control, base, truth) }
         }
 
         /// The garbler's decoding of one output wire in all lanes.
@@ -507,7 +533,7 @@ mod imp {
             _: &[u64; 3 * LANES],
             _: &[u8; LANES],
             _: u128,
-            _: &ThreeHalvesEvalMasks,
+            _: &ThreeHalvesEvalTruth,
         ) {
             match self.0 {}
         }

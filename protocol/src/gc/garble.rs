@@ -10,7 +10,9 @@
 //! a sequential carry chain, and the per-call overhead is shared by
 //! `LANES` circuits.
 
-use super::accel::{ThreeHalvesDeltaParts, ThreeHalvesEvalMasks, ThreeHalvesGarbleMasks};
+use super::accel::{
+    ThreeHalvesDeltaParts, ThreeHalvesEvalMasks, ThreeHalvesEvalTruth, ThreeHalvesGarbleMasks,
+};
 use super::hash::{from_aes, sigma, to_aes, AesBlock, AesPrg, Block, FixedKeyHash};
 use super::simd::{prefetch, prefetch_for_write, V};
 use super::Backend;
@@ -709,6 +711,10 @@ const THREE_HALVES_EVAL_MASKS: ThreeHalvesEvalMasks = {
     out
 };
 
+/// [`THREE_HALVES_EVAL_MASKS`] as the VAES evaluator's truth tables.
+const THREE_HALVES_EVAL_TRUTH: ThreeHalvesEvalTruth =
+    super::accel::three_halves_eval_truth(&THREE_HALVES_EVAL_MASKS);
+
 /// The three-halves garbler's masks for the AES-NI kernel, indexed by the
 /// case `i*·8 + j*·4 + ρ₁·2 + ρ₂`: row pairs `(K_R, K_L)`, `(T0, T1)`, `(T2, 0)`.
 const THREE_HALVES_GARBLE_MASKS: ThreeHalvesGarbleMasks = {
@@ -987,7 +993,7 @@ impl Backend for ThreeHalvesEvaluator<'_> {
             let vaes = self.hash.vaes();
             let mut eval = |w: &[u64; 3 * L], z: &[u8; L]| match vaes {
                 Some((v, _)) => {
-                    v.three_halves_evaluate(keys, a, b, c, w, z, base, &THREE_HALVES_EVAL_MASKS)
+                    v.three_halves_evaluate(keys, a, b, c, w, z, base, &THREE_HALVES_EVAL_TRUTH)
                 }
                 None => {
                     k.three_halves_evaluate(keys, a, b, c, w, z, base, &THREE_HALVES_EVAL_MASKS)

@@ -429,8 +429,8 @@ kernel! {
 }
 
 kernel! {
-    /// The whitened AES inputs of a three-halves evaluation gate, lane after
-    /// lane `[σA, σB, σA ⊕ σB]`, each `⊕` its tweak (lane `l`'s tweaks
+    /// The whitened AES inputs of a three-halves evaluation gate: `σA` of
+    /// every lane, then `σB`, then `σA ⊕ σB` (block `m·LANES + l`), each `⊕` its tweak (lane `l`'s tweaks
     /// `base + 3l`, `+ 3l + 1`, `+ 3l + 2`, added in the low word, as
     /// [`three_halves_garble`]'s) and `k₀`. Shared by the AES-NI and VAES
     /// kernels, which differ only in how they run the rounds.
@@ -444,12 +444,12 @@ kernel! {
     ) {
         let basev = v(base);
         let k0 = v(k0);
-        for (l, x) in out.chunks_exact_mut(3).enumerate() {
+        for l in 0..LANES {
             let sa = sigma(v(a[l]));
             let sb = sigma(v(b[l]));
-            for (m, (o, s)) in x.iter_mut().zip([sa, sb, xor(sa, sb)]).enumerate() {
+            for (m, s) in [sa, sb, xor(sa, sb)].into_iter().enumerate() {
                 let t = _mm_add_epi64(basev, v((3 * l + m) as u128));
-                *o = u(xor(xor(s, t), k0));
+                out[m * LANES + l] = u(xor(xor(s, t), k0));
             }
         }
     }
@@ -469,7 +469,8 @@ kernel! {
         control: &[u8; LANES],
         masks: &ThreeHalvesEvalMasks,
     ) {
-        for (lane, x) in p.chunks_exact(3).enumerate() {
+        for lane in 0..LANES {
+            let x = [p[lane], p[LANES + lane], p[2 * LANES + lane]];
             let av = v(a[lane]);
             let bv = v(b[lane]);
             let sa = sigma(av);

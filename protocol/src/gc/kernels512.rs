@@ -14,7 +14,7 @@
 
 use core::arch::x86_64::*;
 
-use super::accel::{RoundKeys, ThreeHalvesEvalMasks};
+use super::accel::{RoundKeys, ThreeHalvesEvalTruth};
 use super::garble::{Lanes, LANES};
 use super::kernels::{self, TH_EVAL_BLOCKS};
 use pibench_models::fixed::P;
@@ -309,10 +309,12 @@ const _: () = assert!(TH_EVAL_BLOCKS == 48);
 
 kernel! {
     /// Evaluates one three-halves AND gate in all [`LANES`] lanes, exactly
-    /// as [`super::kernels::three_halves_evaluate`] (the same per-lane inputs
-    /// and finish, shared code), the gate's 48 hashes as 12 VAES registers.
-    /// (Garbling keeps the AES-NI kernel: its per-lane finish, not AES, is
-    /// its cost, and the VAES version measured no faster.)
+    /// as [`super::kernels::three_halves_evaluate`]: the same per-lane
+    /// inputs (shared code), the gate's 48 hashes as 12 VAES registers, and
+    /// the finish four lanes per register, each lane's masks chosen in
+    /// registers from `truth` (the AES-NI kernel's mask table as truth
+    /// tables) by its case `i·8 + j·4 + r₁·2 + r₂`. (Garbling keeps the
+    /// AES-NI kernel.)
     #[allow(clippy::too_many_arguments)]
     pub fn three_halves_evaluate(
         keys: &RoundKeys,
@@ -322,19 +324,63 @@ kernel! {
         words: &[u64; 3 * LANES],
         control: &[u8; LANES],
         base: u128,
-        masks: &ThreeHalvesEvalMasks,
+        truth: &ThreeHalvesEvalTruth,
     ) {
         let k = load_keys(keys);
         let mut p = [0u128; TH_EVAL_BLOCKS];
         kernels::three_halves_evaluate_inputs(keys[0], a, b, base, &mut p);
-        // The 48 blocks are 12 registers in flight.
         let mut x: [__m512i; 12] =
             core::array::from_fn(|i| load4(p[4 * i..4 * i + 4].try_into().expect("48 = 12 × 4")));
         rounds(&k, &mut x);
-        for (o, y) in p.chunks_exact_mut(4).zip(x) {
-            o.copy_from_slice(&store4(y));
+        let one = _mm512_set1_epi64(1);
+        let tables: [__m512i; 6] = core::array::from_fn(|m| {
+            broadcast(u128::from(truth[m][0]) | u128::from(truth[m][1]) << 64)
+        });
+        // Word indices into [w₀..w₇ | w₈..w₁₁]: lane h's (w_{3h}, w_{3h+1}) and (w_{3h+2}, w_{3h+2}).
+        let g01_idx = _mm512_set_epi64(10, 9, 7, 6, 4, 3, 1, 0);
+        let g2_idx = _mm512_set_epi64(11, 11, 8, 8, 5, 5, 2, 2);
+        let lane_pairs = _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0);
+        for j in 0..QUADS {
+            // x[m·QUADS + j]: hash m (σA, σB, σA ⊕ σB) of lanes 4j..4j + 4.
+            let (av, bv) = (load4(quad(a, j)), load4(quad(b, j)));
+            let (sa, sb) = (sigma(av), sigma(bv));
+            let hab = xor(x[2 * QUADS + j], xor(sa, sb));
+            let xa = xor(xor(x[j], sa), hab);
+            let yb = xor(xor(x[QUADS + j], sb), hab);
+            // Per lane, in both of its 64-bit words: colours, hash top bits, control bits.
+            let low_bit = |y: __m512i| _mm512_and_si512(_mm512_shuffle_epi32::<0b01_00_01_00>(y), one);
+            let top_bit = |y: __m512i| _mm512_srli_epi64::<63>(_mm512_shuffle_epi32::<0b11_10_11_10>(y));
+            let (i, jb) = (low_bit(av), low_bit(bv));
+            let ij = xor(i, jb);
+            let (t0, t1) = (top_bit(yb), top_bit(xa));
+            let zs = u32::from_le_bytes(control[4 * j..4 * j + 4].try_into().expect("4 lanes"));
+            let z = _mm512_permutexvar_epi64(
+                lane_pairs,
+                _mm512_cvtepu8_epi64(_mm_cvtsi32_si128(zs as i32)),
+            );
+            let sr = |y: __m512i, n: u32| _mm512_srlv_epi64(y, _mm512_set1_epi64(i64::from(n)));
+            let r1 = and(xor(xor(z, and(i, sr(z, 2))), xor(and(ij, sr(z, 4)), t1)), one);
+            let r2 = and(xor(xor(sr(z, 1), and(jb, sr(z, 3))), xor(and(ij, sr(z, 4)), t0)), one);
+            let idx = _mm512_or_si512(
+                _mm512_or_si512(_mm512_slli_epi64::<3>(i), _mm512_slli_epi64::<2>(jb)),
+                _mm512_or_si512(_mm512_slli_epi64::<1>(r1), r2),
+            );
+            let k: [__mmask8; 6] = core::array::from_fn(|m| {
+                _mm512_test_epi64_mask(_mm512_srlv_epi64(tables[m], idx), one)
+            });
+            let w0: [u64; 8] = words[12 * j..12 * j + 8].try_into().expect("8 words");
+            let mut w1 = [0u64; 8];
+            w1[..4].copy_from_slice(&words[12 * j + 8..12 * j + 12]);
+            let (w0, w1): (__m512i, __m512i) = (bytemuck::cast(w0), bytemuck::cast(w1));
+            let g01 = _mm512_permutex2var_epi64(w0, g01_idx, w1);
+            let g2 = _mm512_permutex2var_epi64(w0, g2_idx, w1);
+            let swap = |y: __m512i| _mm512_shuffle_epi32::<0b01_00_11_10>(y);
+            let hash = _mm512_unpacklo_epi64(yb, xa);
+            let gpart = xor(_mm512_maskz_mov_epi64(k[4], swap(g01)), _mm512_maskz_mov_epi64(k[5], g2));
+            let apart = xor(_mm512_maskz_mov_epi64(k[0], av), _mm512_maskz_mov_epi64(k[1], swap(av)));
+            let bpart = xor(_mm512_maskz_mov_epi64(k[2], bv), _mm512_maskz_mov_epi64(k[3], swap(bv)));
+            c[4 * j..4 * j + 4].copy_from_slice(&store4(xor(xor(hash, gpart), xor(apart, bpart))));
         }
-        kernels::three_halves_evaluate_finish(&p, a, b, c, words, control, masks);
     }
 }
 
