@@ -50,6 +50,13 @@ pub const fn three_halves_eval_truth(masks: &ThreeHalvesEvalMasks) -> ThreeHalve
     t
 }
 
+/// The three-halves garbler's masks as truth tables over the case
+/// `i*·8 + j*·4 + ρ₁·2 + ρ₂` (bit `case` of entry `[e][h]`: all ones in
+/// 64-bit half `h`), for the 512-bit garbler: entries `4r + t` are
+/// [`ThreeHalvesGarbleMasks`]' row pair `r`, term `t`; entries `12 + 2r`
+/// and `13 + 2r` select row pair `r`'s `Δ` part from `Δˢ` and from `Δ`.
+pub type ThreeHalvesGarbleTruth = [[u64; 2]; 18];
+
 /// Masks of the three-halves garbler per case (true colours `i*, j*`,
 /// coins `ρ₁, ρ₂`): for each of the row pairs `(K_R, K_L)`, `(T0, T1)`,
 /// `(T2, –)` the masks on `[A⁰, A⁰ˢ, B⁰, B⁰ˢ]`.
@@ -347,6 +354,30 @@ mod imp {
             // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
             unsafe { kernels512::evaluator_output(keys, labels, base, offsets, ct, sums) }
         }
+
+        /// One three-halves AND gate garbled in all lanes.
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        pub fn three_halves_garble(
+            self,
+            keys: &RoundKeys,
+            a: &Lanes,
+            b: &Lanes,
+            c: &mut Lanes,
+            words: &mut [u64; 3 * LANES],
+            control: &mut [u8; LANES],
+            base: u128,
+            delta: u128,
+            coins: u32,
+            truth: &ThreeHalvesGarbleTruth,
+        ) {
+            // SAFETY: `self` exists only if `detect` found every feature the kernel needs.
+            unsafe {
+                kernels512::three_halves_garble(
+                    keys, a, b, c, words, control, base, delta, coins, truth,
+                )
+            }
+        }
     }
 }
 
@@ -489,6 +520,21 @@ mod imp {
             _: &[u128; LANES],
             _: &[u64; LANES],
             _: &mut [u64; LANES],
+        ) {
+            match self.0 {}
+        }
+        pub fn three_halves_garble(
+            self,
+            _: &RoundKeys,
+            _: &Lanes,
+            _: &Lanes,
+            _: &mut Lanes,
+            _: &mut [u64; 3 * LANES],
+            _: &mut [u8; LANES],
+            _: u128,
+            _: u128,
+            _: u32,
+            _: &ThreeHalvesGarbleTruth,
         ) {
             match self.0 {}
         }

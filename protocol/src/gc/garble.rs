@@ -12,6 +12,7 @@
 
 use super::accel::{
     ThreeHalvesDeltaParts, ThreeHalvesEvalMasks, ThreeHalvesEvalTruth, ThreeHalvesGarbleMasks,
+    ThreeHalvesGarbleTruth,
 };
 use super::hash::{from_aes, sigma, to_aes, AesBlock, AesPrg, Block, FixedKeyHash};
 use super::simd::{prefetch, prefetch_for_write, V};
@@ -732,6 +733,46 @@ const THREE_HALVES_GARBLE_MASKS: ThreeHalvesGarbleMasks = {
     out
 };
 
+/// [`THREE_HALVES_GARBLE_MASKS`] and the `Δ` selections of
+/// [`three_halves_delta_parts`] as the VAES garbler's truth tables (see
+/// [`ThreeHalvesGarbleTruth`]).
+const THREE_HALVES_GARBLE_TRUTH: ThreeHalvesGarbleTruth = {
+    let mut t = [[0u64; 2]; 18];
+    let mut case = 0;
+    while case < 16 {
+        let mut r = 0;
+        while r < 3 {
+            let mut k = 0;
+            while k < 4 {
+                let mask = THREE_HALVES_GARBLE_MASKS[case][r][k];
+                let (lo, hi) = (mask as u64, (mask >> 64) as u64);
+                assert!((lo == 0 || lo == u64::MAX) && (hi == 0 || hi == u64::MAX));
+                t[4 * r + k][0] |= (lo & 1) << case;
+                t[4 * r + k][1] |= (hi & 1) << case;
+                k += 1;
+            }
+            r += 1;
+        }
+        // Row pairs (low row, high row): (K_R, K_L), (T0, T1), (T2, 0). A
+        // row's bit 4 takes Δ_L, bit 5 Δ_R; with Δ = [Δ_R, Δ_L] (low word
+        // first) and Δˢ = [Δ_L, Δ_R], the low word's Δ_L is Δˢ's and its Δ_R
+        // is Δ's, the high word the other way round.
+        let [k_l, k_r, t0, t1, t2] = LINEAR_PARTS[case];
+        let rows = [(k_r, k_l), (t0, t1), (t2, 0u8)];
+        let mut r = 0;
+        while r < 3 {
+            let (lo_row, hi_row) = rows[r];
+            t[12 + 2 * r][0] |= (((lo_row >> 4) & 1) as u64) << case;
+            t[12 + 2 * r][1] |= (((hi_row >> 5) & 1) as u64) << case;
+            t[13 + 2 * r][0] |= (((lo_row >> 5) & 1) as u64) << case;
+            t[13 + 2 * r][1] |= (((hi_row >> 4) & 1) as u64) << case;
+            r += 1;
+        }
+        case += 1;
+    }
+    t
+};
+
 /// The `Δ` contributions of the garbler's row pairs per case (bits 4, 5 of
 /// each row select `Δ_L`, `Δ_R`), for a given `Δ`.
 fn three_halves_delta_parts(delta: Block) -> ThreeHalvesDeltaParts {
@@ -831,6 +872,26 @@ impl Backend for ThreeHalvesGarbler<'_> {
         let hi = tweak_high(self.batch);
         let first = first_counter(self.gate, 3);
         let (a, b, c, id) = self.arena.gate(a, b);
+        if let Some((v, keys)) = self.hash.vaes() {
+            let mut words = [0u64; 3 * L];
+            let mut control = [0u8; L];
+            v.three_halves_garble(
+                keys,
+                a,
+                b,
+                c,
+                &mut words,
+                &mut control,
+                hi | first as u128,
+                d,
+                coins,
+                &THREE_HALVES_GARBLE_TRUTH,
+            );
+            self.out.words.extend_from_slice(&words[..3 * self.active]);
+            self.out.control.extend_from_slice(&control[..self.active]);
+            self.gate += 1;
+            return id;
+        }
         if let Some((k, keys)) = self.hash.accel() {
             let mut words = [0u64; 3 * L];
             let mut control = [0u8; L];

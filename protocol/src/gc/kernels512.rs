@@ -14,7 +14,7 @@
 
 use core::arch::x86_64::*;
 
-use super::accel::{RoundKeys, ThreeHalvesEvalTruth};
+use super::accel::{RoundKeys, ThreeHalvesEvalTruth, ThreeHalvesGarbleTruth};
 use super::garble::{Lanes, LANES};
 use super::kernels::{self, TH_EVAL_BLOCKS};
 use pibench_models::fixed::P;
@@ -571,5 +571,127 @@ kernel! {
         let mut h = *labels;
         hash(keys, &mut h, base, offsets);
         decode_evaluator(&h, labels, ct, sums);
+    }
+}
+
+/// Quads (four lanes) the three-halves garbler hashes together.
+const TH_QUADS: usize = 1;
+
+kernel! {
+    /// Garbles one three-halves AND gate in all [`LANES`] lanes, exactly as
+    /// [`super::kernels::three_halves_garble`] (same tweaks, tables, control
+    /// bits), four lanes per register: the gate's 96 hashes as 24 VAES
+    /// registers (12 in flight), and each lane's masks and `Δ` parts chosen
+    /// in registers from `truth` by its case `i*·8 + j*·4 + ρ₁·2 + ρ₂`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn three_halves_garble(
+        keys: &RoundKeys,
+        a: &Lanes,
+        b: &Lanes,
+        c: &mut Lanes,
+        words: &mut [u64; 3 * LANES],
+        control: &mut [u8; LANES],
+        base: u128,
+        delta: u128,
+        coins: u32,
+        truth: &ThreeHalvesGarbleTruth,
+    ) {
+        let k = load_keys(keys);
+        let d = broadcast(delta);
+        let sd = sigma(d);
+        let ds = _mm512_shuffle_epi32::<0b01_00_11_10>(d);
+        let one = _mm512_set1_epi64(1);
+        let base = broadcast(base);
+        let swap = |y: __m512i| _mm512_shuffle_epi32::<0b01_00_11_10>(y);
+        let tables: [__m512i; 18] = core::array::from_fn(|e| {
+            broadcast(u128::from(truth[e][0]) | u128::from(truth[e][1]) << 64)
+        });
+        // Word indices into [g01 | g2]: lane h's (G0, G1, G2) at 3h..3h + 3.
+        let first8 = _mm512_set_epi64(5, 4, 10, 3, 2, 8, 1, 0);
+        let last4 = _mm512_set_epi64(0, 0, 0, 0, 14, 7, 6, 12);
+        for group in 0..QUADS / TH_QUADS {
+            // Colour-0 labels and their σ; x[6q + m]: hash m of quad q.
+            let mut a0 = [_mm512_setzero_si512(); TH_QUADS];
+            let mut b0 = [_mm512_setzero_si512(); TH_QUADS];
+            let mut x = [_mm512_setzero_si512(); 6 * TH_QUADS];
+            for q in 0..TH_QUADS {
+                let j = TH_QUADS * group + q;
+                let (av, bv) = (load4(quad(a, j)), load4(quad(b, j)));
+                a0[q] = xor(av, and(color_mask(av), d));
+                b0[q] = xor(bv, and(color_mask(bv), d));
+                let (sa, sb) = (sigma(a0[q]), sigma(b0[q]));
+                // Lane l's tweaks base + 3l + m, added in the low word.
+                let t: [__m512i; 3] = core::array::from_fn(|m| {
+                    let off = |h: usize| (3 * (4 * j + h) + m) as i64;
+                    xor(_mm512_add_epi64(base, _mm512_set_epi64(0, off(3), 0, off(2), 0, off(1), 0, off(0))), k[0])
+                });
+                let (xa, xb, xab) = (xor(sa, t[0]), xor(sb, t[1]), xor(xor(sa, sb), t[2]));
+                x[6 * q..6 * q + 6].copy_from_slice(&[xa, xor(xa, sd), xb, xor(xb, sd), xab, xor(xab, sd)]);
+            }
+            rounds(&k, &mut x);
+            for q in 0..TH_QUADS {
+                let j = TH_QUADS * group + q;
+                let p = &x[6 * q..6 * q + 6];
+                let (a0, b0) = (a0[q], b0[q]);
+                let (sa, sb) = (sigma(a0), sigma(b0));
+                let x04 = xor(xor(p[0], p[4]), sb);
+                let x24 = xor(xor(p[2], p[4]), sa);
+                let x01 = xor(xor(p[0], p[1]), sd);
+                let x23 = xor(xor(p[2], p[3]), sd);
+                let x45 = xor(xor(p[4], p[5]), sd);
+                // Per lane, in both words: i* = 1 − colour(A), j* likewise, the coins.
+                let av = load4(quad(a, j));
+                let bv = load4(quad(b, j));
+                let low_bit = |y: __m512i| _mm512_and_si512(_mm512_shuffle_epi32::<0b01_00_01_00>(y), one);
+                let is = xor(low_bit(av), one);
+                let js = xor(low_bit(bv), one);
+                let shifts = _mm512_set_epi64(
+                    (8 * j + 6) as i64, (8 * j + 6) as i64, (8 * j + 4) as i64, (8 * j + 4) as i64,
+                    (8 * j + 2) as i64, (8 * j + 2) as i64, (8 * j) as i64, (8 * j) as i64,
+                );
+                let rho = and(_mm512_srlv_epi64(_mm512_set1_epi64(i64::from(coins)), shifts), _mm512_set1_epi64(3));
+                let case = _mm512_or_si512(
+                    _mm512_or_si512(_mm512_slli_epi64::<3>(is), _mm512_slli_epi64::<2>(js)),
+                    rho,
+                );
+                let km: [__mmask8; 18] = core::array::from_fn(|e| {
+                    _mm512_test_epi64_mask(_mm512_srlv_epi64(tables[e], case), one)
+                });
+                let (a0s, b0s) = (swap(a0), swap(b0));
+                let apply = |r: usize| {
+                    xor(
+                        xor(
+                            xor(_mm512_maskz_mov_epi64(km[4 * r], a0), _mm512_maskz_mov_epi64(km[4 * r + 1], a0s)),
+                            xor(_mm512_maskz_mov_epi64(km[4 * r + 2], b0), _mm512_maskz_mov_epi64(km[4 * r + 3], b0s)),
+                        ),
+                        xor(_mm512_maskz_mov_epi64(km[12 + 2 * r], ds), _mm512_maskz_mov_epi64(km[13 + 2 * r], d)),
+                    )
+                };
+                // C = [lo(hl2 ⊕ hl4) ⊕ K_R·s, lo(hl0 ⊕ hl4) ⊕ K_L·s].
+                let cv = xor(_mm512_unpacklo_epi64(x24, x04), apply(0));
+                c[4 * j..4 * j + 4].copy_from_slice(&store4(cv));
+                let g01 = xor(_mm512_unpacklo_epi64(x01, x23), apply(1));
+                let g2 = xor(x45, apply(2));
+                let w8: [u64; 8] = bytemuck::cast(_mm512_permutex2var_epi64(g01, first8, g2));
+                let w4: [u64; 8] = bytemuck::cast(_mm512_permutex2var_epi64(g01, last4, g2));
+                words[12 * j..12 * j + 8].copy_from_slice(&w8);
+                words[12 * j + 8..12 * j + 12].copy_from_slice(&w4[..4]);
+                // Control bits: each lane's bit 127 (bit 2h + 1 of the sign masks).
+                let top = |y: __m512i| u32::from(_mm512_movepi64_mask(y));
+                let (t04, t24, t01, t23, t45) = (top(x04), top(x24), top(x01), top(x23), top(x45));
+                for h in 0..4 {
+                    let l = 4 * j + h;
+                    let bit = |m: u32| ((m >> (2 * h + 1)) & 1) as u8;
+                    let rho = (coins >> (2 * l)) as u8 & 3;
+                    let is = (a[l] & 1) as u8 ^ 1;
+                    let js = (b[l] & 1) as u8 ^ 1;
+                    control[l] = ((rho >> 1) ^ bit(t04))
+                        | ((rho & 1) ^ bit(t24)) << 1
+                        | (is ^ bit(t01)) << 2
+                        | (js ^ bit(t23)) << 3
+                        | ((is ^ js) ^ bit(t45)) << 4;
+                }
+            }
+        }
     }
 }
