@@ -161,6 +161,25 @@ fn a_table_runs_end_to_end_and_resume_keeps_measured_rows() {
 
     let v = json(&out);
     assert_eq!(v["format"], "pibench-table/1");
+    // The folder's index: every measurement's wall time is recorded and summed.
+    let index = std::fs::read_to_string(out.join("index.md")).unwrap();
+    let line = index
+        .lines()
+        .find(|l| l.starts_with("| [`tiny`](tiny.md)"))
+        .unwrap_or_else(|| panic!("no index line for tiny:\n{index}"));
+    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    // | table | measured | failed | not supported | not run | on | last | time | untimed |
+    assert_eq!(cells[3], "1", "one failed row: {line}");
+    assert_eq!(cells[4], "1", "one unsupported row: {line}");
+    let time: f64 = cells[8].parse().unwrap_or_else(|_| panic!("time: {line}"));
+    assert!(time > 0.0, "{line}");
+    assert_eq!(cells[9], "0", "every measurement has its wall time: {line}");
+    for id in ["small", "larger"] {
+        assert!(
+            row(&v, id)["measured"]["wall_s"].as_f64().unwrap() > 0.0,
+            "{id}"
+        );
+    }
     assert_eq!(row(&v, "silu")["status"], "not_supported");
     let broken = row(&v, "broken");
     assert_eq!(broken["status"], "failed");

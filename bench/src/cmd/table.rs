@@ -30,7 +30,9 @@ use pibench_protocol::shaper::NetProfile;
 use super::infer::TruncArg;
 use crate::table::measure::{self, fnv64, git_commit, Machine, Measured, RunOptions};
 use crate::table::plot::write_plots;
-use crate::table::results::{thousands, CellOut, RowResult, RowStatus, RunMeta, TableResult};
+use crate::table::results::{
+    thousands, write_index, CellOut, RowResult, RowStatus, RunMeta, TableResult,
+};
 use crate::table::{Row, TableConfig};
 
 /// Arguments of `pibench table`.
@@ -440,6 +442,8 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
                     .join(", ")
             );
         }
+        let index = write_index(&args.out_dir)?;
+        println!("index: {}", index.display());
         return Ok(());
     }
     let filter = args.rows.as_deref().map(RowFilter::parse).transpose()?;
@@ -607,5 +611,7 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
     for s in summary {
         println!("{s}");
     }
+    let index = write_index(&args.out_dir)?;
+    println!("index: {}", index.display());
     Ok(())
 }

@@ -472,6 +472,11 @@ pub struct Measured {
     /// [`LOCAL_RETRIES`] times per run. Each entry is the failed attempt's error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_attempts: Vec<String>,
+    /// Wall time of the whole measurement (every run and rerun, both
+    /// processes from start to exit), seconds; absent in results written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
 }
 
 /// Reruns of a `local` run whose logits fail the reference check.
@@ -523,6 +528,7 @@ impl Measured {
             runs: runs.into_iter().map(|(r, _)| r).collect(),
             layers,
             failed_attempts: Vec::new(),
+            wall_s: None,
         }
     }
 }
@@ -771,6 +777,7 @@ pub fn measure(
     commit: &str,
     dir: &Path,
 ) -> Result<Measured, MeasureError> {
+    let started = std::time::Instant::now();
     let mut runs = Vec::with_capacity(opts.repeat.max(1));
     let mut failed = Vec::new();
     for k in 1..=opts.repeat.max(1) {
@@ -793,6 +800,7 @@ pub fn measure(
     }
     let mut m = Measured::from_runs(trunc, opts.settings_line(model_hash, trunc), commit, runs);
     m.failed_attempts = failed;
+    m.wall_s = Some(started.elapsed().as_secs_f64());
     Ok(m)
 }
 

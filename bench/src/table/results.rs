@@ -979,6 +979,121 @@ impl TableResult {
     }
 }
 
+/// The index of a results folder (see [`write_index`]).
+pub const INDEX_FILE: &str = "index.md";
+
+/// The machine part (`machine=…`) of a measurement's settings line.
+fn machine_of(m: &Measured) -> Option<&str> {
+    m.settings
+        .split_once("machine=")
+        .map(|(_, machine)| machine.trim())
+}
+
+/// Writes `dir/index.md`: one line per table results file in `dir`, with
+/// its rows' outcomes, the machines that measured them, its last
+/// invocation, and its **measurement time**: the wall time of every
+/// measurement its rows show (each network once; main, `exact` and
+/// all-ReLU columns), which stays the table's full cost across `--resume`
+/// invocations. Measurements written before wall times were recorded are
+/// counted apart. Files that are not table results are listed as such.
+pub fn write_index(dir: &Path) -> Result<PathBuf, ResultsError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ResultsError::Io {
+        file: dir.display().to_string(),
+        source,
+    })?;
+    let mut jsons: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    jsons.sort();
+    let mut md = String::from("# Tables in this folder\n\n");
+    md.push_str(
+        "Written by `pibench table` after each invocation, from the results files \
+         here (do not edit). *Measurement time* adds the wall time of every \
+         measurement a table's rows show (each network once: main, `exact` and \
+         all-ReLU columns; both processes from start to exit, reruns included), so \
+         it is the table's full cost on its machine even when `--resume` measured \
+         it over several invocations. Measurements from before wall times were \
+         recorded are counted in the last column instead.\n\n",
+    );
+    md.push_str(
+        "| table | measured | failed | not supported | not run | measured on | last invocation | measurement time (s) | measurements without a time |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let mut totals: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for path in &jsons {
+        let name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let t = match TableResult::read(path) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = writeln!(
+                    md,
+                    "| `{name}` | *not a table results file: {}* |  |  |  |  |  |  |  |",
+                    esc(&one_line(&e.to_string()))
+                );
+                continue;
+            }
+        };
+        let mut counts = [0usize; 4];
+        let mut machines = std::collections::BTreeSet::new();
+        let (mut time, mut untimed) = (0.0, 0usize);
+        for r in &t.rows {
+            counts[r.status as usize] += 1;
+            if r.same_network_as.is_some() {
+                continue;
+            }
+            for m in [&r.measured, &r.exact, &r.all_relu].into_iter().flatten() {
+                let machine = machine_of(m).unwrap_or("not recorded").to_string();
+                let total = totals.entry(machine.clone()).or_default();
+                machines.insert(machine);
+                match m.wall_s {
+                    Some(w) => {
+                        time += w;
+                        total.0 += w;
+                    }
+                    None => {
+                        untimed += 1;
+                        total.1 += 1;
+                    }
+                }
+            }
+        }
+        let commit: String = t.run.commit.chars().take(7).collect();
+        let _ = writeln!(
+            md,
+            "| [`{id}`]({id}.md) {title} | {} | {} | {} | {} | {} | {} (`{commit}`, {:.0} s) | {} | {untimed} |",
+            counts[RowStatus::Measured as usize],
+            counts[RowStatus::Failed as usize],
+            counts[RowStatus::NotSupported as usize],
+            counts[RowStatus::NotRun as usize],
+            esc(&machines.into_iter().collect::<Vec<_>>().join("; ")),
+            t.run.date,
+            t.run.elapsed_s,
+            if time > 0.0 { format!("{time:.0}") } else { "–".into() },
+            id = t.table.id,
+            title = esc(&t.table.title),
+        );
+    }
+    if !totals.is_empty() {
+        md.push_str("\nMeasurement time per machine, all tables:\n\n");
+        for (machine, (time, untimed)) in &totals {
+            let _ = writeln!(
+                md,
+                "* {}: {time:.0} s ({:.1} h), plus {untimed} measurements without a recorded time.",
+                esc(machine),
+                time / 3600.0
+            );
+        }
+    }
+    let path = dir.join(INDEX_FILE);
+    write_atomic(&path, md.as_bytes())?;
+    Ok(path)
+}
+
 /// Whether a column's values are latencies or communication (for the plots).
 pub fn is_latency_column(c: &ColumnMeta) -> bool {
     c.unit == Unit::Seconds.as_str() && matches!(c.key.as_str(), "lat" | "latency")
