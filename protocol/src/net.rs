@@ -27,10 +27,11 @@ pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Receive buffers grow by at most this much before the bytes are there.
 const READ_CHUNK: usize = 1 << 20;
-/// Largest receive buffer a channel keeps for the next frame (larger ones
-/// are freed after use): frames of garbled tables (≈ 7 MB) and ciphertexts
-/// then land in memory that is already mapped, instead of fresh pages that
-/// the kernel must fault in and clear for every frame.
+/// Largest receive buffer a channel keeps for the next frame of at least
+/// [`READ_CHUNK`] bytes (larger ones are freed after use): frames of garbled
+/// tables (≈ 7 MB) and ciphertexts then land in memory that is already
+/// mapped, instead of fresh pages that the kernel must fault in and clear
+/// for every frame.
 const KEEP_RX: usize = 64 << 20;
 
 /// Transport and framing errors.
@@ -331,7 +332,7 @@ pub struct Channel {
     max_frame: usize,
     timeout: Duration,
     scratch: Vec<u8>,
-    /// The receive buffer, reused from frame to frame (up to [`KEEP_RX`]).
+    /// The receive buffer for frames of at least [`READ_CHUNK`] bytes, reused from frame to frame (up to [`KEEP_RX`]).
     rx: Vec<u8>,
     dirty: bool,
 }
@@ -489,16 +490,10 @@ impl Channel {
     /// Receives a typed message: checks the envelope tag, then decodes.
     pub async fn recv<M: Wire>(&mut self) -> Result<M, NetError> {
         self.flush().await?;
-        let mut buf = std::mem::take(&mut self.rx);
-        let got = self.read_frame_into(&mut buf, M::NAME).await;
-        let res = match got {
-            Ok(()) => {
-                self.meter.on_receive(buf.len() as u64 + 4);
-                Self::decode_frame::<M>(&buf)
-            }
-            Err(e) => Err(e),
-        };
-        if buf.capacity() <= KEEP_RX {
+        let buf = self.read_frame_with(M::NAME, true).await?;
+        self.meter.on_receive(buf.len() as u64 + 4);
+        let res = Self::decode_frame::<M>(&buf);
+        if buf.len() >= READ_CHUNK && buf.capacity() <= KEEP_RX {
             self.rx = buf;
         }
         res
@@ -583,15 +578,15 @@ impl Channel {
 
     /// Reads one frame into a new buffer (no flush, no metering).
     async fn read_frame(&mut self, what: &str) -> Result<Vec<u8>, NetError> {
-        let mut buf = Vec::new();
-        self.read_frame_into(&mut buf, what).await?;
-        Ok(buf)
+        self.read_frame_with(what, false).await
     }
 
-    /// Reads one frame into `buf` (cleared first; its capacity is reused),
-    /// without flushing or metering.
-    async fn read_frame_into(&mut self, buf: &mut Vec<u8>, what: &str) -> Result<(), NetError> {
-        buf.clear();
+    /// Reads one frame (no flush, no metering). With `reuse`, a frame of at
+    /// least [`READ_CHUNK`] bytes is read into the channel's kept receive
+    /// buffer (the caller hands it back); smaller frames get a buffer of
+    /// their own, as before the reuse (which is for the garbled tables' 7 MB
+    /// frames: the OT's sub-megabyte frames measured no faster with it).
+    async fn read_frame_with(&mut self, what: &str, reuse: bool) -> Result<Vec<u8>, NetError> {
         let timeout = self.timeout;
         let ctx = || format!("receiving {what}");
         let mut len = [0u8; 4];
@@ -616,6 +611,13 @@ impl Channel {
         // doubling once full: never more than twice the bytes received);
         // bytes are read straight into the spare capacity (no zeroing). A
         // reused buffer whose capacity already holds the frame does not grow.
+        let mut buf = if reuse && len >= READ_CHUNK {
+            let mut b = std::mem::take(&mut self.rx);
+            b.clear();
+            b
+        } else {
+            Vec::new()
+        };
         buf.reserve(len.min(READ_CHUNK));
         while buf.len() < len {
             if buf.len() == buf.capacity() {
@@ -625,7 +627,7 @@ impl Channel {
                 timeout,
                 (&mut self.reader)
                     .take((len - buf.len()) as u64)
-                    .read_buf(buf),
+                    .read_buf(&mut buf),
             )
             .await;
             match read {
@@ -648,7 +650,7 @@ impl Channel {
                 }
             }
         }
-        Ok(())
+        Ok(buf)
     }
 }
 
