@@ -872,42 +872,38 @@ impl Backend for ThreeHalvesGarbler<'_> {
         let hi = tweak_high(self.batch);
         let first = first_counter(self.gate, 3);
         let (a, b, c, id) = self.arena.gate(a, b);
-        if let Some((v, keys)) = self.hash.vaes() {
-            let mut words = [0u64; 3 * L];
-            let mut control = [0u8; L];
-            v.three_halves_garble(
-                keys,
-                a,
-                b,
-                c,
-                &mut words,
-                &mut control,
-                hi | first as u128,
-                d,
-                coins,
-                &THREE_HALVES_GARBLE_TRUTH,
-            );
-            self.out.words.extend_from_slice(&words[..3 * self.active]);
-            self.out.control.extend_from_slice(&control[..self.active]);
-            self.gate += 1;
-            return id;
-        }
         if let Some((k, keys)) = self.hash.accel() {
             let mut words = [0u64; 3 * L];
             let mut control = [0u8; L];
-            k.three_halves_garble(
-                keys,
-                a,
-                b,
-                c,
-                &mut words,
-                &mut control,
-                hi | first as u128,
-                d,
-                coins,
-                &THREE_HALVES_GARBLE_MASKS,
-                &self.delta_parts,
-            );
+            let (w, z, base) = (&mut words, &mut control, hi | first as u128);
+            // VAES implies AES-NI (same round keys): the 512-bit kernel where the CPU has it.
+            match self.hash.vaes() {
+                Some((v, _)) => v.three_halves_garble(
+                    keys,
+                    a,
+                    b,
+                    c,
+                    w,
+                    z,
+                    base,
+                    d,
+                    coins,
+                    &THREE_HALVES_GARBLE_TRUTH,
+                ),
+                None => k.three_halves_garble(
+                    keys,
+                    a,
+                    b,
+                    c,
+                    w,
+                    z,
+                    base,
+                    d,
+                    coins,
+                    &THREE_HALVES_GARBLE_MASKS,
+                    &self.delta_parts,
+                ),
+            }
             self.out.words.extend_from_slice(&words[..3 * self.active]);
             self.out.control.extend_from_slice(&control[..self.active]);
             self.gate += 1;
