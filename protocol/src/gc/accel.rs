@@ -30,26 +30,6 @@ pub type ThreeHalvesEvalMasks = [[u128; 6]; 16];
 /// (0 low, 1 high). Every mask is all ones or all zeros in each half.
 pub type ThreeHalvesEvalTruth = [[u64; 2]; 6];
 
-/// The truth tables of `masks` (see [`ThreeHalvesEvalTruth`]).
-pub const fn three_halves_eval_truth(masks: &ThreeHalvesEvalMasks) -> ThreeHalvesEvalTruth {
-    let mut t = [[0u64; 2]; 6];
-    let mut idx = 0;
-    while idx < 16 {
-        let mut m = 0;
-        while m < 6 {
-            let mask = masks[idx][m];
-            let (lo, hi) = (mask as u64, (mask >> 64) as u64);
-            // Each half is all ones or all zeros (a const assertion where used).
-            assert!((lo == 0 || lo == u64::MAX) && (hi == 0 || hi == u64::MAX));
-            t[m][0] |= (lo & 1) << idx;
-            t[m][1] |= (hi & 1) << idx;
-            m += 1;
-        }
-        idx += 1;
-    }
-    t
-}
-
 /// The three-halves garbler's masks as truth tables over the case
 /// `i*·8 + j*·4 + ρ₁·2 + ρ₂` (bit `case` of entry `[e][h]`: all ones in
 /// 64-bit half `h`), for the 512-bit garbler: entries `4r + t` are

@@ -435,7 +435,7 @@ pub fn garble_with(
                 // Colour-0 label, then colour-1.
                 x ^ ((color(x) ^ (m >= LANES)) as u128).wrapping_neg() & delta
             });
-            hash.hash_array_offsets(&mut h, base, &GARBLER_OUT_OFFSETS);
+            hash.hash_array_with(&mut h, |m| base ^ GARBLER_OUT_OFFSETS[m]);
             for (l, rho_sum) in rho_sums.iter_mut().enumerate().take(active) {
                 let h0 = reduce_block(h[l]);
                 let h1 = reduce_block(h[LANES + l]);
@@ -640,7 +640,7 @@ pub fn evaluate_with(
                 continue;
             }
             let mut h = *labels;
-            hash.hash_array_offsets(&mut h, base, &LANE_OUT_OFFSETS);
+            hash.hash_array_with(&mut h, |l| base ^ LANE_OUT_OFFSETS[l]);
             for (l, sum) in sums.iter_mut().enumerate().take(active) {
                 let ct = decoding[l * outs + k] & (color(labels[l]) as u64).wrapping_neg();
                 *sum += ct + P - reduce_block(h[l]);

@@ -714,7 +714,27 @@ const THREE_HALVES_EVAL_MASKS: ThreeHalvesEvalMasks = {
 
 /// [`THREE_HALVES_EVAL_MASKS`] as the VAES evaluator's truth tables.
 const THREE_HALVES_EVAL_TRUTH: ThreeHalvesEvalTruth =
-    super::accel::three_halves_eval_truth(&THREE_HALVES_EVAL_MASKS);
+    three_halves_eval_truth(&THREE_HALVES_EVAL_MASKS);
+
+/// The truth tables of `masks` (see [`ThreeHalvesEvalTruth`]).
+const fn three_halves_eval_truth(masks: &ThreeHalvesEvalMasks) -> ThreeHalvesEvalTruth {
+    let mut t = [[0u64; 2]; 6];
+    let mut idx = 0;
+    while idx < 16 {
+        let mut m = 0;
+        while m < 6 {
+            let mask = masks[idx][m];
+            let (lo, hi) = (mask as u64, (mask >> 64) as u64);
+            // Each half is all ones or all zeros (a const assertion where used).
+            assert!((lo == 0 || lo == u64::MAX) && (hi == 0 || hi == u64::MAX));
+            t[m][0] |= (lo & 1) << idx;
+            t[m][1] |= (hi & 1) << idx;
+            m += 1;
+        }
+        idx += 1;
+    }
+    t
+}
 
 /// The three-halves garbler's masks for the AES-NI kernel, indexed by the
 /// case `i*·8 + j*·4 + ρ₁·2 + ρ₂`: row pairs `(K_R, K_L)`, `(T0, T1)`, `(T2, 0)`.

@@ -255,22 +255,6 @@ impl FixedKeyHash {
         }
     }
 
-    /// Hashes `xs[k]` with tweak `base ⊕ offsets[k]` in place (tweaks that
-    /// differ per lane in a few bits: with VAES they are built in registers).
-    #[inline(always)]
-    pub fn hash_array_offsets<const N: usize>(
-        &self,
-        xs: &mut [Block; N],
-        base: Block,
-        offsets: &[Block; N],
-    ) {
-        if let Some((v, keys)) = self.vaes() {
-            v.hash(keys, xs, base, offsets);
-            return;
-        }
-        self.hash_array_with(xs, |k| base ^ offsets[k]);
-    }
-
     /// Measures `π`'s throughput on this core: blocks per second, encrypting
     /// a 16384-block buffer in place (8 blocks in flight) for at least
     /// `min_time`, with this hash's kernel.
