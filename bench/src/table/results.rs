@@ -1013,8 +1013,10 @@ pub fn write_index(dir: &Path) -> Result<PathBuf, ResultsError> {
          measurement a table's rows show (each network once: main, `exact` and \
          all-ReLU columns; both processes from start to exit, reruns included), so \
          it is the table's full cost on its machine even when `--resume` measured \
-         it over several invocations. Measurements from before wall times were \
-         recorded are counted in the last column instead.\n\n",
+         it over several invocations. A network that several rows or tables show \
+         is counted once, in the table that measured it; a table whose rows reuse \
+         another table's networks names it. Measurements from before wall times \
+         were recorded are counted in the last column instead.\n\n",
     );
     md.push_str(
         "| table | measured | failed | not supported | not run | measured on | last invocation | measurement time (s) | measurements without a time |\n\
@@ -1041,9 +1043,20 @@ pub fn write_index(dir: &Path) -> Result<PathBuf, ResultsError> {
         let mut counts = [0usize; 4];
         let mut machines = std::collections::BTreeSet::new();
         let (mut time, mut untimed) = (0.0, 0usize);
+        // Tables (other than this one) whose measurements rows here reuse.
+        let mut reused_from = std::collections::BTreeSet::new();
         for r in &t.rows {
             counts[r.status as usize] += 1;
-            if r.same_network_as.is_some() {
+            if let Some(src) = &r.same_network_as {
+                // Counted where it was measured (each network once), but the
+                // machine that measured it is still this row's machine.
+                for m in [&r.measured, &r.exact, &r.all_relu].into_iter().flatten() {
+                    machines.insert(machine_of(m).unwrap_or("not recorded").to_string());
+                }
+                let table = src.split_once('/').map_or(src.as_str(), |(t, _)| t);
+                if table != t.table.id {
+                    reused_from.insert(table.to_string());
+                }
                 continue;
             }
             for m in [&r.measured, &r.exact, &r.all_relu].into_iter().flatten() {
@@ -1073,7 +1086,21 @@ pub fn write_index(dir: &Path) -> Result<PathBuf, ResultsError> {
             esc(&machines.into_iter().collect::<Vec<_>>().join("; ")),
             t.run.date,
             t.run.elapsed_s,
-            if time > 0.0 { format!("{time:.0}") } else { "–".into() },
+            {
+                let own = if time > 0.0 {
+                    format!("{time:.0}")
+                } else if reused_from.is_empty() {
+                    "–".into()
+                } else {
+                    "0".into()
+                };
+                if reused_from.is_empty() {
+                    own
+                } else {
+                    let from: Vec<String> = reused_from.iter().map(|x| format!("`{x}`")).collect();
+                    format!("{own} (+ networks measured in {})", from.join(", "))
+                }
+            },
             id = t.table.id,
             title = esc(&t.table.title),
         );
@@ -1172,6 +1199,74 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
         assert_eq!(csv_field("plain"), "plain");
+    }
+
+    /// A table whose rows reuse another table's networks shows the machine
+    /// that measured them and names that table; the time is counted once.
+    #[test]
+    fn index_names_reused_tables_and_their_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let measured = |wall: f64| Measured {
+            settings: "trunc=local net=lan machine=Test CPU/2".into(),
+            wall_s: Some(wall),
+            ..Default::default()
+        };
+        let table = |id: &str, rows: Vec<RowResult>| TableResult {
+            format: FORMAT.into(),
+            table: TableMeta {
+                id: id.into(),
+                title: id.into(),
+                ..Default::default()
+            },
+            rows,
+            ..Default::default()
+        };
+        let a = table(
+            "a",
+            vec![
+                RowResult {
+                    id: "r1".into(),
+                    status: RowStatus::Measured,
+                    measured: Some(measured(10.0)),
+                    ..Default::default()
+                },
+                RowResult {
+                    id: "r2".into(),
+                    status: RowStatus::Measured,
+                    same_network_as: Some("a/r1".into()),
+                    measured: Some(measured(10.0)),
+                    ..Default::default()
+                },
+            ],
+        );
+        let b = table(
+            "b",
+            vec![RowResult {
+                id: "r1".into(),
+                status: RowStatus::Measured,
+                same_network_as: Some("a/r1".into()),
+                measured: Some(measured(10.0)),
+                ..Default::default()
+            }],
+        );
+        for t in [&a, &b] {
+            let path = dir.path().join(format!("{}.json", t.table.id));
+            std::fs::write(path, serde_json::to_vec(t).unwrap()).unwrap();
+        }
+        let index = std::fs::read_to_string(write_index(dir.path()).unwrap()).unwrap();
+        let cells = |id: &str| -> Vec<String> {
+            let line = index
+                .lines()
+                .find(|l| l.starts_with(&format!("| [`{id}`]")))
+                .unwrap_or_else(|| panic!("{id}:\n{index}"));
+            line.split('|').map(|c| c.trim().to_string()).collect()
+        };
+        let (ca, cb) = (cells("a"), cells("b"));
+        assert_eq!(ca[6], "Test CPU/2");
+        assert_eq!(ca[8], "10", "a network shown twice is counted once");
+        assert_eq!(cb[6], "Test CPU/2", "the reused measurement's machine");
+        assert_eq!(cb[8], "0 (+ networks measured in `a`)");
+        assert!(index.contains("* Test CPU/2: 10 s"), "{index}");
     }
 
     #[test]
