@@ -1086,21 +1086,7 @@ pub fn write_index(dir: &Path) -> Result<PathBuf, ResultsError> {
             esc(&machines.into_iter().collect::<Vec<_>>().join("; ")),
             t.run.date,
             t.run.elapsed_s,
-            {
-                let own = if time > 0.0 {
-                    format!("{time:.0}")
-                } else if reused_from.is_empty() {
-                    "–".into()
-                } else {
-                    "0".into()
-                };
-                if reused_from.is_empty() {
-                    own
-                } else {
-                    let from: Vec<String> = reused_from.iter().map(|x| format!("`{x}`")).collect();
-                    format!("{own} (+ networks measured in {})", from.join(", "))
-                }
-            },
+            time_cell(time, &reused_from),
             id = t.table.id,
             title = esc(&t.table.title),
         );
@@ -1119,6 +1105,20 @@ pub fn write_index(dir: &Path) -> Result<PathBuf, ResultsError> {
     let path = dir.join(INDEX_FILE);
     write_atomic(&path, md.as_bytes())?;
     Ok(path)
+}
+
+/// The index's measurement-time cell: the table's own time, and the tables
+/// whose measurements its rows reuse (counted there).
+fn time_cell(time: f64, reused_from: &std::collections::BTreeSet<String>) -> String {
+    if reused_from.is_empty() {
+        return if time > 0.0 {
+            format!("{time:.0}")
+        } else {
+            "–".into()
+        };
+    }
+    let from: Vec<String> = reused_from.iter().map(|x| format!("`{x}`")).collect();
+    format!("{time:.0} (+ networks measured in {})", from.join(", "))
 }
 
 /// Whether a column's values are latencies or communication (for the plots).
